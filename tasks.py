@@ -1,0 +1,166 @@
+"""mini-vLLM's commands. Each task parses its arguments and calls one library function.
+
+`invoke --list` shows them all; `invoke --help TASK` explains the flags. The logic lives in
+python/minibuild (build, images, rollout, verify) and python/mini_vllm (the runtime server).
+"""
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+from invoke import task
+
+ROOT = Path(__file__).resolve().parent
+sys.path.insert(0, str(ROOT / "python"))
+
+
+def _config():
+    from minibuild.config import load_config
+
+    return load_config(ROOT / "build_config.yaml")
+
+
+# --- build engine (issue: build engine, pinned sources, invoke kernels) ------------------------
+
+@task(help={"offline": "use only the store and local (file://) mirrors"})
+def fetch(c, offline=False):
+    """Bring the pinned third-party sources into the store, verified by tree hash."""
+    from minibuild.sources import fetch_all
+
+    fetch_all(_config(), offline=offline)
+
+
+@task(help={
+    "explain": "print, for each task that runs, which input changed",
+    "dry_run": "print what would run, run nothing",
+    "offline": "use only the store and local mirrors for sources",
+    "jobs": "parallel compile jobs (default: bounded by cores and free memory)",
+    "only": "comma-separated kernel sets to build (default: all in build_config.yaml)",
+})
+def kernels(c, explain=False, dry_run=False, offline=False, jobs=0, only=""):
+    """Compile our CUDA kernels and the GPT-OSS subset of FA3 for sm_90a; link extension modules."""
+    from minibuild.kernels import build_kernels
+
+    ok = build_kernels(_config(), explain=explain, dry_run=dry_run, offline=offline, jobs=jobs or None,
+                       only=[s for s in only.split(",") if s] or None)
+    if not ok:
+        raise SystemExit(1)
+
+
+@task(help={"dot": "also write the graph as Graphviz DOT to this path",
+            "png": "also render a PNG (needs graphviz's dot)"})
+def graph(c, dot="", png=""):
+    """Print the task graph (sources -> objects -> modules -> images -> rollout)."""
+    from minibuild.graph_view import show_graph
+
+    show_graph(_config(), dot=dot or None, png=png or None)
+
+
+@task(help={"stats": "print entry counts and sizes", "gc": "delete entries no current build references",
+            "max_age_days": "with --gc: also keep anything used within this many days"})
+def cache(c, stats=False, gc=False, max_age_days=0):
+    """Inspect or prune the content-addressed store."""
+    from minibuild.store import cache_command
+
+    cache_command(_config(), stats=stats or not gc, gc=gc, max_age_days=max_age_days)
+
+
+# --- runtime server -------------------------------------------------------------------------------
+
+@task(help={"tiny": "write the tiny random GPT-OSS checkpoint (the embedded default)",
+            "out": "output directory (default: model.tiny_dir in build_config.yaml)",
+            "seed": "random seed"})
+def model(c, tiny=True, out="", seed=0):
+    """Write a deterministic random tiny GPT-OSS checkpoint in the published format."""
+    from mini_vllm.model.tiny import write_tiny_checkpoint
+
+    path = write_tiny_checkpoint(Path(out or ROOT / _config()["model"]["tiny_dir"]), seed=seed)
+    print(path)
+
+
+@task(help={"model": "model directory (default: the tiny model)", "port": "port", "tp": "tensor parallel size"})
+def serve(c, model="", port=0, tp=1):
+    """Run `mini-vllm serve` in the foreground."""
+    cfg = _config()
+    model_dir = model or str(ROOT / cfg["model"]["tiny_dir"])
+    argv = [sys.executable, "-m", "mini_vllm.cli", "serve", model_dir,
+            "--port", str(port or cfg["server"]["port"]), "--tensor-parallel-size", str(tp)]
+    os.execvp(argv[0], argv)
+
+
+# --- images ------------------------------------------------------------------------------------------
+
+@task(help={"stage": "essentials | cuda | server | all", "push": "REGISTRY/REPO:TAG to push to",
+            "explain": "say why a stage rebuilt", "dry_run": "print what would be built"})
+def image(c, stage="all", push="", explain=False, dry_run=False):
+    """Assemble layered, reproducible OCI images without a daemon; optionally push them."""
+    from minibuild.image import build_images
+
+    build_images(_config(), stage=stage, push=push or None, explain=explain, dry_run=dry_run)
+
+
+# --- rollout & verify ----------------------------------------------------------------------------------
+
+@task(help={"tp": "tensor parallel size", "target": "hyperpod | eks | slurm | local",
+            "dry_run": "print the rendered manifests and a diff against what is live",
+            "delete": "remove what rollout made", "image": "image reference (default: last built)",
+            "model": "model path (default from build_config.yaml / the tiny model for local)"})
+def rollout(c, tp=1, target="local", dry_run=False, delete=False, image="", model=""):
+    """Render manifests for a target, apply them, wait until serving, diagnose failures."""
+    from minibuild.cluster import rollout as do_rollout
+
+    ok = do_rollout(_config(), target=target, tp=tp, dry_run=dry_run, delete=delete,
+                    image=image or None, model=model or None)
+    if not ok:
+        raise SystemExit(1)
+
+
+@task(help={"target": "hyperpod | eks | slurm | local", "tp": "tensor parallel size"})
+def status(c, target="local", tp=1):
+    """Show what is deployed and its state."""
+    from minibuild.cluster import status as do_status
+
+    do_status(_config(), target=target, tp=tp)
+
+
+@task(help={"target": "hyperpod | eks | slurm | local", "tp": "tensor parallel size", "tail": "lines"})
+def logs(c, target="local", tp=1, tail=100):
+    """Print the server's logs."""
+    from minibuild.cluster import logs as do_logs
+
+    do_logs(_config(), target=target, tp=tp, tail=tail)
+
+
+@task(help={"target": "hyperpod | eks | slurm | local", "url": "check this URL instead of the target's",
+            "tp": "tensor parallel size", "api_key": "API key (default: $MINI_VLLM_API_KEY)"})
+def verify(c, target="local", url="", tp=1, api_key=""):
+    """Prove the deployed server works: health, models, completions, chat, streaming, metrics."""
+    from minibuild.verify import verify as do_verify
+
+    ok = do_verify(_config(), target=target, url=url or None, tp=tp,
+                   api_key=api_key or os.environ.get("MINI_VLLM_API_KEY"))
+    if not ok:
+        raise SystemExit(1)
+
+
+# --- the two README commands -------------------------------------------------------------------------
+
+@task
+def up(c):
+    """The main job on the embedded default: tiny model, kernels, images, local rollout, verify."""
+    from minibuild.pipeline import up as do_up
+
+    if not do_up(_config(), ROOT):
+        raise SystemExit(1)
+
+
+@task(help={"k": "pytest -k expression", "x": "stop at the first failure"})
+def test(c, k="", x=False):
+    """Run the whole test suite (what CI runs)."""
+    args = [sys.executable, "-m", "pytest", "-q", "-ra", "--durations=15"]
+    if k:
+        args += ["-k", k]
+    if x:
+        args.append("-x")
+    os.execvp(args[0], args)
