@@ -1,0 +1,1 @@
+"""minibuild: the build engine, image builder, rollout and verification behind mini-vLLM's tasks."""
