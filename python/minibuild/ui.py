@@ -1,0 +1,74 @@
+"""Console output for the build engine: one place decides how messages and progress look.
+
+Why: library code (store, sources, compile) must be able to say "corrupt entry deleted" or show a
+progress bar without each module configuring rich its own way. Messages go to stderr so that
+commands whose stdout is data (`invoke graph`, `--dry-run` listings) stay pipeable. rich is
+imported lazily: a no-op build must stay well under half a second.
+"""
+from __future__ import annotations
+
+import sys
+from contextlib import contextmanager
+from typing import Any, Iterator
+
+_console: Any = None
+
+
+def console() -> Any:
+    global _console
+    if _console is None:
+        from rich.console import Console
+
+        _console = Console(stderr=True, highlight=False)
+    return _console
+
+
+def info(msg: str) -> None:
+    console().print(msg, markup=False)
+
+
+def warn(msg: str) -> None:
+    console().print(f"warning: {msg}", style="yellow", markup=False)
+
+
+def error(msg: str) -> None:
+    console().print(f"error: {msg}", style="bold red", markup=False)
+
+
+def out(msg: str = "") -> None:
+    """Data output (stdout), not decorated."""
+    sys.stdout.write(msg + "\n")
+    sys.stdout.flush()
+
+
+class _NullProgress:
+    def advance(self, n: int = 1) -> None:
+        pass
+
+    def describe(self, text: str) -> None:
+        pass
+
+
+class _RichProgress:
+    def __init__(self, progress: Any, task: Any) -> None:
+        self._p, self._t = progress, task
+
+    def advance(self, n: int = 1) -> None:
+        self._p.advance(self._t, n)
+
+    def describe(self, text: str) -> None:
+        self._p.update(self._t, description=text)
+
+
+@contextmanager
+def progress(label: str, total: int) -> Iterator[Any]:
+    """A progress bar on a terminal; plain start/finish lines otherwise (CI logs stay readable)."""
+    con = console()
+    if total <= 0 or not con.is_terminal:
+        yield _NullProgress()
+        return
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                  TimeElapsedColumn(), console=con, transient=False) as p:
+        yield _RichProgress(p, p.add_task(label, total=total))
