@@ -1,0 +1,145 @@
+"""Render a Plan into what a target runs: Kubernetes objects (from cluster/k8s/) or a Slurm script.
+
+Templates are data under cluster/; this module only fills placeholders and merges the target's
+overlay, so reviewing a deployment means reading YAML, not code. Output is deterministic (same plan
+-> same bytes), which keeps `--dry-run` diffs quiet when nothing changed.
+"""
+from __future__ import annotations
+
+import copy
+import re
+import shlex
+import string
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from minibuild.cluster.settings import Plan, repo_root
+from minibuild.config import require
+
+_WHOLE = re.compile(r"^\$\{(\w+)\}$")
+_PART = re.compile(r"\$\{(\w+)\}")
+_DROP = object()
+
+
+def template_dir(cfg: dict[str, Any]) -> Path:
+    return repo_root(cfg) / "cluster"
+
+
+def fill(node: Any, values: dict[str, Any]) -> Any:
+    """Replace ${var} placeholders; a whole-value placeholder keeps the value's type, None drops the key."""
+    if isinstance(node, dict):
+        out = {}
+        for k, v in node.items():
+            filled = fill(v, values)
+            if filled is not _DROP:
+                out[k] = filled
+        return out
+    if isinstance(node, list):
+        return [x for x in (fill(v, values) for v in node) if x is not _DROP]
+    if isinstance(node, str):
+        whole = _WHOLE.match(node)
+        if whole:
+            value = values[whole.group(1)]
+            return _DROP if value is None else copy.deepcopy(value)
+        return _PART.sub(lambda m: str(values[m.group(1)]), node)
+    return node
+
+
+def merge(base: dict[str, Any], overlay: dict[str, Any]) -> dict[str, Any]:
+    """Deep-merge overlay into a copy of base (mappings merge, everything else replaces)."""
+    out = copy.deepcopy(base)
+    for k, v in overlay.items():
+        out[k] = merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else copy.deepcopy(v)
+    return out
+
+
+def server_args(plan: Plan, host: str = "0.0.0.0") -> list[str]:
+    """The `mini-vllm serve` arguments every target runs."""
+    return ["serve", plan.model_path, "--host", host, "--port", str(plan.port),
+            "--tensor-parallel-size", str(plan.tp), "--served-model-name", plan.served_name]
+
+
+def _env(cfg: dict[str, Any], plan: Plan) -> list[dict[str, Any]]:
+    env: list[dict[str, Any]] = [{"name": k, "value": str(v)} for k, v in sorted((require(cfg, "cluster.env") or {}).items())]
+    env.append({"name": "MINI_VLLM_TP", "value": str(plan.tp)})
+    for ref in (require(cfg, "cluster.secrets") or {}).values():
+        env.append({"name": ref["env"], "valueFrom": {"secretKeyRef": {
+            "name": ref["name"], "key": ref["key"], "optional": True}}})
+    return env
+
+
+def _volumes(plan: Plan) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    vol = plan.settings.get("model_volume") or {}
+    volumes: list[dict[str, Any]] = []
+    mounts: list[dict[str, Any]] = []
+    if vol.get("pvc"):
+        ro = bool(vol.get("read_only", True))
+        claim: dict[str, Any] = {"claimName": vol["pvc"]}
+        if ro:
+            claim["readOnly"] = True
+        volumes.append({"name": "model", "persistentVolumeClaim": claim})
+        mounts.append({"name": "model", "mountPath": vol["mount"], "readOnly": ro})
+    if plan.tp > 1:   # NCCL / gloo between TP ranks use /dev/shm; the default 64 MiB is far too small
+        volumes.append({"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": plan.variant["shm"]}})
+        mounts.append({"name": "dshm", "mountPath": "/dev/shm"})
+    volumes.append({"name": "tmp", "emptyDir": {}})   # non-root: a writable scratch dir
+    mounts.append({"name": "tmp", "mountPath": "/tmp"})
+    return volumes, mounts
+
+
+def _load(cfg: dict[str, Any], rel: str) -> Any:
+    return yaml.safe_load((template_dir(cfg) / rel).read_text())
+
+
+def render_kubernetes(cfg: dict[str, Any], plan: Plan) -> list[dict[str, Any]]:
+    """The objects for hyperpod / eks, in apply order (PVC, Service, Deployment)."""
+    s = plan.settings
+    labels = dict(plan.labels)
+    service_labels = dict(plan.labels)
+    if plan.target == "hyperpod":
+        labels["kueue.x-k8s.io/queue-name"] = require(cfg, "cluster.targets.hyperpod.queue")
+        if s.get("priority_class"):
+            labels["kueue.x-k8s.io/priority-class"] = s["priority_class"]
+    node_selector = dict(s.get("node_selector") or {})
+    if s.get("instance_type"):
+        node_selector["node.kubernetes.io/instance-type"] = s["instance_type"]
+    volumes, mounts = _volumes(plan)
+    probes = require(cfg, "cluster.probes")
+    vol = s.get("model_volume") or {}
+    values: dict[str, Any] = {
+        "name": plan.name, "namespace": plan.namespace, "labels": labels, "service_labels": service_labels,
+        "image": plan.image, "image_source": plan.image_source, "port": plan.port, "tp": plan.tp,
+        "cpu": str(plan.variant["cpu"]), "memory": str(plan.variant["memory"]),
+        "command": ["mini-vllm", *server_args(plan)], "env": _env(cfg, plan),
+        "node_selector": node_selector or None, "tolerations": s.get("tolerations") or None,
+        "volumes": volumes, "volume_mounts": mounts,
+        "progress_deadline_s": int(require(cfg, "cluster.progress_deadline_s")),
+        "pvc_name": vol.get("pvc"), "pvc_size": vol.get("size"), "storage_class": vol.get("storage_class"),
+        **{k: int(v) for k, v in probes.items()},
+    }
+    deployment = merge(fill(_load(cfg, "k8s/deployment.yaml"), values), _load(cfg, f"k8s/{plan.target}.yaml") or {})
+    objects = []
+    if vol.get("create"):
+        objects.append(fill(_load(cfg, "k8s/pvc.yaml"), values))
+    objects.append(fill(_load(cfg, "k8s/service.yaml"), values))
+    objects.append(deployment)
+    return objects
+
+
+def to_yaml(objects: list[dict[str, Any]]) -> str:
+    return yaml.safe_dump_all(objects, sort_keys=False, default_flow_style=False)
+
+
+def render_slurm(cfg: dict[str, Any], plan: Plan, output: Path, python: str, host: str = "0.0.0.0") -> str:
+    """The sbatch script for a server job (cluster/slurm/serve.sbatch)."""
+    s = plan.settings
+    env = {**(require(cfg, "cluster.env") or {}), "MINI_VLLM_TP": plan.tp}
+    text = (template_dir(cfg) / "slurm/serve.sbatch").read_text()
+    return string.Template(text).substitute(
+        job_name=plan.name, tp=plan.tp, cpus=max(1, int(s.get("cpus_per_gpu", 1)) * plan.tp),
+        output=str(output), partition_line=f"#SBATCH --partition={s['partition']}" if s.get("partition") else "",
+        env_lines="\n".join(f"export {k}={shlex.quote(str(v))}" for k, v in sorted(env.items())),
+        model=shlex.quote(plan.model_path), port=plan.port, python=shlex.quote(python), host=host,
+        served_name=shlex.quote(plan.served_name))
