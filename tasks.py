@@ -23,12 +23,20 @@ def _config():
 
 # --- build engine (issue: build engine, pinned sources, invoke kernels) ------------------------
 
-@task(help={"offline": "use only the store and local (file://) mirrors"})
-def fetch(c, offline=False):
+def _with_mirror(cfg, mirror_dir):
+    """--mirror-dir DIR: a directory of <name>-<commit>.tar source tarballs tried before other mirrors."""
+    if mirror_dir:
+        cfg["sources_mirror"] = str(Path(mirror_dir).resolve())
+    return cfg
+
+
+@task(help={"offline": "use only the store and local (file://) mirrors",
+            "mirror_dir": "directory of <name>-<commit>.tar source tarballs (default: $MINI_VLLM_MIRROR)"})
+def fetch(c, offline=False, mirror_dir=""):
     """Bring the pinned third-party sources into the store, verified by tree hash."""
     from minibuild.sources import fetch_all
 
-    fetch_all(_config(), offline=offline)
+    fetch_all(_with_mirror(_config(), mirror_dir), offline=offline)
 
 
 @task(help={
@@ -37,12 +45,13 @@ def fetch(c, offline=False):
     "offline": "use only the store and local mirrors for sources",
     "jobs": "parallel compile jobs (default: bounded by cores and free memory)",
     "only": "comma-separated kernel sets to build (default: all in build_config.yaml)",
+    "mirror_dir": "directory of <name>-<commit>.tar source tarballs (default: $MINI_VLLM_MIRROR)",
 })
-def kernels(c, explain=False, dry_run=False, offline=False, jobs=0, only=""):
+def kernels(c, explain=False, dry_run=False, offline=False, jobs=0, only="", mirror_dir=""):
     """Compile our CUDA kernels and the GPT-OSS subset of FA3 for sm_90a; link extension modules."""
     from minibuild.kernels import build_kernels
 
-    ok = build_kernels(_config(), explain=explain, dry_run=dry_run, offline=offline, jobs=jobs or None,
+    ok = build_kernels(_with_mirror(_config(), mirror_dir), explain=explain, dry_run=dry_run, offline=offline, jobs=jobs or None,
                        only=[s for s in only.split(",") if s] or None)
     if not ok:
         raise SystemExit(1)

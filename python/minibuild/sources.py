@@ -1,0 +1,224 @@
+"""Pinned third-party sources: fetch from any mirror, verify the extracted tree, install in the store.
+
+Why trees and not archives: GitHub's tarballs, `git archive`, a local checkout and an S3 copy of
+the same commit differ byte for byte but hold the same files. A pin therefore carries the sha256 of
+the extracted file tree (hashing.tree_hash) of the selected subtrees, and any mirror that yields
+that tree is as good as any other. A tree that hashes differently is refused with both hashes shown
+and nothing is stored. Patches (part of the pin's identity) are applied after verification; the
+store id of a patched tree is sha256(tree hash + patch digests).
+
+Mirrors, tried in order (`--offline` keeps only the local ones):
+1. a mirror directory (`--mirror-dir`, $MINI_VLLM_MIRROR, or sources_mirror in config) holding
+   `<name>-<commit>.tar[.gz]` or a `<name>-<commit>/` directory (bench/make_source_mirror.py),
+2. the pin's `mirrors:` list: `file:///dir-or-tarball`, `https://...tar.gz`, `git+<url>`,
+   `s3://bucket/key.tar`; `{repo}`, `{commit}`, `{name}` are substituted,
+3. if the pin lists no mirrors: GitHub's archive URL and its git URL.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import tempfile
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from . import ui
+from .archive import copy_tree, extract_tar
+from .hashing import canonical_key, digest_file, tree_hash_of_listing, tree_listing
+from .store import Store, _make_writable
+
+DEFAULT_MIRRORS = ["https://codeload.github.com/{repo}/tar.gz/{commit}", "git+https://github.com/{repo}.git"]
+
+
+class SourceError(RuntimeError):
+    """No mirror produced the pinned tree; the message lists what each mirror did."""
+
+
+@dataclass
+class Pin:
+    name: str
+    repo: str
+    commit: str
+    tree_sha256: str
+    subtrees: list[str] = field(default_factory=list)
+    mirrors: list[str] = field(default_factory=list)
+    patches: list[str] = field(default_factory=list)   # repo-relative patch files
+    version: str = ""
+    root: Path = Path(".")
+
+    @property
+    def tree_id(self) -> str:
+        """Store id: the tree hash, or a hash of it and the patches' contents when patched."""
+        if not self.patches:
+            return self.tree_sha256
+        return canonical_key({"tree": self.tree_sha256,
+                              "patches": [digest_file(self.root / p) for p in self.patches]})
+
+
+def pins(cfg: dict[str, Any]) -> dict[str, Pin]:
+    root = Path(cfg.get("_root", "."))
+    out: dict[str, Pin] = {}
+    for name, spec in (cfg.get("sources") or {}).items():
+        if not isinstance(spec, dict) or not spec.get("commit") or not spec.get("tree_sha256"):
+            raise SourceError(f"build_config.yaml sources.{name}: needs 'commit' and 'tree_sha256'")
+        out[name] = Pin(name=name, repo=spec.get("repo", ""), commit=str(spec["commit"]),
+                        tree_sha256=str(spec["tree_sha256"]), subtrees=list(spec.get("subtrees") or []),
+                        mirrors=list(spec.get("mirrors") or []), patches=list(spec.get("patches") or []),
+                        version=str(spec.get("version", "")), root=root)
+    return out
+
+
+def mirror_dir(cfg: dict[str, Any], override: str | os.PathLike[str] | None = None) -> Path | None:
+    d = override or os.environ.get("MINI_VLLM_MIRROR") or cfg.get("sources_mirror")
+    return Path(d).expanduser().resolve() if d else None
+
+
+def candidates(pin: Pin, mdir: Path | None, offline: bool) -> list[str]:
+    urls: list[str] = []
+    if mdir:
+        base = f"{pin.name}-{pin.commit}"
+        for suffix in (".tar", ".tar.gz", ".tgz", ""):
+            p = mdir / (base + suffix)
+            if p.exists():
+                urls.append(p.as_uri())
+    for m in pin.mirrors or DEFAULT_MIRRORS:
+        urls.append(m.format(repo=pin.repo, commit=pin.commit, name=pin.name))
+    if offline:
+        urls = [u for u in urls if u.startswith(("file://", "git+file://"))]
+    return urls
+
+
+def _materialize(url: str, pin: Pin, dest: Path, scratch: Path) -> None:
+    """Put the pin's subtrees from one mirror into dest (raises on any failure)."""
+    marker = pin.commit
+    if url.startswith("git+"):
+        _git_export(url[4:], pin, dest, scratch)
+    elif url.startswith("file://"):
+        path = Path(urllib.request.url2pathname(url[7:]))
+        if path.is_dir():
+            copy_tree(path, dest, pin.subtrees)
+        else:
+            extract_tar(path, dest, pin.subtrees, strip_marker=marker)
+    elif url.startswith("s3://"):
+        from .remote import download_s3_object
+
+        tmp = scratch / "download"
+        download_s3_object(url, str(tmp))
+        extract_tar(tmp, dest, pin.subtrees, strip_marker=marker)
+    elif url.startswith(("https://", "http://")):
+        tmp = scratch / "download"
+        with urllib.request.urlopen(url, timeout=60) as r, open(tmp, "wb") as f:
+            while chunk := r.read(1 << 20):
+                f.write(chunk)
+        extract_tar(tmp, dest, pin.subtrees, strip_marker=marker)
+    else:
+        raise SourceError(f"unsupported mirror URL {url!r}")
+
+
+def _git_export(url: str, pin: Pin, dest: Path, scratch: Path) -> None:
+    gdir = scratch / "git"
+    env = {**os.environ, "GIT_TERMINAL_PROMPT": "0"}
+
+    def git(*args: str, **kw: Any) -> subprocess.CompletedProcess[bytes]:
+        return subprocess.run(["git", "--git-dir", str(gdir), *args], check=True, env=env,
+                              stderr=subprocess.PIPE, **kw)
+
+    subprocess.run(["git", "init", "-q", "--bare", str(gdir)], check=True, env=env)
+    try:
+        git("fetch", "-q", "--depth", "1", url, pin.commit)
+    except subprocess.CalledProcessError:
+        git("fetch", "-q", url, "+refs/*:refs/remotes/m/*")  # servers that refuse fetch-by-sha
+    archive = scratch / "git.tar"
+    with open(archive, "wb") as f:
+        git("archive", "--format=tar", pin.commit, "--", *(pin.subtrees or ["."]), stdout=f)
+    extract_tar(archive, dest, pin.subtrees)
+
+
+def _apply_patches(pin: Pin, tree: Path) -> None:
+    for patch in pin.patches:
+        r = subprocess.run(["patch", "-p1", "-s", "-f", "--no-backup-if-mismatch", "-d", str(tree),
+                            "-i", str(pin.root / patch)], capture_output=True, text=True)
+        if r.returncode != 0:
+            raise SourceError(f"sources.{pin.name}: patch {patch} does not apply: {r.stdout}{r.stderr}")
+
+
+def _listing_doc(tree: Path) -> dict[str, str]:
+    doc: dict[str, str] = {}
+    for kind, ex, value, rel in tree_listing(tree):
+        doc[rel] = ("->" + value) if kind == "l" else (("x:" if ex == "x" else "") + value)
+    return doc
+
+
+def ensure_source(store: Store, pin: Pin, offline: bool = False, mdir: Path | None = None) -> Path:
+    """The installed tree of pin (fetched and verified if missing)."""
+    tid = pin.tree_id
+    if store.has_tree(tid):
+        return store.tree_dir(tid)
+    with store.lock(f"tree:{tid}"):
+        if store.has_tree(tid):
+            return store.tree_dir(tid)
+        urls = candidates(pin, mdir, offline)
+        if not urls:
+            raise SourceError(f"sources.{pin.name}: no mirror to try" + (" offline (use --mirror-dir or "
+                              "$MINI_VLLM_MIRROR, or a file:// mirror)" if offline else ""))
+        failures: list[str] = []
+        for url in urls:
+            staged = store.staging_dir()
+            try:
+                t0 = time.monotonic()
+                tree = staged / "tree"
+                tree.mkdir()
+                _materialize(url, pin, tree, staged)
+                got = tree_hash_of_listing(tree_listing(tree))
+                if got != pin.tree_sha256:
+                    raise SourceError(f"tree hash mismatch: expected {pin.tree_sha256}, got {got}")
+                _apply_patches(pin, tree)
+                store.install_tree(tree, tid, _listing_doc(tree))
+                store.log_event("fetch", source=pin.name, url=url, tree=tid)
+                ui.info(f"fetched {pin.name} {pin.version or pin.commit[:12]} from {url} "
+                        f"({time.monotonic() - t0:.1f} s), tree {pin.tree_sha256[:12]} verified")
+                return store.tree_dir(tid)
+            except Exception as exc:  # any mirror failure: report, try the next one
+                msg = str(exc)
+                if isinstance(exc, subprocess.CalledProcessError) and exc.stderr:
+                    msg += ": " + exc.stderr.decode(errors="replace").strip()[-300:]
+                failures.append(f"  {url}: {type(exc).__name__}: {msg}")
+                ui.warn(f"sources.{pin.name}: rejected mirror {url}: {msg}")
+            finally:
+                if staged.exists():
+                    _make_writable(staged)
+                    shutil.rmtree(staged, ignore_errors=True)
+        raise SourceError(f"sources.{pin.name} ({pin.commit}): no mirror gave the pinned tree; nothing "
+                          "stored.\n" + "\n".join(failures))
+
+
+def fetch_all(cfg: dict[str, Any], offline: bool = False, mirror: str | None = None,
+              only: list[str] | None = None) -> dict[str, Path]:
+    """`invoke fetch`: every pinned source (or `only` those) present and verified in the store."""
+    store = Store.from_config(cfg)
+    mdir = mirror_dir(cfg, mirror)
+    out: dict[str, Path] = {}
+    for name, pin in pins(cfg).items():
+        if only is not None and name not in only:
+            continue
+        had = store.has_tree(pin.tree_id)
+        out[name] = ensure_source(store, pin, offline=offline, mdir=mdir)
+        if had:
+            ui.info(f"{name}: {pin.version or pin.commit[:12]} already in the store (tree {pin.tree_id[:12]})")
+    return out
+
+
+def make_mirror_tarball(repo_git_dir: str | os.PathLike[str], pin: Pin, out_dir: Path) -> Path:
+    """Write `<name>-<commit>.tar` of the pin's subtrees from a local git repository (mirror-making)."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    out = out_dir / f"{pin.name}-{pin.commit}.tar"
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=out_dir)
+    with os.fdopen(fd, "wb") as f:
+        subprocess.run(["git", "--git-dir", str(repo_git_dir), "archive", "--format=tar", pin.commit, "--",
+                        *(pin.subtrees or ["."])], stdout=f, check=True)
+    os.replace(tmp, out)
+    return out
