@@ -1,0 +1,120 @@
+"""The FastAPI application: routes, API-key check, background model loading.
+
+The HTTP server comes up first and loads the model in a background thread, so orchestrators see a
+live process at once and /health answers 503 until the engine is ready (Kubernetes readiness, Slurm
+wait loops, `invoke verify` all poll it). A failed load keeps the server up with /health 503 and
+the reason in the error body, so `invoke rollout` can diagnose instead of seeing a crash loop.
+"""
+from __future__ import annotations
+
+import asyncio
+import hmac
+import logging
+import threading
+import time
+from contextlib import asynccontextmanager
+from typing import Any, Callable
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, PlainTextResponse
+
+from mini_vllm import __version__
+from mini_vllm.api import sse
+from mini_vllm.api.chat import create_chat_completion
+from mini_vllm.api.completions import create_completion
+from mini_vllm.api.errors import APIError, error_body, install_error_handlers
+from mini_vllm.api.schemas import ChatCompletionRequest, CompletionRequest
+from mini_vllm.api.state import ServerState
+
+log = logging.getLogger("mini_vllm.api")
+OPEN_PATHS = ("/health", "/metrics", "/version", "/ping")
+
+
+class APIKeyMiddleware:
+    """Bearer-token check for everything but the open paths (pure ASGI: no cost to streaming)."""
+
+    def __init__(self, app: Any, api_key: str) -> None:
+        self.app, self._expected = app, f"Bearer {api_key}".encode()
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "http" and not scope["path"].startswith(OPEN_PATHS):
+            given = dict(scope["headers"]).get(b"authorization", b"")
+            if not hmac.compare_digest(given, self._expected):
+                resp = JSONResponse(error_body(401, "invalid or missing API key", None, "invalid_api_key"), 401)
+                await resp(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
+def _load_in_background(state: ServerState, load: Callable[[], Any]) -> threading.Thread:
+    def run() -> None:
+        t0 = time.monotonic()
+        try:
+            engine = load()
+        except Exception as e:  # noqa: BLE001 - reported through /health and the logs
+            state.load_error = f"{type(e).__name__}: {e}"
+            log.exception("model load failed")
+            return
+        state.load_seconds = time.monotonic() - t0
+        state.engine = engine
+        log.info("model %s ready in %.1f s (max_model_len %s)", state.model_name, state.load_seconds,
+                 getattr(engine.model_config, "max_model_len", "?"))
+
+    thread = threading.Thread(target=run, name="model-loader", daemon=True)
+    thread.start()
+    return thread
+
+
+def build_app(state: ServerState, load: Callable[[], Any]) -> FastAPI:
+    """`load()` builds and starts the engine (in a thread); it is called once at startup."""
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI):
+        state.created = sse.now()
+        loader = _load_in_background(state, load)
+        yield
+        await asyncio.to_thread(loader.join)
+        if state.engine is not None:
+            state.engine.shutdown()
+
+    app = FastAPI(title="mini-vLLM", version=__version__, lifespan=lifespan)
+    install_error_handlers(app)
+    if state.api_key:
+        app.add_middleware(APIKeyMiddleware, api_key=state.api_key)
+
+    @app.get("/health")
+    async def health() -> JSONResponse:
+        if state.engine is None or not getattr(state.engine, "is_ready", True):
+            msg = f"model failed to load: {state.load_error}" if state.load_error else "model is loading"
+            return JSONResponse(error_body(503, msg), 503)
+        return JSONResponse({"status": "ok"})
+
+    @app.get("/version")
+    async def version() -> dict[str, str]:
+        return {"version": __version__}
+
+    @app.get("/v1/models")
+    async def models() -> dict[str, Any]:
+        card: dict[str, Any] = {"id": state.model_name, "object": "model", "created": state.created,
+                                "owned_by": "mini-vllm", "root": state.model_name, "parent": None}
+        if state.engine is not None:
+            card["max_model_len"] = state.max_model_len
+        return {"object": "list", "data": [card]}
+
+    @app.get("/metrics")
+    async def metrics() -> PlainTextResponse:
+        stats = state.engine.stats() if state.engine is not None else None
+        return PlainTextResponse(state.metrics.render(stats), media_type="text/plain; version=0.0.4")
+
+    @app.post("/v1/completions")
+    async def completions(req: CompletionRequest, raw: Request):
+        return await create_completion(req, raw, state)
+
+    @app.post("/v1/chat/completions")
+    async def chat(req: ChatCompletionRequest, raw: Request):
+        return await create_chat_completion(req, raw, state)
+
+    return app
+
+
+__all__ = ["APIError", "ServerState", "build_app"]

@@ -1,0 +1,142 @@
+"""Driving one engine request from an HTTP handler: limits, refusals, aborts, metrics.
+
+Shared by completions and chat so that both map engine refusals the same way (prompt too long ->
+400, queue full -> 429), free the request's KV blocks the moment the client goes away (abort on
+cancellation), and record TTFT / inter-token latency / e2e latency / outcome exactly once.
+"""
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any, AsyncIterator, Awaitable, TypeVar
+
+from fastapi import Request
+
+from mini_vllm.api.errors import APIError
+from mini_vllm.api.schemas import _Sampling
+from mini_vllm.engine.outputs import RequestOutput
+from mini_vllm.metrics import ServerMetrics
+from mini_vllm.sampling_params import SamplingParams
+
+T = TypeVar("T")
+
+
+def sampling_params(req: _Sampling, max_tokens: int | None, logprobs: int | None,
+                    stop_token_ids: list[int] = ()) -> SamplingParams:
+    params = SamplingParams(
+        n=req.n, temperature=1.0 if req.temperature is None else req.temperature,
+        top_p=1.0 if req.top_p is None else req.top_p, top_k=req.top_k or 0, min_p=req.min_p or 0.0,
+        seed=req.seed, max_tokens=max_tokens, stop=list(req.stop or []),
+        stop_token_ids=list(req.stop_token_ids or []) + [i for i in stop_token_ids if i not in (req.stop_token_ids or [])],
+        ignore_eos=req.ignore_eos, logprobs=logprobs)
+    try:
+        params.validate()
+    except ValueError as e:
+        raise APIError(400, str(e), str(e).split()[0]) from None
+    return params
+
+
+def check_length(prompt_len: int, max_tokens: int | None, max_model_len: int, param: str) -> None:
+    if prompt_len >= max_model_len:
+        raise APIError(400, f"This model's maximum context length is {max_model_len} tokens. However, your "
+                       f"prompt has {prompt_len} tokens.", param)
+    if max_tokens is not None and prompt_len + max_tokens > max_model_len:
+        raise APIError(400, f"This model's maximum context length is {max_model_len} tokens. However, you requested "
+                       f"{prompt_len + max_tokens} tokens ({prompt_len} in the prompt, {max_tokens} for the "
+                       "completion). Please reduce the prompt or max_tokens.", "max_tokens")
+
+
+def _is_queue_full(exc: BaseException) -> bool:
+    return any(c.__name__ in ("QueueFullError", "QueueFull") for c in type(exc).__mro__)
+
+
+async def run_request(engine: Any, metrics: ServerMetrics, request_id: str, prompt_ids: list[int],
+                      params: SamplingParams) -> AsyncIterator[RequestOutput]:
+    """engine.generate with our error mapping; aborts the request if the consumer stops early."""
+    start = time.monotonic()
+    last = None
+    finished = False
+    produced = False
+    try:
+        async for out in engine.generate(request_id, prompt_ids, params):
+            produced = True
+            now = time.monotonic()
+            new = sum(len(o.token_ids_delta) for o in out.outputs[:1])
+            if new:
+                if last is None:
+                    metrics.observe_first_token(now - start)
+                    if new > 1:
+                        metrics.observe_inter_token(0.0, new - 1)
+                else:
+                    metrics.observe_inter_token(now - last, new)
+                last = now
+            if out.finished:
+                finished = True
+                reason = out.outputs[0].finish_reason or "stop" if out.outputs else "stop"
+                metrics.observe_finished(reason, now - start)
+            yield out
+    except ValueError as e:
+        if produced:
+            raise
+        raise APIError(400, str(e), "prompt") from None
+    except Exception as e:
+        if _is_queue_full(e):
+            raise APIError(429, f"server busy: {e}", code="queue_full") from None
+        raise
+    finally:
+        if not finished:
+            engine.abort(request_id)
+            metrics.observe_finished("abort", time.monotonic() - start)
+
+
+async def until_disconnect(request: Request, work: Awaitable[T], poll_s: float = 0.25) -> T:
+    """Await `work`, cancelling it (which aborts its engine request) if the HTTP client goes away."""
+    task = asyncio.ensure_future(work)
+    try:
+        while True:
+            done, _ = await asyncio.wait({task}, timeout=poll_s)
+            if done:
+                return task.result()
+            if await request.is_disconnected():
+                task.cancel()
+                raise APIError(499, "client disconnected")
+    finally:
+        if not task.done():
+            task.cancel()
+
+
+async def merged(streams: list[AsyncIterator[T]]) -> AsyncIterator[tuple[int, T]]:
+    """Interleave several async iterators (one per prompt) as they produce; close them all on exit."""
+    if len(streams) == 1:
+        try:
+            async for item in streams[0]:
+                yield 0, item
+        finally:
+            await streams[0].aclose()  # type: ignore[attr-defined]
+        return
+    queue: asyncio.Queue[tuple[int, Any, BaseException | None, bool]] = asyncio.Queue()
+
+    async def pump(i: int, it: AsyncIterator[T]) -> None:
+        try:
+            async for item in it:
+                await queue.put((i, item, None, False))
+            await queue.put((i, None, None, True))
+        except BaseException as e:  # noqa: BLE001 - forwarded to the consumer
+            await queue.put((i, None, e, True))
+
+    tasks = [asyncio.ensure_future(pump(i, s)) for i, s in enumerate(streams)]
+    try:
+        remaining = len(tasks)
+        while remaining:
+            i, item, err, done = await queue.get()
+            if err is not None:
+                raise err
+            if done:
+                remaining -= 1
+            else:
+                yield i, item
+    finally:
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
