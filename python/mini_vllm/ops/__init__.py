@@ -1,0 +1,134 @@
+"""GPT-OSS ops for the runtime: one function per op, CUDA kernel when possible, torch otherwise.
+
+Why one dispatching layer: the model code calls `rms_norm(x, w)` and neither knows nor cares whether
+the tensor is on an H100 with build/ext/mini_vllm_kernels.so loaded (-> our C-ABI kernel, launched on
+torch's current stream, so CUDA-graph capture works) or on a CPU in CI (-> ops.reference). Inputs the
+kernels do not take (other dtypes, misaligned or non-contiguous rows) go to the reference, correctly.
+Signatures and semantics are documented in docs/kernels.md.
+"""
+from __future__ import annotations
+
+import torch
+
+from . import reference
+from .ext import try_load
+from .rope import YarnConfig, cos_sin_cache
+
+__all__ = ["rms_norm", "fused_add_rms_norm", "apply_rope", "write_kv_cache", "swiglu_clamped", "dequant_mxfp4",
+           "route_topk", "cos_sin_cache", "YarnConfig", "kernels_available"]
+
+_MODULE = "mini_vllm_kernels"
+
+
+def _kernels(*tensors: torch.Tensor):
+    """The loaded kernels module if every tensor is a CUDA tensor, else None."""
+    if not all(t.is_cuda for t in tensors):
+        return None
+    return try_load(_MODULE)
+
+
+def kernels_available() -> bool:
+    return torch.cuda.is_available() and try_load(_MODULE) is not None
+
+
+def _bf16_rows(*tensors: torch.Tensor) -> bool:
+    return all(t.dtype == torch.bfloat16 and t.is_contiguous() and t.data_ptr() % 16 == 0 for t in tensors)
+
+
+def _stream() -> int:
+    return torch.cuda.current_stream().cuda_stream
+
+
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float = 1e-5, out: torch.Tensor | None = None) -> torch.Tensor:
+    """RMSNorm over the last dim of x [..., H] with weight [H]; returns out (new unless given; may be x)."""
+    mod = _kernels(x, weight)
+    if mod is None or not _bf16_rows(x, weight) or x.shape[-1] % 8:
+        y = reference.rms_norm(x, weight, eps)
+        return out.copy_(y) if out is not None else y
+    out = torch.empty_like(x) if out is None else out
+    mod.call("mv_rms_norm", out.data_ptr(), x.data_ptr(), weight.data_ptr(), x.numel() // x.shape[-1], x.shape[-1],
+             eps, _stream())
+    return out
+
+
+def fused_add_rms_norm(x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor,
+                       eps: float = 1e-5) -> tuple[torch.Tensor, torch.Tensor]:
+    """In place: residual <- x + residual; x <- rms_norm(residual, weight). Returns (x, residual)."""
+    mod = _kernels(x, residual, weight)
+    if mod is None or not _bf16_rows(x, residual, weight) or x.shape[-1] % 8:
+        return reference.fused_add_rms_norm(x, residual, weight, eps)
+    mod.call("mv_fused_add_rms_norm", x.data_ptr(), residual.data_ptr(), weight.data_ptr(), x.numel() // x.shape[-1],
+             x.shape[-1], eps, _stream())
+    return x, residual
+
+
+def apply_rope(q: torch.Tensor, k: torch.Tensor, positions: torch.Tensor,
+               cos_sin: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """In place NeoX/YaRN RoPE on q [T, Hq, D] and k [T, Hk, D] (heads contiguous; token stride free).
+
+    positions: int [T]; cos_sin: fp32 [max_pos, D] from `cos_sin_cache`.
+    """
+    mod = _kernels(q, k, positions, cos_sin)
+    ok = (mod is not None and q.dtype == k.dtype == torch.bfloat16 and cos_sin.dtype == torch.float32
+          and cos_sin.is_contiguous() and q.stride(-1) == k.stride(-1) == 1 and q.stride(-2) == k.stride(-2) == q.shape[-1]
+          and q.stride(0) % 4 == 0 and k.stride(0) % 4 == 0 and q.shape[-1] % 8 == 0)
+    if not ok:
+        return reference.apply_rope(q, k, positions, cos_sin)
+    pos = positions if positions.dtype == torch.int64 and positions.is_contiguous() else positions.long().contiguous()
+    mod.call("mv_rope_neox", q.data_ptr(), k.data_ptr(), pos.data_ptr(), cos_sin.data_ptr(), q.shape[0], q.shape[1],
+             k.shape[1], q.shape[2], q.stride(0), k.stride(0), _stream())
+    return q, k
+
+
+def write_kv_cache(key: torch.Tensor, value: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
+                   slot_mapping: torch.Tensor) -> None:
+    """key/value [T, Hk, D] -> k_cache/v_cache [num_blocks, block_size, Hk, D] at slot_mapping (-1 = skip)."""
+    mod = _kernels(key, value, k_cache, v_cache, slot_mapping)
+    row = key.shape[1] * key.shape[2]
+    ok = (mod is not None and _bf16_rows(k_cache, v_cache) and key.dtype == value.dtype == torch.bfloat16
+          and key[0:1].is_contiguous() and value[0:1].is_contiguous() and key.stride(0) % 8 == 0
+          and value.stride(0) % 8 == 0 and row % 8 == 0 and key.data_ptr() % 16 == 0 and value.data_ptr() % 16 == 0)
+    if not ok:
+        reference.write_kv_cache(key, value, k_cache, v_cache, slot_mapping)
+        return
+    slots = slot_mapping if slot_mapping.dtype == torch.int64 and slot_mapping.is_contiguous() else slot_mapping.long()
+    mod.call("mv_write_kv_cache", key.data_ptr(), value.data_ptr(), k_cache.data_ptr(), v_cache.data_ptr(),
+             slots.data_ptr(), key.shape[0], key.shape[1], key.shape[2], key.stride(0), value.stride(0), _stream())
+
+
+def swiglu_clamped(gate_up: torch.Tensor, alpha: float = 1.702, limit: float = 7.0) -> torch.Tensor:
+    """[..., 2I] interleaved gate/linear -> [..., I]: min(g,limit)*sigmoid(alpha*g)*(clamp(l,+-limit)+1)."""
+    mod = _kernels(gate_up)
+    inter = gate_up.shape[-1] // 2
+    if mod is None or not _bf16_rows(gate_up) or inter % 4:
+        return reference.swiglu_clamped(gate_up, alpha, limit)
+    out = torch.empty(*gate_up.shape[:-1], inter, dtype=gate_up.dtype, device=gate_up.device)
+    mod.call("mv_swiglu_clamped", out.data_ptr(), gate_up.data_ptr(), gate_up.numel() // gate_up.shape[-1], inter,
+             alpha, limit, _stream())
+    return out
+
+
+def dequant_mxfp4(blocks: torch.Tensor, scales: torch.Tensor, dtype: torch.dtype = torch.bfloat16) -> torch.Tensor:
+    """uint8 blocks [..., G, 16] + uint8 scales [..., G] -> [..., G*32] in dtype (bf16 on the kernel path)."""
+    if blocks.shape[:-1] != scales.shape or blocks.shape[-1] != 16:
+        return reference.dequant_mxfp4(blocks, scales, dtype)  # raises the shape error
+    mod = _kernels(blocks, scales)
+    ok = (mod is not None and dtype == torch.bfloat16 and blocks.dtype == scales.dtype == torch.uint8
+          and blocks.is_contiguous() and scales.is_contiguous() and blocks.data_ptr() % 16 == 0)
+    if not ok:
+        return reference.dequant_mxfp4(blocks, scales, dtype)
+    out = torch.empty(*scales.shape[:-1], scales.shape[-1] * 32, dtype=dtype, device=blocks.device)
+    mod.call("mv_dequant_mxfp4", out.data_ptr(), blocks.data_ptr(), scales.data_ptr(), scales.numel(), _stream())
+    return out
+
+
+def route_topk(logits: torch.Tensor, top_k: int = 4) -> tuple[torch.Tensor, torch.Tensor]:
+    """Router logits [T, E] -> (expert indices int32 [T, k], fp32 softmax weights over the k chosen)."""
+    mod = _kernels(logits)
+    if mod is None or logits.dtype != torch.bfloat16 or not logits.is_contiguous() or logits.shape[-1] > 256 or top_k > 8:
+        return reference.route_topk(logits, top_k)
+    t = logits.shape[0]
+    idx = torch.empty(t, top_k, dtype=torch.int32, device=logits.device)
+    w = torch.empty(t, top_k, dtype=torch.float32, device=logits.device)
+    mod.call("mv_route_topk", logits.data_ptr(), idx.data_ptr(), w.data_ptr(), t, logits.shape[1], top_k, _stream())
+    return idx, w

@@ -1,0 +1,106 @@
+"""GPT-OSS attention through our C-ABI FlashAttention-3 module (build/ext/mini_vllm_fa3.so).
+
+Why a thin ctypes binding: flash_attn/fa3_capi.cu does what the fork's torch-bound mha_fwd does for the
+GPT-OSS configuration, so no torch extension is built. This module validates tensors (the C side trusts
+raw pointers), sizes and allocates the workspace the C side asks for (`mv_fa3_workspace_bytes`),
+launches on torch's current stream (CUDA-graph capturable; pass `workspace` to reuse one buffer under a
+graph), and turns error codes into exceptions with the C side's message. `paged_attention` picks FA3
+when the module and the inputs allow it and falls back to the torch reference otherwise.
+"""
+from __future__ import annotations
+
+import torch
+
+from .ext import Module, try_load
+from .paged_attention import paged_attention as paged_attention_reference
+
+MODULE = "mini_vllm_fa3"
+HEAD_DIM = 64
+MAX_SPLITS = 256
+HEURISTIC_SPLITS_CAP = 16  # workspace sized for this many splits when FA3's heuristic chooses (it may pick fewer)
+
+
+def workspace_bytes(mod: Module, batch: int, total_q: int, num_heads_q: int, max_splits: int) -> int:
+    return int(mod.lib.mv_fa3_workspace_bytes(batch, total_q, num_heads_q, HEAD_DIM, max_splits))
+
+
+def _check(q, k_cache, v_cache, page_table, cu_seqlens_q, seqused_k, sinks) -> None:
+    def need(cond: bool, msg: str) -> None:
+        if not cond:
+            raise ValueError(f"fa3: {msg}")
+
+    need(q.dim() == 3 and q.shape[-1] == HEAD_DIM, f"q must be [total_q, Hq, {HEAD_DIM}], got {tuple(q.shape)}")
+    need(k_cache.dim() == 4 and k_cache.shape == v_cache.shape and k_cache.shape[-1] == HEAD_DIM,
+         "k_cache/v_cache must both be [num_pages, page_size, Hkv, 64]")
+    need(q.dtype == k_cache.dtype == v_cache.dtype == torch.bfloat16, "q, k_cache, v_cache must be bfloat16")
+    need(q.shape[1] % k_cache.shape[2] == 0, "Hq must be a multiple of Hkv")
+    for name, t in (("q", q), ("k_cache", k_cache), ("v_cache", v_cache), ("page_table", page_table),
+                    ("cu_seqlens_q", cu_seqlens_q), ("seqused_k", seqused_k)):
+        need(t.is_cuda and t.device == q.device, f"{name} must be on {q.device}")
+        need(t.is_contiguous(), f"{name} must be contiguous")
+    for name, t in (("page_table", page_table), ("cu_seqlens_q", cu_seqlens_q), ("seqused_k", seqused_k)):
+        need(t.dtype == torch.int32, f"{name} must be int32")
+    need(page_table.dim() == 2 and page_table.shape[0] == seqused_k.shape[0] == cu_seqlens_q.shape[0] - 1,
+         "page_table [B, max_pages], seqused_k [B], cu_seqlens_q [B+1] disagree on B")
+    if sinks is not None:
+        need(sinks.dtype == torch.bfloat16 and sinks.shape == (q.shape[1],) and sinks.is_contiguous()
+             and sinks.device == q.device, "sinks must be bf16 [Hq] on q's device")
+        need(q.shape[1] <= 64, "sinks need <= 64 query heads")
+
+
+def fa3_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, page_table: torch.Tensor,
+                  cu_seqlens_q: torch.Tensor, seqused_k: torch.Tensor, max_seqlen_q: int, max_seqlen_k: int, *,
+                  causal: bool = True, sliding_window: int | None = None, sinks: torch.Tensor | None = None,
+                  softmax_scale: float | None = None, num_splits: int = 0, out: torch.Tensor | None = None,
+                  workspace: torch.Tensor | None = None, module: Module | None = None) -> torch.Tensor:
+    """FA3 forward. Semantics identical to ops.paged_attention.paged_attention (see there).
+
+    sliding_window W: each query sees keys pos > qpos - W (GPT-OSS: 128 -> FA3 window_size_left 127).
+    num_splits: 0 = FA3's heuristic, 1 = no split-KV, n = n splits (capped by the workspace and 256).
+    workspace: uint8 CUDA tensor of >= workspace_bytes(...); allocated per call when omitted.
+    """
+    mod = module or try_load(MODULE)
+    if mod is None:
+        from .ext import load_errors
+
+        raise RuntimeError(f"fa3 module unavailable: {load_errors.get(MODULE, 'not loaded')}")
+    _check(q, k_cache, v_cache, page_table, cu_seqlens_q, seqused_k, sinks)
+    if sliding_window is not None and sliding_window < 1:
+        raise ValueError("fa3: sliding_window must be >= 1 or None")
+    total_q, hq, _ = q.shape
+    batch = seqused_k.shape[0]
+    out = torch.empty_like(q) if out is None else out
+    if out.shape != q.shape or out.dtype != q.dtype or not out.is_contiguous():
+        raise ValueError("fa3: out must be a contiguous tensor like q")
+    if not 0 <= num_splits <= MAX_SPLITS:
+        raise ValueError(f"fa3: num_splits must be in [0, {MAX_SPLITS}]")
+    need = workspace_bytes(mod, batch, total_q, hq, num_splits or HEURISTIC_SPLITS_CAP)
+    if workspace is None:
+        workspace = torch.empty(need, dtype=torch.uint8, device=q.device)
+    scale = softmax_scale if softmax_scale is not None else HEAD_DIM ** -0.5
+    window_left = -1 if sliding_window is None else sliding_window - 1
+    mod.call("mv_fa3_fwd", out.data_ptr(), q.data_ptr(), k_cache.data_ptr(), v_cache.data_ptr(),
+             page_table.data_ptr(), page_table.shape[1], cu_seqlens_q.data_ptr(), seqused_k.data_ptr(),
+             batch, total_q, max_seqlen_q, max_seqlen_k, hq, k_cache.shape[2], HEAD_DIM,
+             k_cache.shape[0], k_cache.shape[1], scale, int(causal), window_left,
+             sinks.data_ptr() if sinks is not None else None, num_splits,
+             workspace.data_ptr(), workspace.numel(), torch.cuda.current_stream(q.device).cuda_stream)
+    return out
+
+
+def fa3_supported(q: torch.Tensor, sinks: torch.Tensor | None) -> bool:
+    """True when the FA3 module is loaded and the call is within this build (bf16, d 64, sinks <= 64 heads)."""
+    return (q.is_cuda and q.dtype == torch.bfloat16 and q.shape[-1] == HEAD_DIM
+            and (sinks is None or q.shape[1] <= 64) and try_load(MODULE) is not None)
+
+
+def paged_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, page_table: torch.Tensor,
+                    cu_seqlens_q: torch.Tensor, seqused_k: torch.Tensor, max_seqlen_q: int, max_seqlen_k: int, *,
+                    causal: bool = True, sliding_window: int | None = None, sinks: torch.Tensor | None = None,
+                    softmax_scale: float | None = None) -> torch.Tensor:
+    """The runtime's attention: FA3 on an H100 with the module built, else the torch reference."""
+    if fa3_supported(q, sinks):
+        return fa3_attention(q, k_cache, v_cache, page_table, cu_seqlens_q, seqused_k, max_seqlen_q, max_seqlen_k,
+                             causal=causal, sliding_window=sliding_window, sinks=sinks, softmax_scale=softmax_scale)
+    return paged_attention_reference(q, k_cache, v_cache, page_table, cu_seqlens_q, seqused_k, causal=causal,
+                                     sliding_window=sliding_window, sinks=sinks, softmax_scale=softmax_scale)
