@@ -1,0 +1,56 @@
+"""Pieces that need no server: the CLI's flag mapping and the metrics text format."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from mini_vllm.cli import api_key, engine_args, parse_args
+from mini_vllm.metrics import ServerMetrics
+
+
+def test_cli_flags_map_onto_engine_args(monkeypatch):
+    ns = parse_args(["serve", "/models/gpt-oss-20b", "--tensor-parallel-size", "2", "--max-model-len", "8192",
+                     "--no-enable-prefix-caching", "--kv-cache-memory-gb", "1.5", "--dtype", "bfloat16",
+                     "--max-num-seqs", "64", "--block-size", "32", "--seed", "7", "--enforce-eager"])
+    a = engine_args(ns)
+    assert (a.model, a.served_model_name, a.tensor_parallel_size, a.max_model_len) == \
+        ("/models/gpt-oss-20b", "gpt-oss-20b", 2, 8192)
+    assert (a.enable_prefix_caching, a.kv_cache_memory_gb, a.dtype, a.max_num_seqs, a.block_size, a.seed,
+            a.enforce_eager) == (False, 1.5, "bfloat16", 64, 32, 7, True)
+    monkeypatch.delenv("MINI_VLLM_API_KEY", raising=False)
+    monkeypatch.setenv("VLLM_API_KEY", "from-env")
+    assert api_key(ns) == "from-env"
+    assert api_key(parse_args(["serve", "m", "--api-key", "flag"])) == "flag"
+    assert engine_args(parse_args(["serve", "m", "--served-model-name", "x"])).served_model_name == "x"
+
+
+@dataclass
+class Stats:
+    num_requests_running: int = 2
+    num_requests_waiting: int = 1
+    kv_cache_usage: float = 0.25
+    prefix_cache_queries: int = 10
+    prefix_cache_hits: int = 4
+    num_preemptions: int = 0
+    prompt_tokens_total: int = 100
+    generation_tokens_total: int = 50
+
+
+def test_metrics_text_format():
+    m = ServerMetrics('m"x')
+    m.observe_first_token(0.03)
+    m.observe_inter_token(0.2, tokens=4)
+    m.observe_finished("stop", 1.2)
+    text = m.render(Stats())
+    labels = 'model_name="m\\"x",engine="0"'
+    assert f"vllm:num_requests_running{{{labels}}} 2.0" in text
+    assert f"vllm:kv_cache_usage_perc{{{labels}}} 0.25" in text
+    assert f"vllm:prefix_cache_hits_total{{{labels}}} 4.0" in text
+    assert f'vllm:request_success_total{{{labels},finished_reason="stop"}} 1.0' in text
+    assert f'vllm:time_to_first_token_seconds_bucket{{{labels},le="0.02"}} 0' in text
+    assert f'vllm:time_to_first_token_seconds_bucket{{{labels},le="0.04"}} 1' in text
+    assert f'vllm:inter_token_latency_seconds_bucket{{{labels},le="0.05"}} 4' in text
+    assert f"vllm:inter_token_latency_seconds_count{{{labels}}} 4" in text
+    assert f'vllm:e2e_request_latency_seconds_bucket{{{labels},le="+Inf"}} 1' in text
+    assert "# TYPE vllm:generation_tokens_total counter" in text
+    # while loading there are no stats: zeros, not an error
+    assert f"vllm:num_requests_waiting{{{labels}}} 0.0" in ServerMetrics('m"x').render(None)
