@@ -12,6 +12,7 @@ from fastapi import Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from mini_vllm.api import sse
+from mini_vllm.api.completions import token_text
 from mini_vllm.api.errors import APIError
 from mini_vllm.api.generation import check_length, run_request, sampling_params, until_disconnect
 from mini_vllm.api.schemas import ChatCompletionRequest
@@ -20,9 +21,11 @@ from mini_vllm.engine.outputs import CompletionOutput, TokenLogprob
 from mini_vllm.harmony import ChatRenderError, HarmonyParser, ParserEvent, render_chat
 
 
-def _lp_entry(lp: TokenLogprob, top: bool) -> dict[str, Any]:
-    return {"token": lp.token, "logprob": lp.logprob, "bytes": list(lp.token.encode()),
-            "top_logprobs": [{"token": t, "logprob": v, "bytes": list(t.encode())} for _, t, v in lp.top] if top else []}
+def _lp_entry(tok: Any, lp: TokenLogprob, top: bool) -> dict[str, Any]:
+    def one(token_id: int, logprob: float) -> dict[str, Any]:
+        text = token_text(tok, token_id)
+        return {"token": text, "logprob": logprob, "bytes": list(text.encode())}
+    return dict(one(lp.token_id, lp.logprob), top_logprobs=[one(i, v) for i, _, v in lp.top] if top else [])
 
 
 class _Sample:
@@ -38,7 +41,7 @@ class _Sample:
         for k, tid in enumerate(ids):
             events += self.parser.feed(tid)
             if self.want_lp and lps and k < len(lps) and self.parser.last_kind == "content":
-                content_lps.append(_lp_entry(lps[k], self.top))
+                content_lps.append(_lp_entry(self.parser.tokenizer, lps[k], self.top))
         if o.finished:
             events += self.parser.finish()
             self.done = True

@@ -34,13 +34,19 @@ def _prompts(req: CompletionRequest, tokenizer: Any, vocab: int) -> list[list[in
     return lists
 
 
-def completion_logprobs(lps: list[TokenLogprob], offset: int = 0) -> dict[str, Any]:
+def token_text(tokenizer: Any, token_id: int) -> str:
+    """A token as the text it decodes to (not the raw BPE piece such as "Ġworld"), as OpenAI reports it."""
+    return tokenizer.decode([token_id], skip_special_tokens=False)
+
+
+def completion_logprobs(tokenizer: Any, lps: list[TokenLogprob], offset: int = 0) -> dict[str, Any]:
+    tokens = [token_text(tokenizer, lp.token_id) for lp in lps]
     offsets, pos = [], offset
-    for lp in lps:
+    for t in tokens:
         offsets.append(pos)
-        pos += len(lp.token)
-    return {"tokens": [lp.token for lp in lps], "token_logprobs": [lp.logprob for lp in lps],
-            "top_logprobs": [{tok: val for _, tok, val in lp.top} for lp in lps], "text_offset": offsets}
+        pos += len(t)
+    return {"tokens": tokens, "token_logprobs": [lp.logprob for lp in lps],
+            "top_logprobs": [{token_text(tokenizer, i): v for i, _, v in lp.top} for lp in lps], "text_offset": offsets}
 
 
 def _finish(o: CompletionOutput) -> str | None:
@@ -64,14 +70,14 @@ async def create_completion(req: CompletionRequest, raw: Request, state: ServerS
     echo = [tok.decode(ids, skip_special_tokens=True) if req.echo else "" for ids in prompts]
     head = {"id": rid, "object": "text_completion", "created": sse.now(), "model": state.model_name}
     if req.stream:
-        return StreamingResponse(sse.guarded(_stream(req, head, prompts, echo, streams)), media_type="text/event-stream")
+        return StreamingResponse(sse.guarded(_stream(req, head, prompts, echo, streams, tok)), media_type="text/event-stream")
     finals = await until_disconnect(raw, _collect(streams))
     choices, completion_tokens = [], 0
     for pi, out in sorted(finals.items()):
         for o in out.outputs:
             completion_tokens += len(o.token_ids)
             choices.append({"index": pi * req.n + o.index, "text": echo[pi] + o.text,
-                            "logprobs": completion_logprobs(o.logprobs or [], len(echo[pi]))
+                            "logprobs": completion_logprobs(tok, o.logprobs or [], len(echo[pi]))
                             if req.logprobs is not None else None,
                             "finish_reason": _finish(o), "stop_reason": o.stop_reason})
     body = dict(head, choices=choices, usage=sse.usage(sum(map(len, prompts)), completion_tokens,
@@ -87,7 +93,7 @@ async def _collect(streams: list[AsyncIterator[Any]]) -> dict[int, Any]:
 
 
 async def _stream(req: CompletionRequest, head: dict[str, Any], prompts: list[list[int]], echo: list[str],
-                  streams: list[AsyncIterator[Any]]) -> AsyncIterator[bytes]:
+                  streams: list[AsyncIterator[Any]], tok: Any) -> AsyncIterator[bytes]:
     completion_tokens = 0
     offsets: dict[int, int] = {}
     done: set[int] = set()
@@ -106,7 +112,7 @@ async def _stream(req: CompletionRequest, head: dict[str, Any], prompts: list[li
             completion_tokens += len(o.token_ids_delta)
             lp = None
             if req.logprobs is not None:
-                lp = completion_logprobs(o.logprobs_delta or [], offsets.get(idx, len(echo[pi])))
+                lp = completion_logprobs(tok, o.logprobs_delta or [], offsets.get(idx, len(echo[pi])))
                 offsets[idx] = offsets.get(idx, len(echo[pi])) + len(o.text_delta)
             choices.append({"index": idx, "text": o.text_delta, "logprobs": lp,
                             "finish_reason": _finish(o), "stop_reason": o.stop_reason})

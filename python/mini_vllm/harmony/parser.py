@@ -81,7 +81,7 @@ class HarmonyParser:
 
     def __init__(self, tokenizer: TokenizerLike, tokens: HarmonyTokens | None = None,
                  new_tool_id: Callable[[], str] | None = None) -> None:
-        self._tok = tokenizer
+        self._tok = self.tokenizer = tokenizer
         self.t = tokens or HarmonyTokens.from_tokenizer(tokenizer)
         self._new_id = new_tool_id or (lambda: f"call_{uuid.uuid4().hex[:24]}")
         self.result = ParsedMessage()
