@@ -110,6 +110,7 @@ def render_kubernetes(cfg: dict[str, Any], plan: Plan) -> list[dict[str, Any]]:
     vol = s.get("model_volume") or {}
     values: dict[str, Any] = {
         "name": plan.name, "namespace": plan.namespace, "labels": labels, "service_labels": service_labels,
+        "pvc_labels": {k: v for k, v in plan.labels.items() if k.startswith("app.kubernetes.io/")},
         "image": plan.image, "image_source": plan.image_source, "port": plan.port, "tp": plan.tp,
         "cpu": str(plan.variant["cpu"]), "memory": str(plan.variant["memory"]),
         "command": ["mini-vllm", *server_args(plan)], "env": _env(cfg, plan),
@@ -132,10 +133,11 @@ def to_yaml(objects: list[dict[str, Any]]) -> str:
     return yaml.safe_dump_all(objects, sort_keys=False, default_flow_style=False)
 
 
-def render_slurm(cfg: dict[str, Any], plan: Plan, output: Path, python: str, host: str = "0.0.0.0") -> str:
+def render_slurm(cfg: dict[str, Any], plan: Plan, output: Path, python: str, host: str = "0.0.0.0",
+                 extra_env: dict[str, str] | None = None) -> str:
     """The sbatch script for a server job (cluster/slurm/serve.sbatch)."""
     s = plan.settings
-    env = {**(require(cfg, "cluster.env") or {}), "MINI_VLLM_TP": plan.tp}
+    env = {**(require(cfg, "cluster.env") or {}), "MINI_VLLM_TP": plan.tp, **(extra_env or {})}
     text = (template_dir(cfg) / "slurm/serve.sbatch").read_text()
     return string.Template(text).substitute(
         job_name=plan.name, tp=plan.tp, cpus=max(1, int(s.get("cpus_per_gpu", 1)) * plan.tp),

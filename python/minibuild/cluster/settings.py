@@ -7,6 +7,7 @@ Deployment, so a tag-only reference is refused here, before anything is rendered
 from __future__ import annotations
 
 import json
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -58,6 +59,14 @@ def resolve_path(cfg: dict[str, Any], path: str) -> Path:
     return p if p.is_absolute() else repo_root(cfg) / p
 
 
+def state_dir(cfg: dict[str, Any], target: str) -> Path:
+    """Where rollout keeps a target's state (pids, logs, job scripts); MINI_VLLM_ROLLOUT_DIR overrides."""
+    base = os.environ.get("MINI_VLLM_ROLLOUT_DIR") or require(cfg, "cluster.state_dir")
+    d = resolve_path(cfg, base) / target
+    d.mkdir(parents=True, exist_ok=True)
+    return d
+
+
 def image_reference(cfg: dict[str, Any], image: str | None) -> tuple[str, str]:
     """(REPO@sha256:..., source) from --image or build/images/server.json; refuses tag-only refs."""
     if image:
@@ -105,5 +114,5 @@ def make_plan(cfg: dict[str, Any], target: str, tp: int, image: str | None = Non
     if target in KUBE_TARGETS and not settings.get("namespace"):
         raise ConfigError(f"build_config.yaml: missing key 'cluster.targets.{target}.namespace'")
     return Plan(target=target, tp=tp, name=name, namespace=settings.get("namespace"),
-                port=int(require(cfg, "cluster.port")), model_path=str(model_path), served_name=served,
+                port=int(os.environ.get("MINI_VLLM_PORT") or require(cfg, "cluster.port")), model_path=str(model_path), served_name=served,
                 image=ref, image_source=source, settings=settings, variant=dict(variants[tp]))

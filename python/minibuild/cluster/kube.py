@@ -1,0 +1,170 @@
+"""The Kubernetes targets (hyperpod, eks): apply by server-side apply, wait with diagnosis, delete by label.
+
+`--dry-run` prints the YAML and a diff of the fields we set against what is live; the wait polls the
+Deployment, its ReplicaSets, Pods and Events and hands them to the pure waiter (waiter.py), printing
+each new verdict - so "queued by Kueue" reads as waiting and a crash loop shows its last log lines.
+"""
+from __future__ import annotations
+
+import difflib
+import time
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from minibuild.cluster.kube_api import ApiError, ClusterUnreachable, Kube
+from minibuild.cluster.render import render_kubernetes, to_yaml
+from minibuild.cluster.settings import Plan, RolloutError
+from minibuild.cluster.waiter import Verdict, assess, crashlooping
+from minibuild.config import require
+
+console = Console(stderr=True)
+LOG_LINES = 20
+
+
+def project(live: Any, ours: Any) -> Any:
+    """The part of a live object that corresponds to the fields we render (server defaults dropped)."""
+    if isinstance(ours, dict) and isinstance(live, dict):
+        return {k: project(live[k], v) for k, v in ours.items() if k in live}
+    if isinstance(ours, list) and isinstance(live, list) and len(ours) == len(live):
+        return [project(lv, ov) for lv, ov in zip(live, ours)]
+    return live
+
+
+def diff(live: dict[str, Any] | None, ours: dict[str, Any]) -> str:
+    """A unified diff, live -> rendered, over the fields we own ('' when equal)."""
+    ident = f"{ours['kind']}/{ours['metadata']['name']}"
+    before = to_yaml([project(live, ours)]) if live else ""
+    lines = difflib.unified_diff(before.splitlines(True), to_yaml([ours]).splitlines(True),
+                                 f"live {ident}" if live else "/dev/null", f"rendered {ident}")
+    return "".join(lines)
+
+
+def _connect() -> Kube:
+    kube = Kube()
+    kube.ping()
+    return kube
+
+
+def show_dry_run(plan: Plan, objects: list[dict[str, Any]]) -> bool:
+    print(to_yaml(objects), end="")
+    try:
+        kube = _connect()
+    except ClusterUnreachable as exc:
+        console.print(f"[yellow]no cluster reachable[/] ({exc}); printed the YAML only, no diff")
+        return True
+    for obj in objects:
+        live = kube.get(obj["kind"], plan.namespace, obj["metadata"]["name"])
+        d = diff(live, obj)
+        console.print(f"{obj['kind']}/{obj['metadata']['name']}: " + ("new" if live is None else
+                                                                     "changes" if d else "unchanged"))
+        if d:
+            print(d, end="")
+    return True
+
+
+def delete_all(kube: Kube, plan: Plan) -> bool:
+    """Delete the Deployment and Service by label (an EKS model-cache PVC is kept: it is the cache)."""
+    gone = []
+    for kind in ("Deployment", "Service"):
+        for obj in kube.list(kind, plan.namespace, plan.selector):
+            kube.delete(kind, plan.namespace, obj["metadata"]["name"])
+            gone.append(f"{kind}/{obj['metadata']['name']}")
+    console.print(f"deleted {', '.join(gone)}" if gone else f"nothing labelled {plan.selector} in {plan.namespace}")
+    return True
+
+
+def observe(kube: Kube, plan: Plan) -> Verdict:
+    """Read the rollout's objects once and judge them."""
+    dep = kube.get("Deployment", plan.namespace, plan.name)
+    if dep is None:
+        return Verdict("missing", f"deployment {plan.name} does not exist in {plan.namespace}", done=True)
+    pods = kube.list("Pod", plan.namespace, f"app={plan.name}")
+    rsets = kube.list("ReplicaSet", plan.namespace, f"app={plan.name}")
+    names = {p["metadata"]["name"] for p in pods}
+    events = [e for e in kube.list("Event", plan.namespace) if (e.get("involvedObject") or {}).get("name") in names]
+    logs = {}
+    for pod in crashlooping(pods):
+        logs[pod] = (kube.pod_logs(plan.namespace, pod, LOG_LINES, previous=True)
+                     or kube.pod_logs(plan.namespace, pod, LOG_LINES))
+    return assess(dep, rsets, pods, events, logs)
+
+
+def wait(kube: Kube, plan: Plan, timeout_s: float, poll_s: float) -> Verdict:
+    """Poll until the verdict is final or time runs out; print each change of verdict."""
+    deadline = time.monotonic() + timeout_s
+    last = None
+    with console.status(f"waiting for deployment {plan.name}") as spinner:
+        while True:
+            verdict = observe(kube, plan)
+            if verdict.message != last:
+                colour = {"queued": "yellow", "unschedulable": "yellow", "ready": "green"}.get(verdict.state, "cyan")
+                console.print(f"[{colour}]{verdict.state}[/]: {verdict.message}")
+                last = verdict.message
+            spinner.update(f"{plan.name}: {verdict.state}")
+            if verdict.done:
+                return verdict
+            if time.monotonic() > deadline:
+                return Verdict(verdict.state, f"gave up after {timeout_s:.0f} s: {verdict.message}", done=True,
+                               pod=verdict.pod, logs=verdict.logs)
+            time.sleep(poll_s)
+
+
+def rollout(cfg: dict[str, Any], plan: Plan, dry_run: bool, delete: bool) -> bool:
+    objects = render_kubernetes(cfg, plan)
+    if dry_run:
+        return show_dry_run(plan, objects)
+    try:
+        kube = _connect()
+        if delete:
+            return delete_all(kube, plan)
+        manager = require(cfg, "cluster.field_manager")
+        for obj in objects:
+            out = kube.apply(obj, manager)
+            gen = (out.get("metadata") or {}).get("generation", "-")
+            console.print(f"applied {obj['kind']}/{obj['metadata']['name']} in {plan.namespace} (generation {gen})")
+        verdict = wait(kube, plan, float(plan.settings.get("wait_timeout_s") or require(cfg, "cluster.wait_timeout_s")),
+                       float(plan.settings.get("poll_s", 5)))
+    except (ClusterUnreachable, ApiError) as exc:
+        raise RolloutError(str(exc)) from exc
+    if verdict.ok:
+        console.print(f"[green]serving[/] {plan.served_name}: `invoke verify --target {plan.target} --tp {plan.tp}`")
+        return True
+    console.print(f"[red]rollout failed ({verdict.state}):[/] {verdict.message}")
+    if verdict.logs:
+        console.print(f"--- last log lines of {verdict.pod} ---")
+        for line in verdict.logs:
+            console.print(line, markup=False, highlight=False)
+    return False
+
+
+def status(cfg: dict[str, Any], plan: Plan) -> None:
+    try:
+        kube = _connect()
+        verdict = observe(kube, plan)
+        pods = kube.list("Pod", plan.namespace, f"app={plan.name}")
+    except (ClusterUnreachable, ApiError) as exc:
+        raise RolloutError(str(exc)) from exc
+    console.print(f"{plan.target} {plan.namespace}/{plan.name}: [bold]{verdict.state}[/] - {verdict.message}")
+    table = Table(title=f"pods of {plan.name}")
+    for col in ("pod", "phase", "ready", "restarts", "node"):
+        table.add_column(col)
+    for p in pods:
+        cs = (p.get("status") or {}).get("containerStatuses") or [{}]
+        table.add_row(p["metadata"]["name"], (p.get("status") or {}).get("phase", "?"),
+                      str(cs[0].get("ready", False)), str(cs[0].get("restartCount", 0)),
+                      (p.get("spec") or {}).get("nodeName", "-"))
+    Console().print(table)
+
+
+def logs(cfg: dict[str, Any], plan: Plan, lines: int) -> None:
+    try:
+        kube = _connect()
+        pods = kube.list("Pod", plan.namespace, f"app={plan.name}")
+        for p in pods:
+            print(f"==> {p['metadata']['name']} <==")
+            for line in kube.pod_logs(plan.namespace, p["metadata"]["name"], lines):
+                print(line)
+    except (ClusterUnreachable, ApiError) as exc:
+        raise RolloutError(str(exc)) from exc

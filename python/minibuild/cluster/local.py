@@ -1,0 +1,170 @@
+"""The `local` target: the server as a process on this machine - what a newcomer runs first.
+
+State (pid, port, log, argv) lives in build/rollout/local/NAME.json so that status, logs, verify and
+--delete find the process later from another shell. The process runs in its own session so --delete
+can stop it and any TP worker processes it spawned as one group.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from minibuild.cluster.health import probe, tail, wait_healthy
+from minibuild.cluster.render import server_args
+from minibuild.cluster.settings import Plan, RolloutError, repo_root, resolve_path, state_dir
+from minibuild.config import require
+
+console = Console(stderr=True)
+
+
+def _state_file(cfg: dict[str, Any], plan: Plan) -> Path:
+    return state_dir(cfg, "local") / f"{plan.name}.json"
+
+
+def read_state(cfg: dict[str, Any], plan: Plan) -> dict[str, Any] | None:
+    f = _state_file(cfg, plan)
+    try:
+        return json.loads(f.read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+
+
+def alive(pid: int) -> bool:
+    """The pid runs and is a mini-vLLM server (not a recycled pid)."""
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    return b"mini_vllm" in cmdline and stat.split(")")[-1].split()[0] != "Z"
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(("127.0.0.1", port))
+            return True
+        except OSError:
+            return False
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def ensure_model(cfg: dict[str, Any], plan: Plan) -> None:
+    """Write the tiny model when the plan serves it and it is missing (the embedded default)."""
+    tiny = resolve_path(cfg, require(cfg, "model.tiny_dir"))
+    if Path(plan.model_path) != tiny or (tiny / "config.json").exists():
+        if not Path(plan.model_path).exists():
+            raise RolloutError(f"model {plan.model_path} does not exist")
+        return
+    try:
+        from mini_vllm.model.tiny import write_tiny_checkpoint
+    except ImportError as exc:
+        raise RolloutError(f"cannot write the tiny model: mini_vllm.model.tiny is not available ({exc})") from exc
+    console.print(f"writing the tiny model to {tiny}")
+    write_tiny_checkpoint(tiny)
+
+
+def stop(cfg: dict[str, Any], plan: Plan, grace_s: float = 15.0) -> bool:
+    """Stop the process group and forget the state; True if something was running."""
+    state = read_state(cfg, plan)
+    _state_file(cfg, plan).unlink(missing_ok=True)
+    if not state or not alive(state["pid"]):
+        return False
+    pid = state["pid"]
+    os.killpg(pid, signal.SIGTERM)
+    deadline = time.monotonic() + grace_s
+    while time.monotonic() < deadline and alive(pid):
+        time.sleep(0.1)
+    if alive(pid):
+        os.killpg(pid, signal.SIGKILL)
+    try:
+        os.waitpid(pid, os.WNOHANG)   # reap if it was our own child
+    except ChildProcessError:
+        pass
+    return True
+
+
+def rollout(cfg: dict[str, Any], plan: Plan, dry_run: bool, delete: bool) -> bool:
+    if delete:
+        console.print(f"stopped {plan.name}" if stop(cfg, plan) else f"{plan.name} was not running")
+        return True
+    old = read_state(cfg, plan)
+    if (not dry_run and old and alive(old["pid"]) and old.get("model") == plan.model_path
+            and old.get("tp") == plan.tp and probe(old["url"])):
+        console.print(f"{plan.name} already serving at {old['url']} (pid {old['pid']})")
+        return True
+    if old and not dry_run:
+        stop(cfg, plan)
+    port = plan.port if _port_free(plan.port) else _free_port()
+    argv = [sys.executable, "-m", "mini_vllm.cli", *server_args(plan, host="127.0.0.1")]
+    argv[argv.index("--port") + 1] = str(port)
+    if dry_run:
+        print(" ".join(argv))
+        return True
+    ensure_model(cfg, plan)
+    log = state_dir(cfg, "local") / f"{plan.name}.log"
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+        p for p in (str(repo_root(cfg) / "python"), os.environ.get("PYTHONPATH")) if p))
+    with open(log, "ab") as out:
+        proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                env=env, start_new_session=True, cwd=repo_root(cfg))
+    url = f"http://127.0.0.1:{port}"
+    state = {"pid": proc.pid, "port": port, "url": url, "log": str(log), "argv": argv, "tp": plan.tp,
+             "model": plan.model_path, "served_name": plan.served_name, "started": time.time()}
+    _state_file(cfg, plan).write_text(json.dumps(state, indent=2))
+    console.print(f"started {plan.name} (pid {proc.pid}, tp={plan.tp}) log: {log}")
+    why = wait_healthy(url, float(plan.settings.get("health_timeout_s", 300)),
+                       lambda: None if proc.poll() is None else f"the server exited with code {proc.returncode}",
+                       plan.name)
+    if why:
+        console.print(f"[red]rollout failed:[/] {why}\n--- last lines of {log} ---")
+        for line in tail(log, 30):
+            console.print(line, markup=False, highlight=False)
+        stop(cfg, plan)
+        return False
+    console.print(f"[green]serving[/] {plan.served_name} at {url}")
+    return True
+
+
+def url(cfg: dict[str, Any], plan: Plan) -> str:
+    state = read_state(cfg, plan)
+    if not state or not alive(state["pid"]):
+        raise RolloutError(f"{plan.name} is not running locally: `invoke rollout --target local --tp {plan.tp}` first")
+    return state["url"]
+
+
+def status(cfg: dict[str, Any], plan: Plan) -> None:
+    state = read_state(cfg, plan)
+    table = Table(title=f"local {plan.name}")
+    for col in ("pid", "state", "url", "healthy", "model", "log"):
+        table.add_column(col)
+    if not state:
+        table.add_row("-", "not deployed", "-", "-", "-", "-")
+    else:
+        up = alive(state["pid"])
+        table.add_row(str(state["pid"]), "running" if up else "exited", state["url"],
+                      "yes" if up and probe(state["url"]) else "no", state["model"], state["log"])
+    Console().print(table)
+
+
+def logs(cfg: dict[str, Any], plan: Plan, lines: int) -> None:
+    state = read_state(cfg, plan)
+    log = Path(state["log"]) if state else state_dir(cfg, "local") / f"{plan.name}.log"
+    for line in tail(log, lines):
+        print(line)

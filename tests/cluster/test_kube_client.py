@@ -1,0 +1,164 @@
+"""The Kubernetes client path - server-side apply, read back, wait with diagnosis, dry-run diff, delete -
+through the real kubernetes Python client against an emulated API server over HTTP (kube_emulator.py).
+"""
+from __future__ import annotations
+
+import copy
+import json
+import socket
+from pathlib import Path
+
+import pytest
+
+from kube_emulator import KubeEmulator
+from minibuild.cluster import rollout
+from minibuild.cluster.render import render_kubernetes
+from minibuild.cluster.settings import make_plan
+from minibuild.config import load_config
+
+ROOT = Path(__file__).resolve().parents[2]
+IMAGE = "972488948509.dkr.ecr.eu-west-2.amazonaws.com/engineering/inference/mini-vllm-server@sha256:" + "ab" * 32
+NS = "hyperpod-ns-inference"
+NAME = "mini-vllm-gptoss-tp2"
+
+
+@pytest.fixture()
+def cfg():
+    c = copy.deepcopy(load_config(ROOT / "build_config.yaml"))
+    for t in ("hyperpod", "eks"):
+        c["cluster"]["targets"][t].update(poll_s=0.02, wait_timeout_s=10)
+    return c
+
+
+@pytest.fixture()
+def emu(tmp_path, monkeypatch):
+    with KubeEmulator() as e:
+        monkeypatch.setenv("KUBECONFIG", str(e.kubeconfig(tmp_path / "kubeconfig")))
+        yield e
+
+
+def _pod(phase: str, hash_: str = "h1", **status) -> dict:
+    return {"apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": f"{NAME}-{hash_}-abcde", "namespace": NS,
+                         "labels": {"app": NAME, "pod-template-hash": hash_}},
+            "spec": {"containers": [{"name": "server"}], **status.pop("spec", {})},
+            "status": {"phase": phase, **status}}
+
+
+def _controller(steps):
+    """Play the Deployment controller: each poll applies the next step (status, pods) to the store."""
+    it = iter(steps)
+
+    def on_poll(emu: KubeEmulator) -> None:
+        step = next(it, None)
+        if step is None:
+            return
+        status, pods = step
+        dep = emu.get("deployments", NS, NAME)
+        dep["status"] = {"observedGeneration": dep["metadata"]["generation"], **status}
+        emu.put("deployments", dep)
+        for p in pods:
+            emu.put("pods", p)
+    return on_poll
+
+
+def test_apply_then_wait_through_kueue_queue_to_ready(cfg, emu, capsys):
+    emu.on_poll = _controller([
+        ({"replicas": 1, "updatedReplicas": 1}, [_pod("Pending", spec={"schedulingGates": [{"name": "kueue.x-k8s.io/admission"}]})]),
+        ({"replicas": 1, "updatedReplicas": 1}, [_pod("Running", containerStatuses=[{"name": "server", "ready": False, "restartCount": 0, "state": {"running": {}}}])]),
+        ({"replicas": 1, "updatedReplicas": 1, "availableReplicas": 1, "readyReplicas": 1}, []),
+    ])
+    assert rollout(cfg, target="hyperpod", tp=2, image=IMAGE) is True
+    err = capsys.readouterr().err
+    assert "queued by Kueue" in err and "successfully rolled out" in err
+    applies = [r for r in emu.requests if r["method"] == "PATCH"]
+    assert [r["path"].rsplit("/", 2)[-2] for r in applies] == ["services", "deployments"]
+    assert all(r["content_type"] == "application/apply-patch+yaml" and r["query"] == {"fieldManager": "mini-vllm", "force": "true"}
+               for r in applies)
+    live = emu.get("deployments", NS, NAME)
+    want = render_kubernetes(cfg, make_plan(cfg, "hyperpod", 2, image=IMAGE))[-1]
+    assert live["spec"] == want["spec"]
+    assert live["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "hyperpod-ns-inference-localqueue"
+    assert live["metadata"]["managedFields"][0]["manager"] == "mini-vllm"
+
+
+def test_crash_loop_fails_with_last_log_lines(cfg, emu, capsys):
+    crash = _pod("Running", containerStatuses=[{
+        "name": "server", "ready": False, "restartCount": 3,
+        "state": {"waiting": {"reason": "CrashLoopBackOff"}},
+        "lastState": {"terminated": {"exitCode": 1, "reason": "Error"}}}])
+    emu.logs[(NS, crash["metadata"]["name"])] = ["loading model", "FileNotFoundError: /mnt/s3/inference/models/gpt-oss-20b/config.json"]
+    emu.on_poll = _controller([({"replicas": 1, "updatedReplicas": 1}, [crash])])
+    assert rollout(cfg, target="hyperpod", tp=2, image=IMAGE) is False
+    err = capsys.readouterr().err
+    assert "crash_loop" in err and "FileNotFoundError: /mnt/s3/inference/models/gpt-oss-20b/config.json" in err
+
+
+def test_wait_gives_up_while_unschedulable(cfg, emu, capsys):
+    cfg["cluster"]["targets"]["hyperpod"]["wait_timeout_s"] = 0.3
+    pod = _pod("Pending", conditions=[{"type": "PodScheduled", "status": "False", "reason": "Unschedulable",
+                                       "message": "0/2 nodes are available: 2 Insufficient nvidia.com/gpu."}])
+    emu.on_poll = _controller([({"replicas": 1, "updatedReplicas": 1}, [pod])])
+    assert rollout(cfg, target="hyperpod", tp=2, image=IMAGE) is False
+    assert "gave up after" in capsys.readouterr().err
+
+
+def test_reapply_same_is_a_noop_and_new_image_bumps_generation(cfg, emu):
+    emu.on_poll = lambda e: e.put("deployments", {**e.get("deployments", NS, NAME), "status": {
+        "observedGeneration": e.get("deployments", NS, NAME)["metadata"]["generation"],
+        "replicas": 1, "updatedReplicas": 1, "availableReplicas": 1}})
+    assert rollout(cfg, target="hyperpod", tp=2, image=IMAGE)
+    assert rollout(cfg, target="hyperpod", tp=2, image=IMAGE)
+    assert emu.get("deployments", NS, NAME)["metadata"]["generation"] == 1
+    assert rollout(cfg, target="hyperpod", tp=2, image=IMAGE.replace("ab" * 32, "cd" * 32))
+    assert emu.get("deployments", NS, NAME)["metadata"]["generation"] == 2
+
+
+def test_dry_run_prints_yaml_and_diff_against_live(cfg, emu, capsys):
+    assert rollout(cfg, target="hyperpod", tp=2, image=IMAGE, dry_run=True)
+    out = capsys.readouterr()
+    assert "kind: Deployment" in out.out and "Deployment/mini-vllm-gptoss-tp2: new" in out.err
+    assert not [r for r in emu.requests if r["method"] != "GET"]          # a dry run changes nothing
+    for obj in render_kubernetes(cfg, make_plan(cfg, "hyperpod", 2, image=IMAGE)):
+        emu._apply((obj["kind"].lower() + "s", NS, obj["metadata"]["name"]), json.loads(json.dumps(obj)), "mini-vllm")
+    assert rollout(cfg, target="hyperpod", tp=2, image=IMAGE, dry_run=True)
+    assert "Deployment/mini-vllm-gptoss-tp2: unchanged" in capsys.readouterr().err
+    new = IMAGE.replace("ab" * 32, "cd" * 32)
+    assert rollout(cfg, target="hyperpod", tp=2, image=new, dry_run=True)
+    out = capsys.readouterr()
+    assert "Deployment/mini-vllm-gptoss-tp2: changes" in out.err
+    assert f"-        image: {IMAGE}" in out.out and f"+        image: {new}" in out.out
+
+
+def test_dry_run_without_a_cluster_says_so(cfg, tmp_path, monkeypatch, capsys):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    emu = KubeEmulator()   # only for its kubeconfig writer; pointed at a closed port
+    emu.server.server_close()
+    cfgfile = emu.kubeconfig(tmp_path / "kc")
+    cfgfile.write_text(cfgfile.read_text().replace(emu.url, f"http://127.0.0.1:{port}"))
+    monkeypatch.setenv("KUBECONFIG", str(cfgfile))
+    assert rollout(cfg, target="eks", tp=1, image=IMAGE, dry_run=True)
+    out = capsys.readouterr()
+    assert "kind: Deployment" in out.out and "no cluster reachable" in out.err
+    assert rollout(cfg, target="eks", tp=1, image=IMAGE) is False          # a real apply fails clearly
+
+
+def test_delete_removes_what_rollout_made_by_label(cfg, emu):
+    emu.on_poll = lambda e: e.put("deployments", {**e.get("deployments", "default", "mini-vllm-gptoss-tp1"), "status": {
+        "observedGeneration": 1, "replicas": 1, "updatedReplicas": 1, "availableReplicas": 1}})
+    assert rollout(cfg, target="eks", tp=1, image=IMAGE)
+    emu.put("services", {"metadata": {"name": "someone-else", "namespace": "default", "labels": {"app": "other"}}})
+    assert {k[0] for k in emu.objects} == {"deployments", "services", "persistentvolumeclaims"}
+    assert rollout(cfg, target="eks", tp=1, delete=True)
+    assert sorted(k[:1] + k[2:] for k in emu.objects) == [("persistentvolumeclaims", "mini-vllm-model-cache"),
+                                                          ("services", "someone-else")]
+
+
+def test_wrong_token_is_a_clear_error(cfg, emu, tmp_path, monkeypatch, capsys):
+    kc = emu.kubeconfig(tmp_path / "bad")
+    kc.write_text(kc.read_text().replace("test-token", "wrong"))
+    monkeypatch.setenv("KUBECONFIG", str(kc))
+    assert rollout(cfg, target="hyperpod", tp=2, image=IMAGE) is False
+    assert "401" in capsys.readouterr().err
