@@ -93,7 +93,7 @@ def test_malformed_sequences_degrade(tokenizer, source, content):
 def test_random_garbage_never_raises_and_keeps_text(tokenizer):
     t = HarmonyTokens.from_tokenizer(tokenizer)
     rng = random.Random(0)
-    vocab = tokenizer.tok.get_vocab_size()
+    vocab = tokenizer.vocab_size
     for _ in range(200):
         ids = [rng.randrange(vocab) for _ in range(rng.randrange(1, 80))]
         p, events = parse(tokenizer, ids)
