@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+_SCORE_ELEMS = 32 * 1024 * 1024     # bound on one attention score tensor (elements)
+
 
 @dataclass
 class AttnGroup:
@@ -26,6 +28,12 @@ class AttnGroup:
     @property
     def end(self) -> int:
         return self.start + self.batch * self.q_len
+
+    def to(self, device: torch.device) -> "AttnGroup":
+        if self.kv_slots.device == device:
+            return self
+        return AttnGroup(self.start, self.batch, self.q_len, self.kv_slots.to(device),
+                         self.mask_full.to(device), self.mask_sliding.to(device))
 
 
 @dataclass
@@ -78,14 +86,19 @@ def paged_attention(
     out = q.new_empty(t, h * d)
     sink = sinks.float().view(1, kvh, g, 1, 1)
     for grp in meta.groups:
-        qg = q[grp.start:grp.end].view(grp.batch, grp.q_len, kvh, g, d).float()
         kg = flat_k[grp.kv_slots].float()                              # [B, K, KVH, D]
         vg = flat_v[grp.kv_slots].float()
-        scores = torch.einsum("bqhgd,bkhd->bhgqk", qg, kg) * scale
         mask = grp.mask_sliding if sliding else grp.mask_full
-        scores = scores.masked_fill(~mask, float("-inf"))
-        combined = torch.cat([scores, sink.expand(grp.batch, kvh, g, grp.q_len, 1)], dim=-1)
-        probs = torch.softmax(combined, dim=-1)[..., :-1]              # the sink column is dropped
-        og = torch.einsum("bhgqk,bkhd->bqhgd", probs, vg)
-        out[grp.start:grp.end] = og.reshape(grp.batch * grp.q_len, h * d).to(out.dtype)
+        qg = q[grp.start:grp.end].view(grp.batch, grp.q_len, kvh, g, d).float()
+        # long prefills: bound the [B, H, Q, K] score tensor by splitting the queries
+        step = max(1, _SCORE_ELEMS // (grp.batch * h * kg.shape[1]))
+        for q0 in range(0, grp.q_len, step):
+            q1 = min(q0 + step, grp.q_len)
+            scores = torch.einsum("bqhgd,bkhd->bhgqk", qg[:, q0:q1], kg) * scale
+            scores = scores.masked_fill(~mask[..., q0:q1, :], float("-inf"))
+            combined = torch.cat([scores, sink.expand(grp.batch, kvh, g, q1 - q0, 1)], dim=-1)
+            probs = torch.softmax(combined, dim=-1)[..., :-1]          # the sink column is dropped
+            og = torch.einsum("bhgqk,bkhd->bqhgd", probs, vg)
+            rows = out[grp.start:grp.end].view(grp.batch, grp.q_len, h * d)
+            rows[:, q0:q1] = og.reshape(grp.batch, q1 - q0, h * d).to(out.dtype)
     return out

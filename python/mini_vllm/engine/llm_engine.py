@@ -1,0 +1,210 @@
+"""The synchronous engine: requests in, one batched model step at a time, RequestOutputs out.
+
+step() = schedule -> run the model -> sample -> detokenise/stop -> outputs. Everything per sequence
+after the model call is guarded: an exception there fails that request alone (finish_reason
+"error"), and a failing model call fails the requests of that batch, never the engine.
+"""
+from __future__ import annotations
+
+import itertools
+import logging
+import time
+import traceback
+from typing import Callable
+
+from mini_vllm.engine import detokenizer
+from mini_vllm.engine.block_manager import BlockManager
+from mini_vllm.engine.model_runner import ModelRunner, build_step_inputs
+from mini_vllm.engine.outputs import CompletionOutput, RequestOutput, TokenLogprob
+from mini_vllm.engine.sampler import Sampler
+from mini_vllm.engine.scheduler import Scheduler
+from mini_vllm.engine.sequence import Request, Sequence, Status
+from mini_vllm.engine.stats import EngineStats, ModelInfo
+from mini_vllm.engine_args import EngineArgs
+from mini_vllm.model.config import GptOssConfig
+from mini_vllm.model.tokenizer import Tokenizer
+from mini_vllm.sampling_params import SamplingParams
+
+log = logging.getLogger(__name__)
+
+
+class LLMEngine:
+    def __init__(self, args: EngineArgs, runner: ModelRunner | None = None, tokenizer: Tokenizer | None = None):
+        self.args = args
+        self.cfg = runner.cfg if runner is not None else GptOssConfig.from_pretrained(args.model)
+        self.tokenizer = tokenizer or Tokenizer.from_pretrained(args.model)
+        self.runner = runner or ModelRunner(args, self.cfg)
+        self.model_config = ModelInfo.build(args, self.cfg, self.tokenizer, self.runner.num_blocks)
+        self.eos_ids = frozenset(self.tokenizer.eos_token_ids or self.cfg.eos_token_id)
+        self.blocks = BlockManager(self.runner.num_blocks, args.block_size, args.enable_prefix_caching)
+        self.scheduler = Scheduler(self.blocks, args.max_num_seqs, args.max_num_batched_tokens)
+        self.sampler = Sampler(args.seed)
+        self.requests: dict[str, Request] = {}
+        self._seq_ids = itertools.count()
+        self.prompt_tokens_total = 0
+        self.generation_tokens_total = 0
+        self.fault_hook: Callable[[Sequence], None] | None = None   # tests: raise to fail one sequence
+
+    # ---- requests ------------------------------------------------------------------------------
+    def validate(self, prompt_token_ids: list[int], params: SamplingParams) -> None:
+        """Raise ValueError for a request the engine cannot serve (the API maps it to 400)."""
+        params.validate()
+        n, limit = len(prompt_token_ids), self.model_config.max_model_len
+        if n == 0:
+            raise ValueError("the prompt is empty")
+        if n >= limit:
+            raise ValueError(f"prompt is {n} tokens, but max_model_len is {limit} (room for at least one "
+                             "generated token is needed)")
+        bad = next((t for t in prompt_token_ids if not 0 <= t < self.cfg.vocab_size), None)
+        if bad is not None:
+            raise ValueError(f"prompt token id {bad} is outside the vocabulary [0, {self.cfg.vocab_size})")
+
+    def add_request(self, request_id: str, prompt_token_ids: list[int], params: SamplingParams) -> None:
+        if request_id in self.requests:
+            raise ValueError(f"request id {request_id!r} is already in use")
+        self.validate(prompt_token_ids, params)
+        req = Request(request_id, list(prompt_token_ids), params)
+        room = self.model_config.max_model_len - len(prompt_token_ids)
+        max_tokens = room if params.max_tokens is None else min(params.max_tokens, room)
+        for i in range(params.n):
+            seq = Sequence(req, i, next(self._seq_ids), max_tokens)
+            detokenizer.start(seq)
+            if i > 0 and self.args.enable_prefix_caching:
+                seq.leader = req.seqs[0]
+            req.seqs.append(seq)
+            self.scheduler.add(seq)
+        self.requests[request_id] = req
+        self.prompt_tokens_total += len(prompt_token_ids)
+
+    def abort(self, request_id: str) -> RequestOutput | None:
+        """Stop a request now and free its blocks; returns its final output (None if unknown/done)."""
+        req = self.requests.pop(request_id, None)
+        if req is None:
+            return None
+        for seq in req.seqs:
+            if seq.status is not Status.FINISHED:
+                self.scheduler.remove(seq)
+                seq.finish("abort")
+        return self._output(req)
+
+    def has_unfinished(self) -> bool:
+        return bool(self.requests)
+
+    # ---- the step ------------------------------------------------------------------------------
+    def step(self) -> list[RequestOutput]:
+        batch = self.scheduler.schedule()
+        if not batch.seqs:
+            return []
+        inputs = build_step_inputs(batch, self.args.block_size)
+        touched: dict[str, Request] = {}
+        try:
+            logits = self.runner.execute(inputs)
+        except Exception as e:  # noqa: BLE001 - the batch's requests fail, the engine lives on
+            log.exception("model step failed")
+            for seq in batch.seqs:
+                self._fail(seq, f"model step failed: {type(e).__name__}: {e}", touched)
+            return self._collect(touched)
+        sampled = [s for s, r in zip(batch.seqs, inputs.sample_rows) if r >= 0]
+        for seq, n in zip(batch.seqs, batch.num_new):
+            seq.num_computed_tokens += n
+            self.blocks.register_full_blocks(seq)
+        if sampled:
+            try:
+                result = self.sampler(logits, sampled)
+            except Exception as e:  # noqa: BLE001
+                log.exception("sampling failed")
+                for seq in sampled:
+                    self._fail(seq, f"sampling failed: {type(e).__name__}: {e}", touched)
+                return self._collect(touched)
+            now = time.monotonic()
+            for i, seq in enumerate(sampled):
+                if seq.status is Status.FINISHED:
+                    continue
+                try:
+                    if self.fault_hook is not None:
+                        self.fault_hook(seq)
+                    self._accept(seq, result.token_ids[i], result.logprobs[i])
+                except Exception as e:  # noqa: BLE001 - this request fails alone
+                    log.warning("request %s failed: %s", seq.req.request_id, traceback.format_exc())
+                    self._fail(seq, f"{type(e).__name__}: {e}", touched)
+                    continue
+                if seq.req.first_token is None:
+                    seq.req.first_token = now
+                touched[seq.req.request_id] = seq.req
+                if seq.status is Status.FINISHED:
+                    self.scheduler.remove(seq)
+        return self._collect(touched)
+
+    def _accept(self, seq: Sequence, token: int, lp: tuple[float, list[tuple[int, float]]] | None) -> None:
+        if lp is not None and seq.logprobs is not None:
+            tok = self.tokenizer
+            seq.logprobs.append(TokenLogprob(token, tok.id_to_token(token) or "", lp[0],
+                                             [(i, tok.id_to_token(i) or "", v) for i, v in lp[1]]))
+        detokenizer.append_token(seq, token, self.tokenizer, self.eos_ids, self.model_config.max_model_len)
+        self.generation_tokens_total += 1
+
+    def _fail(self, seq: Sequence, message: str, touched: dict[str, Request]) -> None:
+        """Fail the whole request the sequence belongs to."""
+        req = seq.req
+        for s in req.seqs:
+            if s.status is not Status.FINISHED:
+                self.scheduler.remove(s)
+                s.finish("error", error=message)
+        touched[req.request_id] = req
+
+    def _collect(self, touched: dict[str, Request]) -> list[RequestOutput]:
+        outs = []
+        for rid, req in touched.items():
+            outs.append(self._output(req))
+            if req.finished:
+                self.requests.pop(rid, None)
+        return outs
+
+    def _output(self, req: Request) -> RequestOutput:
+        outs = []
+        for seq in req.seqs:
+            vis = detokenizer.visible_text_len(seq)
+            delta_ids = seq.output_token_ids[seq.sent_tokens:]
+            co = CompletionOutput(index=seq.index, text=seq.text[:vis], token_ids=seq.output_token_ids,
+                                  text_delta=seq.text[seq.sent_text_len:vis], token_ids_delta=delta_ids,
+                                  finish_reason=seq.finish_reason, stop_reason=seq.stop_reason, error=seq.error)
+            if seq.logprobs is not None:
+                co.logprobs = list(seq.logprobs)
+                co.logprobs_delta = seq.logprobs[seq.sent_logprobs:]
+                seq.sent_logprobs = len(seq.logprobs)
+            seq.sent_text_len, seq.sent_tokens = vis, seq.num_output_tokens
+            outs.append(co)
+        finished = req.finished
+        if finished and req.finished_at is None:
+            req.finished_at = time.monotonic()
+        metrics = {"arrival": req.arrival}
+        if req.first_token is not None:
+            metrics["first_token"] = req.first_token
+        if req.finished_at is not None:
+            metrics["finished"] = req.finished_at
+        return RequestOutput(req.request_id, req.prompt_token_ids, outs, finished, req.num_cached_tokens, metrics)
+
+    # ---- offline convenience -------------------------------------------------------------------
+    def generate(self, prompts_token_ids: list[list[int]], params: SamplingParams | list[SamplingParams]
+                 ) -> list[RequestOutput]:
+        """Run prompts to completion; outputs in prompt order."""
+        plist = params if isinstance(params, list) else [params] * len(prompts_token_ids)
+        base = f"gen-{next(self._seq_ids)}-"
+        ids = [f"{base}{i}" for i in range(len(prompts_token_ids))]
+        for rid, p, sp in zip(ids, prompts_token_ids, plist):
+            self.add_request(rid, p, sp)
+        final: dict[str, RequestOutput] = {}
+        while any(rid not in final for rid in ids):
+            for out in self.step():
+                if out.finished:
+                    final[out.request_id] = out
+        return [final[rid] for rid in ids]
+
+    def stats(self) -> EngineStats:
+        running = {s.req.request_id for s in self.scheduler.running}
+        waiting = {s.req.request_id for s in self.scheduler.waiting} - running
+        return EngineStats(
+            num_requests_running=len(running), num_requests_waiting=len(waiting),
+            kv_cache_usage=self.blocks.usage(), prefix_cache_queries=self.blocks.queries,
+            prefix_cache_hits=self.blocks.hits, num_preemptions=self.scheduler.num_preemptions,
+            prompt_tokens_total=self.prompt_tokens_total, generation_tokens_total=self.generation_tokens_total)

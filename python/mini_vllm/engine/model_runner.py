@@ -1,0 +1,153 @@
+"""Runs the model for a scheduled batch: inputs -> paged-KV forward -> logits of the sampling rows.
+
+Also owns the KV cache and its sizing. The per-step inputs are a plain picklable `StepInputs` so that
+under tensor parallelism rank 0 builds them once and broadcasts them; every rank turns them into the
+same tensors and attention metadata (`prepare`) and runs its shard of the model.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+import torch
+
+from mini_vllm.engine.scheduler import ScheduledBatch
+from mini_vllm.engine_args import EngineArgs
+from mini_vllm.model.attention import AttnMetadata, build_group
+from mini_vllm.model.config import GptOssConfig
+from mini_vllm.model.gpt_oss import GptOssModel
+from mini_vllm.model.layers import AllReduce
+from mini_vllm.model.loader import CheckpointReader
+
+CPU_DEFAULT_KV_GB = 0.25
+# Intra-op threads on CPU: the engine's ops are small, and OpenMP's spinning workers lose badly on a
+# shared 2-core machine (a 0.2 ms einsum took 16 ms with 2 threads under load). Override by env.
+CPU_THREADS_ENV = "MINI_VLLM_CPU_THREADS"
+
+
+@dataclass
+class GroupSpec:
+    start: int
+    q_positions: list[list[int]]        # [B][Q]
+    context_lens: list[int]
+    block_tables: list[list[int]]
+
+
+@dataclass
+class StepInputs:
+    input_ids: list[int]
+    positions: list[int]
+    slot_mapping: list[int]
+    groups: list[GroupSpec] = field(default_factory=list)
+    sample_rows: list[int] = field(default_factory=list)
+
+
+def resolve_device_dtype(args: EngineArgs) -> tuple[torch.device, torch.dtype]:
+    dev = args.device
+    if dev == "auto":
+        dev = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(dev)
+    names = {"bfloat16": torch.bfloat16, "bf16": torch.bfloat16, "float16": torch.float16,
+             "half": torch.float16, "float32": torch.float32, "float": torch.float32}
+    if args.dtype == "auto":
+        dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    elif args.dtype in names:
+        dtype = names[args.dtype]
+    else:
+        raise ValueError(f"unknown dtype {args.dtype!r} (auto, bfloat16, float16, float32)")
+    return device, dtype
+
+
+def build_step_inputs(batch: ScheduledBatch, block_size: int) -> StepInputs:
+    """Flatten a scheduled batch; decodes (1 new token) form one group, each prefill chunk its own."""
+    ids: list[int] = []
+    pos: list[int] = []
+    slots: list[int] = []
+    sample_rows: list[int] = []
+    groups: list[GroupSpec] = []
+    decode = GroupSpec(0, [], [], [])
+    for seq, n in zip(batch.seqs, batch.num_new):
+        start = seq.num_computed_tokens
+        end = start + n
+        bt = seq.block_table
+        row0 = len(ids)
+        ids.extend(seq.token_ids[start:end])
+        rng = range(start, end)
+        pos.extend(rng)
+        slots.extend(bt[p // block_size] * block_size + p % block_size for p in rng)
+        if end == len(seq.token_ids):
+            sample_rows.append(row0 + n - 1)
+        else:
+            sample_rows.append(-1)        # mid-prompt chunk: nothing to sample
+        if n == 1 and not groups:
+            decode.q_positions.append([start])
+            decode.context_lens.append(end)
+            decode.block_tables.append(bt)
+        else:
+            groups.append(GroupSpec(row0, [list(rng)], [end], [bt]))
+    if decode.context_lens:
+        groups.insert(0, decode)
+    return StepInputs(ids, pos, slots, groups, sample_rows)
+
+
+class ModelRunner:
+    def __init__(self, args: EngineArgs, cfg: GptOssConfig, tp_rank: int = 0, tp_size: int = 1,
+                 all_reduce: AllReduce | None = None, num_blocks: int | None = None):
+        self.args, self.cfg = args, cfg
+        self.device, self.dtype = resolve_device_dtype(args)
+        self.block_size = args.block_size
+        if self.device.type == "cpu":
+            torch.set_num_threads(int(os.environ.get(CPU_THREADS_ENV, "1")))
+        torch.manual_seed(args.seed)
+        reader = CheckpointReader(args.model)
+        self.model = GptOssModel(cfg, self.dtype, self.device, cfg.max_position_embeddings,
+                                 tp_rank, tp_size, all_reduce).load(reader)
+        reader.close()
+        self.num_blocks = num_blocks if num_blocks is not None else self._size_kv()
+        if self.num_blocks < 1:
+            raise ValueError("no room for a KV cache: raise kv_cache_memory_gb / gpu_memory_utilization")
+        m = self.model
+        shape = (cfg.num_hidden_layers, 2, self.num_blocks, self.block_size, m.n_kv, cfg.head_dim)
+        self.kv = torch.zeros(shape, dtype=self.dtype, device=self.device)
+        self.kv_caches = [(self.kv[i, 0], self.kv[i, 1]) for i in range(cfg.num_hidden_layers)]
+
+    def block_bytes(self) -> int:
+        m = self.model
+        elem = torch.finfo(self.dtype).bits // 8
+        return 2 * self.cfg.num_hidden_layers * self.block_size * m.n_kv * self.cfg.head_dim * elem
+
+    def _size_kv(self) -> int:
+        a = self.args
+        if a.kv_cache_memory_gb is not None:
+            budget = a.kv_cache_memory_gb * 1024 ** 3
+        elif self.device.type == "cuda":
+            free, total = torch.cuda.mem_get_info(self.device)
+            used = total - free
+            budget = total * a.gpu_memory_utilization - used - 1024 ** 3    # 1 GiB for activations
+        else:
+            budget = CPU_DEFAULT_KV_GB * 1024 ** 3
+        return int(budget // self.block_bytes())
+
+    def prepare(self, inp: StepInputs) -> tuple[torch.Tensor, AttnMetadata]:
+        dev = self.device
+        ids = torch.tensor(inp.input_ids, dtype=torch.long, device=dev)
+        meta = AttnMetadata(torch.tensor(inp.positions, dtype=torch.long, device=dev),
+                            torch.tensor(inp.slot_mapping, dtype=torch.long, device=dev))
+        window = self.cfg.sliding_window
+        for g in inp.groups:
+            qpos = torch.tensor(g.q_positions, dtype=torch.long)
+            meta.groups.append(build_group(g.start, qpos, g.context_lens, g.block_tables,
+                                           self.block_size, window).to(dev))
+        return ids, meta
+
+    @torch.inference_mode()
+    def execute(self, inp: StepInputs) -> torch.Tensor | None:
+        """Forward the step; logits [rows to sample, V] on rank 0 (None elsewhere or if nothing to sample)."""
+        ids, meta = self.prepare(inp)
+        hidden = self.model.forward(ids, meta, self.kv_caches)
+        if self.model.tp_rank != 0:
+            return None
+        rows = [r for r in inp.sample_rows if r >= 0]
+        if not rows:
+            return None
+        return self.model.compute_logits(hidden[torch.tensor(rows, device=self.device)])

@@ -1,0 +1,88 @@
+"""Batched sampling: greedy, temperature, top-k, top-p, min-p, per-sequence seeds, logprobs.
+
+One vectorised pass for the whole batch; an all-greedy batch without logprobs is a single argmax.
+Random draws use the exponential race (argmax of p / E, E ~ Exp(1)), which equals sampling from p and
+lets a seeded sequence draw its noise from its own torch.Generator: the same seed gives the same
+tokens whatever else is in the batch. Logprobs are the log-softmax of the temperature-scaled logits
+(raw logits for greedy), before top-k/top-p/min-p truncation, so they stay finite.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from mini_vllm.engine.sequence import Sequence
+
+
+@dataclass
+class SampleResult:
+    token_ids: list[int]
+    # per row: (chosen logprob, [(id, logprob) top-N]) or None when the sequence asked for none
+    logprobs: list[tuple[float, list[tuple[int, float]]] | None]
+
+
+class Sampler:
+    def __init__(self, seed: int = 0):
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def __call__(self, logits: torch.Tensor, seqs: list[Sequence]) -> SampleResult:
+        params = [s.params for s in seqs]
+        want_lp = [p.logprobs is not None for p in params]
+        if all(p.greedy for p in params):
+            tokens = logits.argmax(dim=-1)
+            scaled = logits
+        else:
+            tokens, scaled = self._sample(logits, seqs)
+        token_list = tokens.tolist()
+        lps: list[tuple[float, list[tuple[int, float]]] | None] = [None] * len(seqs)
+        if any(want_lp):
+            rows = [i for i, w in enumerate(want_lp) if w]
+            logp = torch.log_softmax(scaled[rows].float(), dim=-1)
+            chosen = logp.gather(1, tokens[rows].unsqueeze(1)).squeeze(1).tolist()
+            k = max(params[i].logprobs for i in rows)
+            top_v, top_i = (logp.topk(k, dim=-1) if k > 0 else (logp[:, :0], logp[:, :0].long()))
+            top_v, top_i = top_v.tolist(), top_i.tolist()
+            for j, i in enumerate(rows):
+                n = params[i].logprobs
+                lps[i] = (chosen[j], list(zip(top_i[j][:n], top_v[j][:n])))
+        return SampleResult(token_list, lps)
+
+    def _sample(self, logits: torch.Tensor, seqs: list[Sequence]) -> tuple[torch.Tensor, torch.Tensor]:
+        params = [s.params for s in seqs]
+        dev = logits.device
+        temps = torch.tensor([p.temperature if p.temperature > 0 else 1.0 for p in params], device=dev)
+        scaled = logits / temps.unsqueeze(1)
+        probs_logits = scaled
+        top_k = [p.top_k if p.top_k and p.top_k > 0 else 0 for p in params]
+        top_p = [p.top_p for p in params]
+        min_p = [p.min_p for p in params]
+        if any(top_k) or any(tp < 1.0 for tp in top_p):
+            sorted_l, idx = probs_logits.sort(dim=-1, descending=True)
+            mask = torch.zeros_like(sorted_l, dtype=torch.bool)
+            if any(top_k):
+                k = torch.tensor([k if k else logits.shape[-1] for k in top_k], device=dev)
+                mask |= torch.arange(logits.shape[-1], device=dev).unsqueeze(0) >= k.unsqueeze(1)
+            if any(tp < 1.0 for tp in top_p):
+                sp = torch.softmax(sorted_l.masked_fill(mask, float("-inf")), dim=-1)
+                before = sp.cumsum(dim=-1) - sp          # mass of strictly better tokens
+                mask |= before > torch.tensor(top_p, device=dev).unsqueeze(1)
+            mask[:, 0] = False
+            sorted_l = sorted_l.masked_fill(mask, float("-inf"))
+            probs_logits = torch.full_like(scaled, float("-inf")).scatter(1, idx, sorted_l)
+        probs = torch.softmax(probs_logits, dim=-1)
+        if any(m > 0 for m in min_p):
+            mp = torch.tensor(min_p, device=dev).unsqueeze(1)
+            probs = probs.masked_fill(probs < mp * probs.max(dim=-1, keepdim=True).values, 0.0)
+        noise = torch.empty_like(probs)
+        unseeded = [i for i, s in enumerate(seqs) if s.generator is None]
+        if unseeded:
+            noise[unseeded] = torch.empty(len(unseeded), probs.shape[1], device=dev).exponential_(
+                generator=self.generator)
+        for i, s in enumerate(seqs):
+            if s.generator is not None:
+                noise[i] = torch.empty(probs.shape[1]).exponential_(generator=s.generator).to(dev)
+        sampled = (probs / noise).argmax(dim=-1)
+        greedy = torch.tensor([p.greedy for p in params], device=dev)
+        tokens = torch.where(greedy, logits.argmax(dim=-1), sampled)
+        return tokens, scaled
