@@ -15,7 +15,7 @@ import triton
 
 from .moe_align import moe_align_block_size
 from .moe_gemm import moe_down_kernel, moe_gate_up_kernel, moe_sum_kernel
-from .mxfp4 import MoeWeights
+from .mxfp4 import SWIGLU_ALPHA, SWIGLU_LIMIT, MoeWeights
 
 
 @dataclass(frozen=True)
@@ -54,16 +54,21 @@ def _check_inputs(x: torch.Tensor, topk_ids: torch.Tensor, topk_weights: torch.T
 
 
 def fused_moe_mxfp4(x: torch.Tensor, topk_ids: torch.Tensor, topk_weights: torch.Tensor,
-                    w: MoeWeights, config: MoeConfig | None = None) -> torch.Tensor:
+                    w: MoeWeights, config: MoeConfig | None = None,
+                    out: torch.Tensor | None = None) -> torch.Tensor:
     """sum_j topk_weights[t, j] * Expert_{topk_ids[t, j]}(x[t]) for every token t -> [T, H] in x.dtype.
 
     Expert(x) = down(swiglu(gate_up(x) + b1)) + b2 with GPT-OSS's clamped, interleaved SwiGLU.
-    topk_ids must hold distinct experts per token (as top-k routing gives).
+    topk_ids must hold distinct experts per token (as top-k routing gives). `out` ([T, H], x.dtype,
+    contiguous) is written in full when given.
     """
     _check_inputs(x, topk_ids, topk_weights, w)
     t, k = topk_ids.shape
     h, inter = w.hidden_size, w.intermediate_size
-    out = torch.empty_like(x)
+    if out is None:
+        out = torch.empty_like(x)
+    elif out.shape != x.shape or out.dtype != x.dtype or not out.is_contiguous():
+        raise ValueError(f"out must be a contiguous {x.dtype} tensor of shape {tuple(x.shape)}")
     if t == 0:
         return out
     cfg = config or pick_config(t, k, w.num_experts)
@@ -77,7 +82,7 @@ def fused_moe_mxfp4(x: torch.Tensor, topk_ids: torch.Tensor, topk_weights: torch
     gu_bias = w.gate_up_bias if w.gate_up_bias is not None else x  # dummy pointer when absent
     moe_gate_up_kernel[(grid_m, triton.cdiv(inter, cfg.block_n))](
         x, w.gate_up_blocks, w.gate_up_scales, gu_bias, act, sorted_ids, expert_ids,
-        num_slots, h, inter, x.stride(0), act.stride(0),
+        num_slots, h, inter, x.stride(0), act.stride(0), SWIGLU_ALPHA, SWIGLU_LIMIT,
         TOP_K=k, HAS_BIAS=w.gate_up_bias is not None,
         BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, **launch)
 

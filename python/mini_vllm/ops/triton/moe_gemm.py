@@ -18,8 +18,6 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-SWIGLU_ALPHA = 1.702
-SWIGLU_LIMIT = 7.0
 
 
 @triton.jit
@@ -64,7 +62,7 @@ def _mxfp4_accumulate(acc, a_ptr, a_rows, row_ok, stride_a, blk_ptr, scl_ptr, n_
 
 @triton.jit
 def moe_gate_up_kernel(x_ptr, blk_ptr, scl_ptr, bias_ptr, out_ptr, sorted_ids_ptr, expert_ids_ptr,
-                       num_slots, K, I, stride_x, stride_out,
+                       num_slots, K, I, stride_x, stride_out, alpha, limit,
                        TOP_K: tl.constexpr, HAS_BIAS: tl.constexpr, BLOCK_M: tl.constexpr,
                        BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
     """out[slot, n] = swiglu(x[slot // k] @ W_e[2n] + b, x @ W_e[2n+1] + b) for BLOCK_N columns of I."""
@@ -88,9 +86,9 @@ def moe_gate_up_kernel(x_ptr, blk_ptr, scl_ptr, bias_ptr, out_ptr, sorted_ids_pt
         bb = bias_ptr + expert * (2 * I)
         gate += tl.load(bb + 2 * n, mask=n_ok, other=0.0).to(tl.float32)[None, :]
         lin += tl.load(bb + 2 * n + 1, mask=n_ok, other=0.0).to(tl.float32)[None, :]
-    gate = tl.minimum(gate, SWIGLU_LIMIT)
-    lin = tl.minimum(tl.maximum(lin, -SWIGLU_LIMIT), SWIGLU_LIMIT)
-    y = gate * tl.sigmoid(SWIGLU_ALPHA * gate) * (lin + 1.0)
+    gate = tl.minimum(gate, limit)
+    lin = tl.minimum(tl.maximum(lin, -limit), limit)
+    y = gate / (1.0 + tl.exp(-alpha * gate)) * (lin + 1.0)  # g * sigmoid(alpha g) * (l + 1)
     dst = out_ptr + slots.to(tl.int64)[:, None] * stride_out + n[None, :]
     tl.store(dst, y.to(out_ptr.dtype.element_ty), mask=row_ok[:, None] & n_ok[None, :])
 

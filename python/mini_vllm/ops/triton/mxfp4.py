@@ -19,6 +19,8 @@ import torch
 
 E2M1_VALUES = (0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0)
 BLOCK = 32  # e2m1 values per scale
+SWIGLU_ALPHA = 1.702  # GPT-OSS expert activation: g * sigmoid(alpha * g) * (l + 1)
+SWIGLU_LIMIT = 7.0  # gate clamped to <= limit, linear to [-limit, limit]
 
 
 @dataclass

@@ -8,10 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from .mxfp4 import MoeWeights, dequant_mxfp4_reference
-
-SWIGLU_ALPHA = 1.702
-SWIGLU_LIMIT = 7.0
+from .mxfp4 import SWIGLU_ALPHA, SWIGLU_LIMIT, MoeWeights, dequant_mxfp4_reference
 
 
 def swiglu_gpt_oss(gate_up: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,122 @@
+"""Fused MXFP4 MoE (Triton, run in the interpreter on CPU) against the float64 torch reference."""
+from __future__ import annotations
+
+import pytest
+
+import torch
+
+pytest.importorskip("triton")
+
+from mini_vllm.ops.triton.fused_moe import MoeConfig, fused_moe_mxfp4, pick_config  # noqa: E402
+from mini_vllm.ops.triton.interpret import interpreted  # noqa: E402
+from mini_vllm.ops.triton.moe_align import moe_align_block_size  # noqa: E402
+from mini_vllm.ops.triton.mxfp4 import (E2M1_VALUES, dequant_mxfp4_reference,  # noqa: E402
+                                        random_moe_weights)
+from mini_vllm.ops.triton.reference import fused_moe_reference  # noqa: E402
+
+pytestmark = pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarning")
+
+
+@pytest.fixture(autouse=True)
+def _interpreter():
+    with interpreted():  # CPU tensors through Triton's interpreter
+        yield
+
+
+def _route(t: int, e: int, k: int, gen: torch.Generator, skip_expert: int | None = None):
+    logits = torch.randn(t, e, generator=gen)
+    if skip_expert is not None:
+        logits[:, skip_expert] = -1e9  # this expert gets no tokens
+    vals, ids = torch.topk(logits, k)
+    return ids, torch.softmax(vals, dim=-1)
+
+
+def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    return ((a.double() - b.double()).norm() / b.double().norm()).item()
+
+
+def test_decoder_matches_e2m1_definition():
+    """Every byte value decodes to (low, high) per the OCP e2m1 table, times 2^(s-127)."""
+    blocks = torch.arange(256, dtype=torch.uint8).view(1, 16, 16)  # N=1, K=512
+    scales = torch.tensor([[120, 127, 130, 127, 1, 254, 127, 127, 127, 127, 127, 127, 127, 127,
+                            127, 127]], dtype=torch.uint8)
+    dense = dequant_mxfp4_reference(blocks, scales, torch.float64)[0]
+    for byte in range(256):
+        blk, j = divmod(byte, 16)
+        s = 2.0 ** (int(scales[0, blk]) - 127)
+        for nib, k in ((byte & 15, 32 * blk + 2 * j), (byte >> 4, 32 * blk + 2 * j + 1)):
+            want = (-1 if nib & 8 else 1) * E2M1_VALUES[nib & 7] * s
+            assert dense[k].item() == want, (byte, nib)
+
+
+@pytest.mark.parametrize("t,e,k,block_m", [(1, 4, 2, 16), (13, 8, 4, 16), (20, 4, 2, 32), (3, 8, 3, 4)])
+def test_align_groups_every_slot_once(t, e, k, block_m):
+    gen = torch.Generator().manual_seed(t * 100 + e)
+    ids, _ = _route(t, e, k, gen, skip_expert=e - 1)
+    sorted_ids, expert_ids, num_padded = moe_align_block_size(ids, e, block_m)
+    used = int(num_padded)
+    assert used % block_m == 0 and used <= sorted_ids.numel()
+    flat = ids.flatten()
+    rows = sorted_ids[:used].view(-1, block_m)
+    assert sorted(rows[rows < t * k].tolist()) == list(range(t * k))
+    for b, row in enumerate(rows):
+        real = row[row < t * k]
+        assert (flat[real.long()] == expert_ids[b]).all()  # every slot sits in its expert's block
+        assert (real.diff() > 0).all()                     # stable: ascending slots
+    assert (expert_ids[: used // block_m].diff() >= 0).all()
+    assert (expert_ids[used // block_m:] == -1).all()
+    assert (expert_ids != e - 1).all()                     # the skipped expert owns no block
+    counts = torch.bincount(flat, minlength=e)
+    assert used == int(((counts + block_m - 1) // block_m * block_m).sum())
+
+
+CASES = [  # (T, E, H, I, k, config)
+    (1, 4, 64, 64, 2, None),
+    (7, 8, 64, 96, 4, MoeConfig(block_m=16, block_n=32, block_k=64)),
+    (19, 4, 128, 64, 2, MoeConfig(block_m=16, block_n=64, block_k=128)),
+    (20, 8, 96, 64, 3, MoeConfig(block_m=32, block_n=32, block_k=64)),     # H=96: K-tail masks
+]
+
+
+@pytest.mark.parametrize("t,e,h,i,k,cfg", CASES)
+@pytest.mark.parametrize("dtype,tol", [(torch.float32, 2e-5), (torch.float16, 3e-3)])
+def test_fused_moe_matches_reference(t, e, h, i, k, cfg, dtype, tol):
+    gen = torch.Generator().manual_seed(t + 31 * e + h)
+    w = random_moe_weights(e, h, i, generator=gen)
+    x = (torch.randn(t, h, generator=gen) * 0.15).to(dtype)
+    ids, weights = _route(t, e, k, gen, skip_expert=0 if e > k else None)
+    got = fused_moe_mxfp4(x, ids, weights, w, cfg, out=torch.full((t, h), float("nan"), dtype=dtype))
+    want = fused_moe_reference(x, ids, weights, w)
+    assert got.dtype == dtype and got.shape == (t, h)
+    assert torch.isfinite(got).all()
+    assert _rel(got, want) < tol
+
+
+def test_fused_moe_without_bias():
+    """Biases are optional (HAS_BIAS=False path)."""
+    gen = torch.Generator().manual_seed(5)
+    w = random_moe_weights(4, 64, 64, generator=gen)
+    w.gate_up_bias = None
+    w.down_bias = None
+    x = torch.randn(5, 64, generator=gen) * 0.2
+    ids, weights = _route(5, 4, 2, gen)
+    got = fused_moe_mxfp4(x, ids, weights, w, MoeConfig(block_m=16, block_n=32, block_k=64))
+    assert _rel(got, fused_moe_reference(x, ids, weights, w)) < 2e-5
+
+
+def test_fused_moe_rejects_bad_shapes():
+    gen = torch.Generator().manual_seed(0)
+    w = random_moe_weights(4, 64, 64, generator=gen)
+    ids, weights = _route(3, 4, 2, gen)
+    with pytest.raises(ValueError, match="x must be"):
+        fused_moe_mxfp4(torch.randn(3, 32), ids, weights, w)
+    with pytest.raises(ValueError, match="topk_weights"):
+        fused_moe_mxfp4(torch.randn(3, 64), ids, weights[:, :1], w)
+    w.down_scales = w.down_scales[:, :, :1]
+    with pytest.raises(ValueError, match="down_scales"):
+        fused_moe_mxfp4(torch.randn(3, 64), ids, weights, w)
+
+
+def test_pick_config_grows_tiles_with_tokens():
+    small, big = pick_config(1, 4, 32), pick_config(4096, 4, 32)
+    assert small.block_m == 16 and big.block_m > small.block_m
