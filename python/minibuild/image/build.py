@@ -1,0 +1,204 @@
+"""`invoke image`: build stages (essentials -> cuda -> server) into an OCI layout, optionally push.
+
+Why this shape: every layer is a graph task (same store, same keys, same `--explain` as the kernels),
+and every stage is a task too whose inputs are its parent's manifest digest, its layers' digests and
+its settings. So a Python-only change re-keys the server layer alone; an unchanged checkout hits every
+key and does no work ("up to date"); and `--explain` prints which input changed. Results go to
+`<out_dir>/oci` (refs = stage names) and `<out_dir>/<stage>.json`, which `invoke rollout` reads.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .. import ui
+from ..graph import Input, Task, explain, lookup, run_task
+from ..hashing import StatCache
+from ..store import Store, atomic_write_bytes
+from . import oci
+from .layers import WRITER_VERSION, Context, Recipe, recipe_for, torch_version
+from .tarlayer import Layer, write_layer
+
+STAGE_ORDER = ("essentials", "cuda", "server")
+
+
+class ImageBuildError(RuntimeError):
+    """A stage cannot be built as configured; the message says which and why."""
+
+
+def image_settings(cfg: dict[str, Any]) -> dict[str, Any]:
+    icfg = dict(cfg.get("images") or {})
+    if not icfg.get("profiles"):
+        raise ImageBuildError("build_config.yaml: images.profiles is empty")
+    icfg["profile"] = os.environ.get("MINI_VLLM_IMAGE_PROFILE") or icfg.get("profile") or "local"
+    if icfg["profile"] not in icfg["profiles"]:
+        raise ImageBuildError(f"unknown image profile {icfg['profile']!r} (have: {', '.join(icfg['profiles'])})")
+    sde = os.environ.get("SOURCE_DATE_EPOCH")
+    icfg["epoch"] = int(sde) if sde else int(icfg.get("source_date_epoch") or 0)
+    return icfg
+
+
+def make_context(cfg: dict[str, Any], store: Store | None = None) -> tuple[Context, dict[str, Any]]:
+    icfg = image_settings(cfg)
+    root = Path(cfg.get("_root", "."))
+    store = store or Store.from_config(cfg)
+    ctx = Context(cfg=cfg, root=root, store=store, profile_name=icfg["profile"],
+                  profile=icfg["profiles"][icfg["profile"]], stat=store.stat_cache)
+    return ctx, icfg
+
+
+def stage_chain(stages: dict[str, Any], stage: str) -> list[str]:
+    if stage == "all":
+        stage = STAGE_ORDER[-1]
+    if stage not in stages:
+        raise ImageBuildError(f"unknown stage {stage!r} (have: {', '.join(stages)}, all)")
+    chain = [stage]
+    while stages[chain[-1]].get("parent"):
+        chain.append(stages[chain[-1]]["parent"])
+    return chain[::-1]
+
+
+def git_revision(root: Path) -> str:
+    """HEAD of the checkout, '+dirty' when python/ has uncommitted changes; 'unknown' outside git."""
+    try:
+        rev = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True,
+                             check=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--", "python"],
+                               capture_output=True, text=True, check=True).stdout.strip()
+        return rev + ("+dirty" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def source_annotations(cfg: dict[str, Any]) -> dict[str, str]:
+    """io.mini-vllm.source.<name>.{commit,tree} from build_config `sources:` (read defensively)."""
+    out: dict[str, str] = {}
+    sources = cfg.get("sources") or {}
+    if isinstance(sources, dict):
+        for name, pin in sorted(sources.items()):
+            if isinstance(pin, dict):
+                for k in ("commit", "tree", "tree_hash"):
+                    if pin.get(k):
+                        out[f"io.mini-vllm.source.{name}.{k}"] = str(pin[k])
+    return out
+
+
+class StageBuilder:
+    """Builds the stages of one profile; remembers results so that a stage's child can use them."""
+
+    def __init__(self, ctx: Context, icfg: dict[str, Any], explain: bool = False, dry_run: bool = False):
+        self.ctx, self.icfg, self.explain, self.dry_run = ctx, icfg, explain, dry_run
+        self.stages = yaml.safe_load(ctx.path(icfg["stages"]).read_text())
+        self.built: dict[str, tuple[oci.ImageSpec, oci.BuiltImage, str]] = {}
+        self.ran: list[str] = []       # what did real work (layers and stages)
+
+    def _layer_task(self, r: Recipe) -> Task:
+        common = [Input("config", "source_date_epoch", self.icfg["epoch"]),
+                  Input("config", "gzip_level", int(self.icfg.get("gzip_level", 6))),
+                  Input("toolchain", "layer_writer", WRITER_VERSION)]
+        return Task(name=f"image-layer:{self.ctx.profile_name}:{r.name}", kind="layer", inputs=r.inputs + common)
+
+    def _say_why(self, task: Task, what: str) -> None:
+        if self.explain:
+            for reason in explain(self.ctx.store, task):
+                ui.info(f"  {what}: {reason}")
+
+    def layer(self, r: Recipe) -> Layer | None:
+        task = self._layer_task(r)
+        hit = lookup(self.ctx.store, task)
+        if hit is not None:
+            return Layer(hit["digest"], hit["size"], hit["diff_id"])
+        ui.info(f"layer {r.name}: {'would build' if self.dry_run else 'building'} ({r.created_by})")
+        self._say_why(task, f"layer {r.name}")
+        if r.note:
+            ui.warn(r.note)
+        if self.dry_run:
+            return None
+
+        def action() -> dict[str, Any]:
+            try:
+                with ui.progress(f"layer {r.name}", 1) as bar:
+                    lay = write_layer(self.ctx.store, r.entries(), mtime=self.icfg["epoch"],
+                                      level=int(self.icfg.get("gzip_level", 6)))
+                    bar.advance()
+            finally:
+                if r.cleanup:
+                    r.cleanup()
+            return {"blobs": [lay.digest], **lay.as_record()}
+
+        rec, ran = run_task(self.ctx.store, task, action)
+        if ran:
+            self.ran.append(f"layer:{r.name}")
+            ui.info(f"layer {r.name}: sha256:{rec['digest'][:12]} ({rec['size'] / 1e6:.1f} MB)")
+        return Layer(rec["digest"], rec["size"], rec["diff_id"])
+
+    def stage(self, name: str) -> oci.BuiltImage | None:
+        if name in self.built:
+            return self.built[name][1]
+        sdef = self.stages[name]
+        parent = sdef.get("parent")
+        pspec: oci.ImageSpec | None = None
+        if parent:
+            if self.stage(parent) is None:
+                return None
+            pspec = self.built[parent][0]
+        recipes = [recipe_for(self.ctx, lspec) for lspec in sdef.get("layers") or []]
+        layers = [self.layer(r) for r in recipes]
+        if any(lay is None for lay in layers):
+            return None
+        spec = oci.ImageSpec(
+            layers=(pspec.layers if pspec else []) + [lay for lay in layers if lay],
+            history=(pspec.history if pspec else []) + [r.created_by for r in recipes],
+            env={**(pspec.env if pspec else {}), **{k: str(v) for k, v in (sdef.get("env") or {}).items()}},
+            entrypoint=sdef.get("entrypoint") or (pspec.entrypoint if pspec else None),
+            cmd=sdef.get("cmd") or (pspec.cmd if pspec else None),
+            user=sdef.get("user") or (pspec.user if pspec else None),
+            workdir=sdef.get("workdir") or (pspec.workdir if pspec else None),
+            exposed_ports=list(sdef.get("exposed_ports") or (pspec.exposed_ports if pspec else [])),
+            epoch=self.icfg["epoch"])
+        ann = self._annotations(name, sdef)
+        task = Task(name=f"image-stage:{self.ctx.profile_name}:{name}", kind="image", inputs=[
+            Input("artefact", "layers", [lay.digest for lay in spec.layers]),
+            Input("config", "settings", json.loads(oci.canonical(spec.config_doc()))),
+            Input("config", "annotations", ann)])
+        ann["io.mini-vllm.inputs"] = f"sha256:{task.key}"
+        spec.labels = dict(ann)
+        img = oci.assemble(spec, ann)
+        hit = lookup(self.ctx.store, task)
+        if hit is None:
+            self._say_why(task, f"stage {name}")
+            oci.save_documents(self.ctx.store, img)
+            rec, ran = run_task(self.ctx.store, task, lambda: {"blobs": [img.config_digest, img.digest],
+                                                              "digest": img.digest})
+            self.ran.append(f"stage:{name}")
+            if rec["digest"] != img.digest:
+                raise ImageBuildError(f"stage {name}: cached manifest differs from the rebuilt one")
+        self.built[name] = (spec, img, task.key)
+        return img
+
+    def _annotations(self, name: str, sdef: dict[str, Any]) -> dict[str, str]:
+        ann = {"org.opencontainers.image.title": f"{self.ctx.cfg.get('project', {}).get('name', 'mini-vllm')}-{name}",
+               "org.opencontainers.image.description": str(sdef.get("title", name)),
+               "org.opencontainers.image.created": oci.created_at(self.icfg["epoch"]),
+               "io.mini-vllm.stage": name, "io.mini-vllm.profile": self.ctx.profile_name,
+               "io.mini-vllm.torch": torch_version(self.ctx),
+               "io.mini-vllm.cuda-arch": str(self.icfg.get("cuda_arch", "sm_90a"))}
+        ann.update(source_annotations(self.ctx.cfg))
+        if name == STAGE_ORDER[-1]:  # only the image that carries python/ names the revision
+            ann["org.opencontainers.image.revision"] = git_revision(self.ctx.root)
+        return ann
+
+    def write_outputs(self, out_dir: Path, name: str, reference: str | None = None) -> dict[str, Any]:
+        spec, img, key = self.built[name]
+        layout = oci.Layout(out_dir / "oci")
+        layout.write_image(self.ctx.store, img, name)
+        result = {"stage": name, "digest": f"sha256:{img.digest}", "reference": reference,
+                  "layout": str(layout.root), "inputs": f"sha256:{key}", "profile": self.ctx.profile_name}
+        atomic_write_bytes(out_dir / f"{name}.json", (json.dumps(result, indent=1) + "\n").encode(), fsync=False)
+        self.ctx.store.set_root(f"image:{name}", blobs=img.blob_digests() + [img.digest])
+        return result
