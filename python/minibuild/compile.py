@@ -3,7 +3,7 @@
 Why header-aware two-step keys (ccache's "direct mode"): a unit's object depends on every header
 it includes, but which headers those are is only known after preprocessing. So:
   key1  = hash(source content, flags, defines, include dirs, gencode, toolchain)
-  store meta "headers"/key1 = the logical header names the last compile's depfile (-MD) listed
+  action "headers"+key1 = the logical header names the last compile's depfile (-MD) listed
   key   = hash(key1 inputs + (header name, content hash) for each of those headers)
 Lookup rehashes the listed headers (stat cache: unchanged files are not reread) and checks the action
 cache under `key`; a miss compiles with -MD and records the new list. System and CUDA headers are not
@@ -147,13 +147,19 @@ def key1_inputs(store: Store, pm: PathMap, tc: Toolchain, ks: KernelSet, unit: s
             *tc.inputs(ks.uses_torch)]
 
 
+def header_list(store: Store, key1: str) -> list[str] | None:
+    """Logical headers the last compile under key1 included (an action record: travels via the remote)."""
+    rec = store.get_action(canonical_key(["headers", key1]))
+    return list(rec["headers"]) if rec and isinstance(rec.get("headers"), list) else None
+
+
 def header_inputs(store: Store, pm: PathMap, names: list[str]) -> list[Input]:
     return [Input("header", n, pm.digest(store, n)) for n in names]
 
 
 def plan_object(store: Store, pm: PathMap, tc: Toolchain, ks: KernelSet, unit: str) -> ObjectPlan:
     k1 = key1_inputs(store, pm, tc, ks, unit)
-    names = store.get_meta("headers", canonical_key([i.as_json() for i in k1]))
+    names = header_list(store, canonical_key([i.as_json() for i in k1]))
     if names is None:
         return ObjectPlan(ks, unit, k1, None, None)
     task = Task(f"compile:{ks.name}:{unit}", "compile", k1 + header_inputs(store, pm, names))
@@ -231,7 +237,7 @@ def compile_object(store: Store, pm: PathMap, tc: Toolchain, ks: KernelSet, unit
         task = Task(plan.name, "compile", plan.key1_inputs + header_inputs(store, pm, names))
         rec = {"blobs": [digest], "object": digest, "unit": unit, "headers": len(names)}
         store.put_action(task.key, rec)
-        store.put_meta("headers", plan.key1, names)
+        store.put_action(canonical_key(["headers", plan.key1]), {"headers": names})
         graph.record_inputs(store, task)
         store.log_event("compile", set=ks.name, unit=unit, key=task.key, object=digest)
         return ObjectPlan(ks, unit, plan.key1_inputs, task, rec), True

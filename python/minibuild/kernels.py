@@ -20,6 +20,7 @@ from typing import Any
 from . import graph, ui
 from .compile import (CompileError, CorruptTree, KernelSet, ObjectPlan, PathMap, compile_object, explain_object,
                       link_module, link_task, plan_object)
+from .hashing import canonical_key
 from .sources import SourceError, ensure_source, mirror_dir, pins
 from .store import Store, atomic_write_bytes
 from .toolchain import ToolchainError, detect
@@ -46,12 +47,6 @@ class Budget:
         self.jobs, self.mem_gb = jobs, mem_gb
         self.running, self.used = 0, 0.0
         self.cond = threading.Condition()
-
-    def __enter__(self) -> "Budget":
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        pass
 
     def acquire(self, gb: float) -> None:
         with self.cond:
@@ -246,7 +241,9 @@ def _run(b: Build, plans: list[ObjectPlan], explain: bool, dry_run: bool, jobs: 
         if not b.installed_ok(ks, rec["module"]):
             b.install(ks, task, rec, objs)
             installed.append(ks.module)
-        b.store.set_root(f"kernels:{ks.name}", actions=[task.key] + [p.task.key for p in by_set[ks.name] if p.task],
+        keys = [task.key] + [p.task.key for p in by_set[ks.name] if p.task]
+        keys += [canonical_key(["headers", p.key1]) for p in by_set[ks.name]]
+        b.store.set_root(f"kernels:{ks.name}", actions=keys,
                          trees=[b.pins[n].tree_id for n in ks.sources_used])
     dt = time.monotonic() - t0
     if not compiled and not linked and not installed:

@@ -146,7 +146,6 @@ class Store:
             d.mkdir(parents=True, exist_ok=True)
         self.remote = remote
         self.stat_cache = StatCache(self.root / "statcache.json")
-        self._verified: dict[str, tuple[int, int, int]] = {}
 
     @classmethod
     def from_config(cls, cfg: dict[str, Any] | None = None) -> "Store":
@@ -211,12 +210,8 @@ class Store:
         raise MissingBlob(f"blob {digest} is not in the store")
 
     def _verify(self, p: Path, digest: str) -> bool:
-        st = p.stat()
-        sig = (st.st_size, st.st_mtime_ns, st.st_ino)
-        if self._verified.get(digest) == sig:
-            return True
-        if digest_file(p) == digest:
-            self._verified[digest] = sig
+        # Rehash unless the stat cache saw this exact file state (size, mtime, ctime, inode) before.
+        if self.stat_cache.digest(p) == digest:
             return True
         ui.warn(f"store: corrupt blob {digest[:16]}... (content does not match its name); deleted, will rebuild")
         self.log_event("corrupt", what="blob", digest=digest)
