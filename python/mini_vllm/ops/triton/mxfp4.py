@@ -81,13 +81,17 @@ class MoeWeights:
 
 def dequant_mxfp4_reference(blocks: torch.Tensor, scales: torch.Tensor,
                             dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """Decode packed MXFP4 [..., N, K/32, 16] + scales [..., N, K/32] to a dense [..., N, K] tensor."""
-    table = torch.tensor(E2M1_VALUES + tuple(-v for v in E2M1_VALUES), dtype=torch.float64,
+    """Decode packed MXFP4 [..., N, K/32, 16] + scales [..., N, K/32] to a dense [..., N, K] tensor.
+
+    Works in float32 (exact: e2m1 x 2^k has 2 significant bits) unless float64 is asked for.
+    """
+    work = torch.float64 if dtype == torch.float64 else torch.float32
+    table = torch.tensor(E2M1_VALUES + tuple(-v for v in E2M1_VALUES), dtype=work,
                          device=blocks.device)
     lo = table[(blocks & 0x0F).long()]
     hi = table[(blocks >> 4).long()]
     vals = torch.stack((lo, hi), dim=-1).flatten(-2)  # [..., N, K/32, 32]
-    vals = vals * torch.exp2(scales.to(torch.float64) - 127.0).unsqueeze(-1)
+    vals = vals * torch.exp2(scales.to(work) - 127.0).unsqueeze(-1)
     return vals.flatten(-2).to(dtype)
 
 
