@@ -62,11 +62,35 @@ def api_key(ns: argparse.Namespace) -> str | None:
     return ns.api_key or os.environ.get("MINI_VLLM_API_KEY") or os.environ.get("VLLM_API_KEY") or None
 
 
+# TEST ONLY: "ID,ID,...[@K]" makes every sequence whose prompt starts with those token ids fail inside
+# the engine once it has generated K tokens (default 0), so tests can check that one failing request
+# gets an error while the others, and the server, carry on. Never set in deployments.
+TEST_FAULT_ENV = "MINI_VLLM_TEST_FAULT_PROMPT"
+
+
+def _test_fault_hook(spec: str):
+    marker_s, _, after_s = spec.partition("@")
+    marker = [int(t) for t in marker_s.split(",") if t.strip()]
+    after = int(after_s or 0)
+    if not marker:
+        raise ValueError(f"{TEST_FAULT_ENV}={spec!r}: expected 'ID,ID,...[@K]'")
+
+    def hook(seq) -> None:
+        if seq.req.prompt_token_ids[:len(marker)] == marker and seq.num_output_tokens >= after:
+            raise RuntimeError(f"injected test fault ({TEST_FAULT_ENV})")
+    return hook
+
+
 def load_engine(args: EngineArgs):
     """Build and start the engine (runs in the loader thread; heavy imports happen here, not at startup)."""
     from mini_vllm.engine.async_engine import AsyncEngine
 
     engine = AsyncEngine.from_args(args)
+    spec = os.environ.get(TEST_FAULT_ENV)
+    if spec:
+        log.warning("%s is set: requests whose prompt starts with %s will fail (test-only fault injection)",
+                    TEST_FAULT_ENV, spec)
+        engine.engine.fault_hook = _test_fault_hook(spec)
     engine.start()
     return engine
 

@@ -14,7 +14,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from mini_vllm.api import sse
 from mini_vllm.api.completions import token_text
 from mini_vllm.api.errors import APIError
-from mini_vllm.api.generation import check_length, run_request, sampling_params, until_disconnect
+from mini_vllm.api.generation import check_length, sampling_params, start_request, until_disconnect
 from mini_vllm.api.schemas import ChatCompletionRequest
 from mini_vllm.api.state import ServerState
 from mini_vllm.engine.outputs import CompletionOutput, TokenLogprob
@@ -90,7 +90,7 @@ async def create_chat_completion(req: ChatCompletionRequest, raw: Request, state
     params = sampling_params(req, max_tokens, (req.top_logprobs or 0) if req.logprobs else None,
                              stop_token_ids=state.harmony.stop_ids)
     rid = sse.new_id("chatcmpl")
-    stream = run_request(engine, state.metrics, rid, prompt, params)
+    stream = await until_disconnect(raw, start_request(engine, state.metrics, rid, prompt, params))
     samples = [_Sample(state, req.logprobs, bool(req.top_logprobs)) for _ in range(req.n)]
     head = {"id": rid, "object": "chat.completion.chunk", "created": sse.now(), "model": state.model_name}
     if req.stream:

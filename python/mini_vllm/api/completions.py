@@ -12,7 +12,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 
 from mini_vllm.api import sse
 from mini_vllm.api.errors import APIError
-from mini_vllm.api.generation import check_length, merged, run_request, sampling_params, until_disconnect
+from mini_vllm.api.generation import check_length, merged, sampling_params, start_all, until_disconnect
 from mini_vllm.api.schemas import CompletionRequest
 from mini_vllm.api.state import ServerState
 from mini_vllm.engine.outputs import CompletionOutput, TokenLogprob
@@ -66,7 +66,8 @@ async def create_completion(req: CompletionRequest, raw: Request, state: ServerS
         check_length(len(ids), req.max_tokens, state.max_model_len, "prompt")
     params = sampling_params(req, req.max_tokens, req.logprobs)
     rid = sse.new_id("cmpl")
-    streams = [run_request(engine, state.metrics, f"{rid}-{i}", ids, params) for i, ids in enumerate(prompts)]
+    streams = await until_disconnect(raw, start_all(engine, state.metrics, [(f"{rid}-{i}", ids) for i, ids in
+                                                                    enumerate(prompts)], params))
     echo = [tok.decode(ids, skip_special_tokens=True) if req.echo else "" for ids in prompts]
     head = {"id": rid, "object": "text_completion", "created": sse.now(), "model": state.model_name}
     if req.stream:

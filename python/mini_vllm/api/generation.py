@@ -1,7 +1,8 @@
 """Driving one engine request from an HTTP handler: limits, refusals, aborts, metrics.
 
 Shared by completions and chat so that both map engine refusals the same way (prompt too long ->
-400, queue full -> 429), free the request's KV blocks the moment the client goes away (abort on
+400, queue full -> 429, engine dead -> 503; as the HTTP status, streaming too, because a request is
+answered only once the engine accepted it), free the request's KV blocks the moment the client goes away (abort on
 cancellation), and record TTFT / inter-token latency / e2e latency / outcome exactly once.
 """
 from __future__ import annotations
@@ -46,22 +47,24 @@ def check_length(prompt_len: int, max_tokens: int | None, max_model_len: int, pa
                        "completion). Please reduce the prompt or max_tokens.", "max_tokens")
 
 
-def _is_queue_full(exc: BaseException) -> bool:
-    return any(c.__name__ in ("QueueFullError", "QueueFull") for c in type(exc).__mro__)
+def _engine_errors() -> tuple[type[BaseException], type[BaseException]]:
+    """The engine's refusal exceptions (imported late: the engine module pulls in torch, and the HTTP
+    server must answer /health before that import finishes)."""
+    from mini_vllm.engine.async_engine import EngineDeadError, QueueFullError
+    return QueueFullError, EngineDeadError
 
 
-async def run_request(engine: Any, metrics: ServerMetrics, request_id: str, prompt_ids: list[int],
-                      params: SamplingParams) -> AsyncIterator[RequestOutput]:
-    """engine.generate with our error mapping; aborts the request if the consumer stops early."""
+async def _run(engine: Any, metrics: ServerMetrics, request_id: str, prompt_ids: list[int],
+               params: SamplingParams) -> AsyncIterator[RequestOutput]:
+    """engine.generate with our error mapping and metrics; aborts the request if the consumer stops early."""
+    queue_full, dead = _engine_errors()
     start = time.monotonic()
     last = None
-    finished = False
-    produced = False
+    finished = refused = False
     try:
         async for out in engine.generate(request_id, prompt_ids, params):
-            produced = True
             now = time.monotonic()
-            new = sum(len(o.token_ids_delta) for o in out.outputs[:1])
+            new = len(out.outputs[0].token_ids_delta) if out.outputs else 0
             if new:
                 if last is None:
                     metrics.observe_first_token(now - start)
@@ -72,21 +75,64 @@ async def run_request(engine: Any, metrics: ServerMetrics, request_id: str, prom
                 last = now
             if out.finished:
                 finished = True
-                reason = out.outputs[0].finish_reason or "stop" if out.outputs else "stop"
+                reason = (out.outputs[0].finish_reason or "stop") if out.outputs else "stop"
                 metrics.observe_finished(reason, now - start)
             yield out
     except ValueError as e:
-        if produced:
+        if last is not None:
             raise
+        refused = True
         raise APIError(400, str(e), "prompt") from None
-    except Exception as e:
-        if _is_queue_full(e):
-            raise APIError(429, f"server busy: {e}", code="queue_full") from None
-        raise
+    except queue_full as e:
+        refused = True
+        raise APIError(429, f"server busy: {e}", code="queue_full") from None
+    except dead as e:
+        refused = True
+        raise APIError(503, str(e), code="engine_dead") from None
     finally:
-        if not finished:
+        if not finished and not refused:
             engine.abort(request_id)
             metrics.observe_finished("abort", time.monotonic() - start)
+
+
+async def start_request(engine: Any, metrics: ServerMetrics, request_id: str, prompt_ids: list[int],
+                        params: SamplingParams) -> AsyncIterator[RequestOutput]:
+    """Submit a request and wait for its first output; returns the stream of all its outputs.
+
+    Waiting here (before any response bytes are sent) is what lets the engine's refusals - prompt too
+    long (400), queue full (429), engine dead (503) - reach a *streaming* client as the HTTP status
+    instead of an error event inside a 200 response.
+    """
+    stream = _run(engine, metrics, request_id, prompt_ids, params)
+    try:
+        first = await stream.__anext__()
+    except BaseException:
+        await stream.aclose()
+        raise
+    return _chain(first, stream)
+
+
+async def start_all(engine: Any, metrics: ServerMetrics, requests: list[tuple[str, list[int]]],
+                    params: SamplingParams) -> list[AsyncIterator[RequestOutput]]:
+    """start_request for several prompts at once; if any is refused, the others are aborted."""
+    results = await asyncio.gather(*(start_request(engine, metrics, rid, ids, params) for rid, ids in requests),
+                                   return_exceptions=True)
+    errors = [r for r in results if isinstance(r, BaseException)]
+    if errors:
+        for r in results:
+            if not isinstance(r, BaseException):
+                await r.aclose()  # type: ignore[attr-defined]
+        raise errors[0]
+    return results  # type: ignore[return-value]
+
+
+async def _chain(first: T, rest: AsyncIterator[T]) -> AsyncIterator[T]:
+    try:
+        yield first
+        async for item in rest:
+            yield item
+    finally:
+        await rest.aclose()  # type: ignore[attr-defined]
 
 
 async def until_disconnect(request: Request, work: Awaitable[T], poll_s: float = 0.25) -> T:

@@ -7,6 +7,8 @@ MoE keeps MXFP4 experts packed (see mxfp4.py), expanding only the experts a step
 from __future__ import annotations
 
 import math
+import os
+import threading
 from typing import Callable
 
 import torch
@@ -17,6 +19,30 @@ from mini_vllm.model.config import GptOssConfig
 
 # Bound on the transient memory of one MoE chunk (dequantised experts + padded activations), in elements.
 _MOE_CHUNK_ELEMS = 64 * 1024 * 1024
+
+# Optional, bounded, process-wide budget for keeping dequantised copies of whole expert layers next to
+# the packed weights (CPU only). Expanding MXFP4 costs more than the tiny model's whole matmul work, so a
+# layer whose expansion fits the remaining budget is expanded once; larger models (gpt-oss-20b: ~3 GB a
+# layer) stay on the transient per-step path. 0 disables it. Never used on CUDA.
+DEQUANT_CACHE_ENV = "MINI_VLLM_DEQUANT_CACHE_MB"
+_DEFAULT_DEQUANT_CACHE_MB = 64
+
+
+class _DequantBudget:
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.used = 0
+
+    def take(self, nbytes: int) -> bool:
+        limit = int(os.environ.get(DEQUANT_CACHE_ENV, _DEFAULT_DEQUANT_CACHE_MB)) * 1024 * 1024
+        with self.lock:
+            if self.used + nbytes > limit:
+                return False
+            self.used += nbytes
+            return True
+
+
+DEQUANT_BUDGET = _DequantBudget()
 
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
@@ -85,22 +111,35 @@ class Experts:
                  packed: dict[str, torch.Tensor] | None = None, dense: dict[str, torch.Tensor] | None = None):
         self.gate_up_bias, self.down_bias, self.dtype = gate_up_bias, down_bias, dtype
         self.packed, self.dense = packed, dense
+        self.expanded: dict[str, torch.Tensor] | None = None     # budgeted dequantised copy (CPU)
         if (packed is None) == (dense is None):
             raise ValueError("experts need exactly one of packed (MXFP4) or dense weights")
+        if packed is not None and gate_up_bias.device.type == "cpu":
+            two_i, h = gate_up_bias.shape[1], down_bias.shape[1]
+            elem = torch.finfo(dtype).bits // 8
+            if DEQUANT_BUDGET.take(self.num_experts * 3 * (two_i // 2) * h * elem):
+                all_e = torch.arange(self.num_experts)
+                self.expanded = {"gate_up": self._expand("gate_up", all_e), "down": self._expand("down", all_e)}
+
+    def _expand(self, which: str, idx: torch.Tensor) -> torch.Tensor:
+        return mxfp4.dequantize(self.packed[which + "_blocks"][idx], self.packed[which + "_scales"][idx], self.dtype)
+
+    def _weights(self, which: str, idx: torch.Tensor) -> torch.Tensor:
+        full = self.dense if self.dense is not None else self.expanded
+        if full is None:
+            return self._expand(which, idx)
+        return full[which] if idx.numel() == self.num_experts else full[which][idx]
 
     @property
     def num_experts(self) -> int:
         return self.gate_up_bias.shape[0]
 
     def w_gate_up(self, idx: torch.Tensor) -> torch.Tensor:
-        if self.packed is not None:
-            return mxfp4.dequantize(self.packed["gate_up_blocks"][idx], self.packed["gate_up_scales"][idx], self.dtype)
-        return self.dense["gate_up"][idx]
+        """idx: sorted local expert ids."""
+        return self._weights("gate_up", idx)
 
     def w_down(self, idx: torch.Tensor) -> torch.Tensor:
-        if self.packed is not None:
-            return mxfp4.dequantize(self.packed["down_blocks"][idx], self.packed["down_scales"][idx], self.dtype)
-        return self.dense["down"][idx]
+        return self._weights("down", idx)
 
     def nbytes(self) -> int:
         tensors = list((self.packed or self.dense).values()) + [self.gate_up_bias, self.down_bias]

@@ -35,7 +35,7 @@ def dequantize(blocks: torch.Tensor, scales: torch.Tensor, dtype: torch.dtype = 
         raise TypeError(f"MXFP4 blocks/scales must be uint8, got {blocks.dtype}/{scales.dtype}")
     if blocks.shape[:-1] != scales.shape or blocks.shape[-1] != 16:
         raise ValueError(f"MXFP4 shape mismatch: blocks {tuple(blocks.shape)} vs scales {tuple(scales.shape)}")
-    vals = _pair_lut(dtype, blocks.device)[blocks.long()]              # [..., R, G, 16, 2]
+    vals = torch.nn.functional.embedding(blocks.int(), _pair_lut(dtype, blocks.device))   # [..., R, G, 16, 2]
     exp = torch.exp2(scales.to(torch.float32) - 127.0).to(dtype)       # exact powers of two
     out = vals.reshape(*blocks.shape[:-1], 32) * exp.unsqueeze(-1)
     return out.reshape(*blocks.shape[:-2], blocks.shape[-2] * 32)

@@ -35,6 +35,10 @@ def _bf16_rows(*tensors: torch.Tensor) -> bool:
     return all(t.dtype == torch.bfloat16 and t.is_contiguous() and t.data_ptr() % 16 == 0 for t in tensors)
 
 
+def _into(out: torch.Tensor | None, result: torch.Tensor) -> torch.Tensor:
+    return result if out is None else out.copy_(result)
+
+
 def _stream() -> int:
     return torch.cuda.current_stream().cuda_stream
 
@@ -42,9 +46,8 @@ def _stream() -> int:
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float = 1e-5, out: torch.Tensor | None = None) -> torch.Tensor:
     """RMSNorm over the last dim of x [..., H] with weight [H]; returns out (new unless given; may be x)."""
     mod = _kernels(x, weight)
-    if mod is None or not _bf16_rows(x, weight) or x.shape[-1] % 8:
-        y = reference.rms_norm(x, weight, eps)
-        return out.copy_(y) if out is not None else y
+    if mod is None or not _bf16_rows(x, weight) or x.shape[-1] % 8 or (out is not None and not _bf16_rows(out)):
+        return _into(out, reference.rms_norm(x, weight, eps))
     out = torch.empty_like(x) if out is None else out
     mod.call("mv_rms_norm", out.data_ptr(), x.data_ptr(), weight.data_ptr(), x.numel() // x.shape[-1], x.shape[-1],
              eps, _stream())
@@ -96,39 +99,48 @@ def write_kv_cache(key: torch.Tensor, value: torch.Tensor, k_cache: torch.Tensor
              slots.data_ptr(), key.shape[0], key.shape[1], key.shape[2], key.stride(0), value.stride(0), _stream())
 
 
-def swiglu_clamped(gate_up: torch.Tensor, alpha: float = 1.702, limit: float = 7.0) -> torch.Tensor:
+def swiglu_clamped(gate_up: torch.Tensor, alpha: float = 1.702, limit: float = 7.0,
+                   out: torch.Tensor | None = None) -> torch.Tensor:
     """[..., 2I] interleaved gate/linear -> [..., I]: min(g,limit)*sigmoid(alpha*g)*(clamp(l,+-limit)+1)."""
     mod = _kernels(gate_up)
     inter = gate_up.shape[-1] // 2
-    if mod is None or not _bf16_rows(gate_up) or inter % 4:
-        return reference.swiglu_clamped(gate_up, alpha, limit)
-    out = torch.empty(*gate_up.shape[:-1], inter, dtype=gate_up.dtype, device=gate_up.device)
+    if mod is None or not _bf16_rows(gate_up) or inter % 4 or (out is not None and not _bf16_rows(out)):
+        return _into(out, reference.swiglu_clamped(gate_up, alpha, limit))
+    if out is None:
+        out = torch.empty(*gate_up.shape[:-1], inter, dtype=gate_up.dtype, device=gate_up.device)
     mod.call("mv_swiglu_clamped", out.data_ptr(), gate_up.data_ptr(), gate_up.numel() // gate_up.shape[-1], inter,
              alpha, limit, _stream())
     return out
 
 
-def dequant_mxfp4(blocks: torch.Tensor, scales: torch.Tensor, dtype: torch.dtype = torch.bfloat16) -> torch.Tensor:
+def dequant_mxfp4(blocks: torch.Tensor, scales: torch.Tensor, dtype: torch.dtype = torch.bfloat16,
+                  out: torch.Tensor | None = None) -> torch.Tensor:
     """uint8 blocks [..., G, 16] + uint8 scales [..., G] -> [..., G*32] in dtype (bf16 on the kernel path)."""
     if blocks.shape[:-1] != scales.shape or blocks.shape[-1] != 16:
         return reference.dequant_mxfp4(blocks, scales, dtype)  # raises the shape error
     mod = _kernels(blocks, scales)
     ok = (mod is not None and dtype == torch.bfloat16 and blocks.dtype == scales.dtype == torch.uint8
-          and blocks.is_contiguous() and scales.is_contiguous() and blocks.data_ptr() % 16 == 0)
+          and blocks.is_contiguous() and scales.is_contiguous() and blocks.data_ptr() % 16 == 0
+          and (out is None or _bf16_rows(out)))
     if not ok:
-        return reference.dequant_mxfp4(blocks, scales, dtype)
-    out = torch.empty(*scales.shape[:-1], scales.shape[-1] * 32, dtype=dtype, device=blocks.device)
+        return _into(out, reference.dequant_mxfp4(blocks, scales, dtype))
+    if out is None:
+        out = torch.empty(*scales.shape[:-1], scales.shape[-1] * 32, dtype=dtype, device=blocks.device)
     mod.call("mv_dequant_mxfp4", out.data_ptr(), blocks.data_ptr(), scales.data_ptr(), scales.numel(), _stream())
     return out
 
 
-def route_topk(logits: torch.Tensor, top_k: int = 4) -> tuple[torch.Tensor, torch.Tensor]:
+def route_topk(logits: torch.Tensor, top_k: int = 4,
+               out: tuple[torch.Tensor, torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Router logits [T, E] -> (expert indices int32 [T, k], fp32 softmax weights over the k chosen)."""
     mod = _kernels(logits)
     if mod is None or logits.dtype != torch.bfloat16 or not logits.is_contiguous() or logits.shape[-1] > 256 or top_k > 8:
-        return reference.route_topk(logits, top_k)
+        idx, w = reference.route_topk(logits, top_k)
+        return (out[0].copy_(idx), out[1].copy_(w)) if out is not None else (idx, w)
     t = logits.shape[0]
-    idx = torch.empty(t, top_k, dtype=torch.int32, device=logits.device)
-    w = torch.empty(t, top_k, dtype=torch.float32, device=logits.device)
+    idx, w = out if out is not None else (torch.empty(t, top_k, dtype=torch.int32, device=logits.device),
+                                          torch.empty(t, top_k, dtype=torch.float32, device=logits.device))
+    if idx.dtype != torch.int32 or w.dtype != torch.float32 or not (idx.is_contiguous() and w.is_contiguous()):
+        raise ValueError("route_topk: out must be contiguous (int32 [T, k], float32 [T, k])")
     mod.call("mv_route_topk", logits.data_ptr(), idx.data_ptr(), w.data_ptr(), t, logits.shape[1], top_k, _stream())
     return idx, w

@@ -61,20 +61,23 @@ def _mxfp4_accumulate(acc, a_ptr, a_rows, row_ok, stride_a, blk_ptr, scl_ptr, n_
 
 
 @triton.jit
+def _tile(sorted_ids_ptr, expert_ids_ptr, num_slots, N, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    """This program's expert (-1: unused block), routed slots, and output columns (with masks)."""
+    expert = tl.load(expert_ids_ptr + tl.program_id(0)).to(tl.int64)
+    slots = tl.load(sorted_ids_ptr + tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M))
+    n = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
+    return expert, slots, slots < num_slots, n, n < N
+
+
+@triton.jit
 def moe_gate_up_kernel(x_ptr, blk_ptr, scl_ptr, bias_ptr, out_ptr, sorted_ids_ptr, expert_ids_ptr,
                        num_slots, K, I, stride_x, stride_out, alpha, limit,
                        TOP_K: tl.constexpr, HAS_BIAS: tl.constexpr, BLOCK_M: tl.constexpr,
                        BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
     """out[slot, n] = swiglu(x[slot // k] @ W_e[2n] + b, x @ W_e[2n+1] + b) for BLOCK_N columns of I."""
-    pid_m = tl.program_id(0)
-    pid_n = tl.program_id(1)
-    expert = tl.load(expert_ids_ptr + pid_m).to(tl.int64)
+    expert, slots, row_ok, n, n_ok = _tile(sorted_ids_ptr, expert_ids_ptr, num_slots, I, BLOCK_M, BLOCK_N)
     if expert < 0:
         return
-    slots = tl.load(sorted_ids_ptr + pid_m * BLOCK_M + tl.arange(0, BLOCK_M))
-    row_ok = slots < num_slots
-    n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    n_ok = n < I
     eb = blk_ptr + expert * (2 * I) * (K // 2)
     es = scl_ptr + expert * (2 * I) * (K // 32)
     rows = slots // TOP_K
@@ -99,15 +102,9 @@ def moe_down_kernel(h_ptr, blk_ptr, scl_ptr, bias_ptr, w_ptr, out_ptr, sorted_id
                     HAS_BIAS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                     BLOCK_K: tl.constexpr):
     """out[slot, n] = topk_weight[slot] * (h[slot] @ W_e[n] + b[n]), fp32, one row per routed slot."""
-    pid_m = tl.program_id(0)
-    pid_n = tl.program_id(1)
-    expert = tl.load(expert_ids_ptr + pid_m).to(tl.int64)
+    expert, slots, row_ok, n, n_ok = _tile(sorted_ids_ptr, expert_ids_ptr, num_slots, N, BLOCK_M, BLOCK_N)
     if expert < 0:
         return
-    slots = tl.load(sorted_ids_ptr + pid_m * BLOCK_M + tl.arange(0, BLOCK_M))
-    row_ok = slots < num_slots
-    n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    n_ok = n < N
     eb = blk_ptr + expert * N * (K // 2)
     es = scl_ptr + expert * N * (K // 32)
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
