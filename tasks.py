@@ -101,12 +101,24 @@ def serve(c, model="", port=0, tp=1):
 # --- images ------------------------------------------------------------------------------------------
 
 @task(help={"stage": "essentials | cuda | server | all", "push": "REGISTRY/REPO:TAG to push to",
-            "explain": "say why a stage rebuilt", "dry_run": "print what would be built"})
-def image(c, stage="all", push="", explain=False, dry_run=False):
+            "explain": "say why a stage rebuilt", "dry_run": "print what would be built",
+            "lock": "re-resolve the profile's base and wheel locks (images/*.lock*), build nothing",
+            "profile": "image profile from build_config.yaml images.profiles (default: images.profile)"})
+def image(c, stage="all", push="", explain=False, dry_run=False, lock=False, profile=""):
     """Assemble layered, reproducible OCI images without a daemon; optionally push them."""
-    from minibuild.image import build_images
+    from minibuild.image import IMAGE_ERRORS, build_images, lock_images
+    from minibuild.ui import error
 
-    build_images(_config(), stage=stage, push=push or None, explain=explain, dry_run=dry_run)
+    if profile:
+        os.environ["MINI_VLLM_IMAGE_PROFILE"] = profile
+    try:
+        if lock:
+            lock_images(_config(), profile=profile or None)
+        else:
+            build_images(_config(), stage=stage, push=push or None, explain=explain, dry_run=dry_run)
+    except IMAGE_ERRORS as exc:
+        error(str(exc))
+        raise SystemExit(1) from None
 
 
 # --- rollout & verify ----------------------------------------------------------------------------------

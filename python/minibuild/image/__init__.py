@@ -1,4 +1,15 @@
 """Layered, reproducible OCI images without a daemon (`invoke image`); see docs/images.md."""
+from .auth import AuthError
+from .build import ImageBuildError
 from .command import build_images, lock_images, push_stage
+from .debbase import BaseError
+from .layers import RecipeError
+from .registry import RegistryError
+from .tarlayer import LayerError
+from .wheels import WheelLockError
 
-__all__ = ["build_images", "lock_images", "push_stage"]
+#: Everything `invoke image` reports as a clear one-line error instead of a traceback.
+IMAGE_ERRORS = (AuthError, ImageBuildError, BaseError, RecipeError, RegistryError, LayerError, WheelLockError,
+                ValueError)
+
+__all__ = ["build_images", "lock_images", "push_stage", "IMAGE_ERRORS"]

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
 from ..graph import Input
-from ..hashing import StatCache, digest_file
+from ..hashing import StatCache
 from ..store import Store
 from . import debbase, wheels
 from .tarlayer import Entry, tree_entries
@@ -86,7 +86,15 @@ def _tree_files(ctx: Context, src: Path, exclude: Callable[[str], bool]) -> list
 def base_recipe(ctx: Context, spec: dict[str, Any]) -> Recipe:
     base = ctx.profile["base"]
     if base["kind"] != "debian-debs":
-        raise RecipeError(f"profile {ctx.profile_name}: base kind {base['kind']!r} has no layer recipe here")
+        import json
+
+        try:
+            status = json.loads(ctx.path(base["lock"]).read_text()).get("status", "")
+        except (OSError, ValueError):
+            status = "lock file missing or unreadable"
+        raise RecipeError(f"profile {ctx.profile_name}: base {base.get('ref', '')} ({base['lock']}) is "
+                          f"{status or 'resolved'}; pulling a registry base is not implemented in this build "
+                          "- the build stops here rather than float")
     lock_rel, spec_rel = base["lock"], base["spec"]
     lock = debbase.read_lock(ctx.path(lock_rel))
     base_spec = debbase.load_spec(ctx.path(spec_rel))
@@ -194,7 +202,3 @@ def torch_version(ctx: Context) -> str:
     except OSError:
         pass
     return ""
-
-
-def lock_digest(path: Path) -> str:
-    return digest_file(path)

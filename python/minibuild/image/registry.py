@@ -163,8 +163,8 @@ class RegistryClient:
                 while data := f.read(CHUNK):
                     yield data
 
-        self._check(self._request("PUT", url, self._scope(repo), params={"digest": f"sha256:{digest}"},
-                                  content=chunks(), headers={"Content-Type": "application/octet-stream",
+        url += ("&" if "?" in url else "?") + f"digest=sha256:{digest}"   # keep the upload's own query
+        self._check(self._request("PUT", url, self._scope(repo), content=chunks(), headers={"Content-Type": "application/octet-stream",
                                                              "Content-Length": str(size)}),
                     (201,), f"upload of {digest[:12]}")
         self.stats.blobs_uploaded += 1

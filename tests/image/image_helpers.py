@@ -1,0 +1,98 @@
+"""Helpers for the image tests: a real docker-registry process, docker config files, scratch checkouts."""
+from __future__ import annotations
+
+import base64
+import json
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO / "python"))
+
+from minibuild.config import load_config  # noqa: E402
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Registry:
+    """A docker-registry (distribution 2.x) on 127.0.0.1:<free port>, optionally with htpasswd auth."""
+
+    def __init__(self, workdir: Path, users: dict[str, str] | None = None) -> None:
+        self.port = free_port()
+        self.host = f"127.0.0.1:{self.port}"
+        workdir.mkdir(parents=True, exist_ok=True)
+        cfg = {"version": 0.1, "log": {"level": "info", "formatter": "text"},
+               "storage": {"filesystem": {"rootdirectory": str(workdir / "data")}},
+               "http": {"addr": self.host}}
+        if users:
+            import bcrypt
+
+            lines = [f"{u}:{bcrypt.hashpw(p.encode(), bcrypt.gensalt(rounds=5)).decode()}" for u, p in users.items()]
+            (workdir / "htpasswd").write_text("\n".join(lines) + "\n")
+            cfg["auth"] = {"htpasswd": {"realm": "mini-vllm-test", "path": str(workdir / "htpasswd")}}
+        (workdir / "config.yml").write_text(json.dumps(cfg))   # JSON is YAML
+        self.log = workdir / "registry.log"
+        self._logf = open(self.log, "wb")
+        self.proc = subprocess.Popen(["docker-registry", "serve", str(workdir / "config.yml")],
+                                     stdout=self._logf, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"http://{self.host}/v2/", timeout=1).status_code in (200, 401):
+                    return
+            except httpx.HTTPError:
+                time.sleep(0.1)
+        self.stop()
+        raise RuntimeError(f"docker-registry did not start: {self.log.read_text()[-2000:]}")
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+        self._logf.close()
+
+
+def write_docker_config(dirpath: Path, host: str, user: str, password: str) -> Path:
+    dirpath.mkdir(parents=True, exist_ok=True)
+    auth = base64.b64encode(f"{user}:{password}".encode()).decode()
+    (dirpath / "config.json").write_text(json.dumps({"auths": {host: {"auth": auth}}}))
+    return dirpath
+
+
+def make_checkout(dest: Path) -> Path:
+    """A scratch copy of what image builds read: config, stage data/locks, pyproject, python/mini_vllm."""
+    dest.mkdir(parents=True)
+    for rel in ("build_config.yaml", "pyproject.toml"):
+        shutil.copy2(REPO / rel, dest / rel)
+    shutil.copytree(REPO / "images", dest / "images")
+    shutil.copytree(REPO / "python" / "mini_vllm", dest / "python" / "mini_vllm",
+                    ignore=shutil.ignore_patterns("__pycache__", "*.pyc", "*.egg-info"))
+    return dest
+
+
+
+
+
+def small_config(checkout: Path, small_lock: Path) -> dict:
+    """Config of checkout with profile `small`: the local profile's base + the one-package wheel lock."""
+    shutil.copy2(small_lock, checkout / "images" / "wheels-small.lock")
+    cfg = load_config(checkout / "build_config.yaml")
+    prof = dict(cfg["images"]["profiles"]["local"])
+    prof["wheels"] = {"requirements": "images/wheels-cpu.in", "lock": "images/wheels-small.lock"}
+    cfg["images"]["profiles"]["small"] = prof
+    cfg["images"]["profile"] = "small"
+    return cfg
+
+
