@@ -21,7 +21,7 @@ import shutil
 import subprocess
 import tempfile
 import time
-import urllib.request
+from urllib.parse import unquote
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -98,7 +98,7 @@ def _materialize(url: str, pin: Pin, dest: Path, scratch: Path) -> None:
     if url.startswith("git+"):
         _git_export(url[4:], pin, dest, scratch)
     elif url.startswith("file://"):
-        path = Path(urllib.request.url2pathname(url[7:]))
+        path = Path(unquote(url[7:]))
         if path.is_dir():
             copy_tree(path, dest, pin.subtrees)
         else:
@@ -110,6 +110,8 @@ def _materialize(url: str, pin: Pin, dest: Path, scratch: Path) -> None:
         download_s3_object(url, str(tmp))
         extract_tar(tmp, dest, pin.subtrees, strip_marker=marker)
     elif url.startswith(("https://", "http://")):
+        import urllib.request  # only when a network mirror is tried
+
         tmp = scratch / "download"
         with urllib.request.urlopen(url, timeout=60) as r, open(tmp, "wb") as f:
             while chunk := r.read(1 << 20):
