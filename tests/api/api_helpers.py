@@ -5,6 +5,9 @@ import re
 
 MODEL = "tiny-gpt-oss"
 MAX_MODEL_LEN = 512
+# prompts starting with these token ids fail inside the engine after FAULT_AFTER tokens (session server only)
+FAULT_MARKER = (11, 13, 17, 19, 23)
+FAULT_AFTER = 2
 
 
 def metric(text: str, name: str, **labels: str) -> float:

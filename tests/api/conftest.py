@@ -10,7 +10,9 @@ import pytest
 from mini_vllm.api.launcher import ServerProcess, start_server
 from mini_vllm.model.tiny import write_tiny_checkpoint
 
-from api_helpers import MAX_MODEL_LEN, MODEL
+from mini_vllm.cli import TEST_FAULT_ENV
+
+from api_helpers import FAULT_AFTER, FAULT_MARKER, MAX_MODEL_LEN, MODEL
 
 SERVER_FLAGS = ("--max-model-len", str(MAX_MODEL_LEN), "--kv-cache-memory-gb", "0.05", "--max-num-seqs", "128",
                 "--disable-uvicorn-access-log", "--device", "cpu")
@@ -28,7 +30,9 @@ def logs(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def server(tiny_model, logs) -> ServerProcess:
-    srv = start_server(tiny_model, *SERVER_FLAGS, log_dir=logs)
+    # test-only fault injection: prompts starting with FAULT_MARKER fail inside the engine (test_faults.py)
+    fault = ",".join(map(str, FAULT_MARKER)) + f"@{FAULT_AFTER}"
+    srv = start_server(tiny_model, *SERVER_FLAGS, log_dir=logs, env={TEST_FAULT_ENV: fault})
     try:
         srv.wait_ready()
         yield srv

@@ -50,16 +50,19 @@ def test_queue_full_is_429_and_others_finish(keyed):
 
     async def run():
         c = openai.AsyncOpenAI(base_url=srv.url + "/v1", api_key=KEY, max_retries=0, timeout=120)
-        async def one():
+        async def one(stream: bool):
             try:
-                r = await c.completions.create(model=MODEL, prompt="Hello", max_tokens=60,
+                r = await c.completions.create(model=MODEL, prompt="Hello", max_tokens=60, stream=stream,
                                                extra_body={"ignore_eos": True})
+                if stream:  # a refused stream is a 429 status too, not an error event inside a 200
+                    return [ch.choices[0].finish_reason async for ch in r][-1]
                 return r.choices[0].finish_reason
             except openai.RateLimitError:
                 return 429
         try:
-            return await asyncio.gather(*(one() for _ in range(8)))
+            return await asyncio.gather(*(one(i % 2 == 1) for i in range(12)))
         finally:
             await c.close()
     results = asyncio.run(run())
-    assert 429 in results and "length" in results
+    assert 429 in results[0::2] and 429 in results[1::2] and "length" in results
+    assert set(results) == {429, "length"}
