@@ -240,7 +240,7 @@ MV_API int mv_fa3_fwd(void* out, const void* q, const void* k_cache, const void*
       p.lseaccum_head_stride = total_q;
     }
     dispatch(p, stream);
-    if (p.num_splits > 1) run_mha_fwd_combine_<bf16, float, 64>(p, stream, true);  // also re-zeroes the semaphore
+    if (p.num_splits > 1) run_mha_fwd_combine_<bf16, float, 64>(p, stream, true);  // partials -> out (bf16)
     return static_cast<int>(cudaGetLastError());
   } catch (const std::exception& e) {
     g_last_error = e.what();
