@@ -7,6 +7,7 @@ runs that script in a clean subprocess, because the interpreter flag is fixed wh
 """
 from __future__ import annotations
 
+import importlib
 import inspect
 import os
 import subprocess
@@ -21,7 +22,9 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def _variants():
-    from mini_vllm.ops.triton import moe_align, moe_gemm, paged_attention as pa
+    moe_align = importlib.import_module("mini_vllm.ops.triton.moe_align")
+    moe_gemm = importlib.import_module("mini_vllm.ops.triton.moe_gemm")
+    pa = importlib.import_module("mini_vllm.ops.triton.paged_attention")  # name shadowed by a function
     ptr = {"x_ptr": "*bf16", "h_ptr": "*bf16", "out_ptr": "*bf16", "bias_ptr": "*bf16",
            "blk_ptr": "*u8", "scl_ptr": "*u8", "w_ptr": "*fp32", "sorted_ids_ptr": "*i32",
            "expert_ids_ptr": "*i32", "topk_ids_ptr": "*i32", "num_padded_ptr": "*i32",
