@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
+from typing import Callable
 
 import torch
 
@@ -92,9 +93,14 @@ def build_step_inputs(batch: ScheduledBatch, block_size: int) -> StepInputs:
 
 class ModelRunner:
     def __init__(self, args: EngineArgs, cfg: GptOssConfig, tp_rank: int = 0, tp_size: int = 1,
-                 all_reduce: AllReduce | None = None, num_blocks: int | None = None):
+                 all_reduce: AllReduce | None = None, agree: Callable[[int], int] | None = None,
+                 device: torch.device | None = None):
+        """agree: makes all TP ranks use one KV block count (the minimum); device: this rank's device."""
         self.args, self.cfg = args, cfg
         self.device, self.dtype = resolve_device_dtype(args)
+        if device is not None:
+            self.device = device
+        self.broadcast: Callable[[StepInputs], None] | None = None   # TP rank 0: send inputs to workers
         self.block_size = args.block_size
         if self.device.type == "cpu":
             torch.set_num_threads(int(os.environ.get(CPU_THREADS_ENV, "1")))
@@ -103,7 +109,9 @@ class ModelRunner:
         self.model = GptOssModel(cfg, self.dtype, self.device, cfg.max_position_embeddings,
                                  tp_rank, tp_size, all_reduce).load(reader)
         reader.close()
-        self.num_blocks = num_blocks if num_blocks is not None else self._size_kv()
+        self.num_blocks = self._size_kv()
+        if agree is not None:
+            self.num_blocks = agree(self.num_blocks)
         if self.num_blocks < 1:
             raise ValueError("no room for a KV cache: raise kv_cache_memory_gb / gpu_memory_utilization")
         m = self.model
@@ -143,6 +151,8 @@ class ModelRunner:
     @torch.inference_mode()
     def execute(self, inp: StepInputs) -> torch.Tensor | None:
         """Forward the step; logits [rows to sample, V] on rank 0 (None elsewhere or if nothing to sample)."""
+        if self.broadcast is not None:
+            self.broadcast(inp)
         ids, meta = self.prepare(inp)
         hidden = self.model.forward(ids, meta, self.kv_caches)
         if self.model.tp_rank != 0:
