@@ -25,6 +25,7 @@ class YarnConfig:
     beta_slow: float = 1.0
     original_max_position_embeddings: int = 4096
     truncate: bool = False
+    attention_factor: float | None = None  # None: 0.1 * ln(factor) + 1, as transformers infers it
 
     @classmethod
     def from_hf(cls, config: dict) -> "YarnConfig":
@@ -35,7 +36,9 @@ class YarnConfig:
                    factor=float(rp.get("factor", 32.0)), beta_fast=float(rp.get("beta_fast") or 32.0),
                    beta_slow=float(rp.get("beta_slow") or 1.0),
                    original_max_position_embeddings=int(rp.get("original_max_position_embeddings", 4096)),
-                   truncate=bool(rp.get("truncate", True)))
+                   truncate=bool(rp.get("truncate", True)),
+                   attention_factor=(float(rp["attention_factor"]) if rp.get("attention_factor") is not None
+                                     else None))
 
 
 def yarn_inv_freq(cfg: YarnConfig) -> tuple[torch.Tensor, float]:
@@ -57,7 +60,9 @@ def yarn_inv_freq(cfg: YarnConfig) -> tuple[torch.Tensor, float]:
     pos_freqs = base ** (torch.arange(0, dim, 2, dtype=torch.float32) / dim)
     inv_extra, inv_inter = 1.0 / pos_freqs, 1.0 / (cfg.factor * pos_freqs)
     inv_freq = inv_inter * (1 - extrapolation_factor) + inv_extra * extrapolation_factor
-    attention_factor = 1.0 if cfg.factor <= 1 else 0.1 * math.log(cfg.factor) + 1.0
+    attention_factor = cfg.attention_factor
+    if attention_factor is None:
+        attention_factor = 1.0 if cfg.factor <= 1 else 0.1 * math.log(cfg.factor) + 1.0
     return inv_freq, attention_factor
 
 
