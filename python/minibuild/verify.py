@@ -92,28 +92,43 @@ class Checks:
     def _messages(self) -> list[dict[str, str]]:
         return [{"role": "user", "content": self.vcfg["prompt"]}]
 
+    @staticmethod
+    def _text(obj: Any) -> str:
+        """content plus reasoning_content (GPT-OSS's analysis channel) of a message or a delta."""
+        extra = getattr(obj, "model_extra", None) or {}
+        return (getattr(obj, "content", None) or "") + (extra.get("reasoning_content") or "")
+
     def chat(self) -> str:
         out = self.openai.chat.completions.create(model=self.model, messages=self._messages(),
                                                   max_tokens=int(self.vcfg["max_tokens"]), temperature=0)
         msg = out.choices[0].message
         _expect(msg.role == "assistant", f"role {msg.role!r}")
         _expect(out.usage is not None and out.usage.completion_tokens > 0, f"no completion tokens: {out.usage}")
+        self.chat_text = self._text(msg)
         return f"{out.usage.completion_tokens} tokens, finish={out.choices[0].finish_reason}"
 
     def stream(self) -> str:
-        chunks, first, finish = 0, None, None
+        chunks, first, finish, role, text = 0, None, None, None, ""
         start = time.perf_counter()
         stream = self.openai.chat.completions.create(model=self.model, messages=self._messages(),
                                                      max_tokens=int(self.vcfg["max_tokens"]), temperature=0,
                                                      stream=True)
         for chunk in stream:
-            if chunk.choices:
-                chunks += 1
-                first = first if first is not None else time.perf_counter() - start
-                finish = chunk.choices[0].finish_reason or finish
-        _expect(chunks >= 2, f"only {chunks} chunks streamed")
+            if not chunk.choices:
+                continue
+            chunks += 1
+            delta = chunk.choices[0].delta
+            role = role or delta.role
+            piece = self._text(delta)
+            if piece and first is None:
+                first = time.perf_counter() - start
+            text += piece
+            finish = chunk.choices[0].finish_reason or finish
+        _expect(role == "assistant", f"no assistant role chunk (got {role!r})")
+        _expect(bool(text), f"{chunks} chunks streamed but no text")
         _expect(finish is not None, "the stream never sent a finish_reason")
-        return f"{chunks} chunks, first after {first * 1000:.0f} ms, finish={finish}"
+        same = "same text as non-streamed" if text == getattr(self, "chat_text", None) else "text differs from non-streamed"
+        return f"{chunks} chunks, first text after {first * 1000:.0f} ms, finish={finish}, {same}"
 
     def metrics(self) -> str:
         r = self.http.get("/metrics")

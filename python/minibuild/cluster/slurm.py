@@ -85,6 +85,12 @@ def cancel(cfg: dict[str, Any], plan: Plan) -> list[str]:
     for job in sorted(ids):
         subprocess.run(["scancel", job], capture_output=True, timeout=30)
     _state_file(cfg, plan).unlink(missing_ok=True)
+    deadline = time.monotonic() + 60   # until the server is gone (its port free), within Slurm's KillWait
+    while ids and time.monotonic() < deadline:
+        states = [(job_info(j) or {}).get("JobState") for j in ids]
+        if not any(s in ACTIVE for s in states):
+            break
+        time.sleep(0.3)
     return sorted(ids)
 
 
