@@ -5,17 +5,20 @@
 // and one uint8 exponent scale (value = e2m1 * 2^(s-127)). This kernel expands [..., G, 16] + [..., G]
 // into [..., G*32] bf16 for matmul paths that want bf16 weights; one thread per 32-value group:
 // one 16-byte load, four 16-byte stores. Every product is exact in fp32 and rounds to bf16 like
-// transformers' convert_moe_packed_tensors (which additionally transposes; we do not).
+// transformers' convert_moe_packed_tensors (which additionally transposes; we do not). Built with
+// --use_fast_math, results below 2^-126 (scale bytes 0 and 1 only; never in real checkpoints) flush to 0.
 #include "mv_common.cuh"
 
 namespace {
 
 constexpr int kThreads = 256;
 
+// e2m1 -> fp32 in registers (a lookup table would be indexed dynamically and spill to local memory):
+// exponent field e = bits 2..1, mantissa m = bit 0; e == 0: m * 0.5, else 2^(e-1) * (1 + m/2).
 __device__ __forceinline__ float e2m1(unsigned nib) {
-  constexpr float kMag[8] = {0.f, .5f, 1.f, 1.5f, 2.f, 3.f, 4.f, 6.f};
-  const float m = kMag[nib & 7u];
-  return (nib & 8u) ? -m : m;
+  const unsigned e = (nib >> 1) & 3u, m = nib & 1u;
+  const float mag = e ? __uint_as_float(((e + 126u) << 23) | (m << 22)) : 0.5f * static_cast<float>(m);
+  return (nib & 8u) ? -mag : mag;
 }
 
 __global__ void dequant_mxfp4_kernel(__nv_bfloat16* __restrict__ out, const uint8_t* __restrict__ blocks,
