@@ -36,11 +36,12 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--mirror", default=str(ROOT / ".carry" / "mirror"))
     ap.add_argument("--jobs", type=int, default=8)
-    ap.add_argument("--sample", type=int, default=16)
+    ap.add_argument("--sample", type=int, default=16, help="0: skip the peer")
+    ap.add_argument("--ext-dir", default="", help="install the modules here (default: a temp dir)")
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="fa3-bench-"))
     os.environ["MINI_VLLM_CACHE"] = str(work / "store")
-    os.environ["MINI_VLLM_EXT_DIR"] = str(work / "ext")
+    os.environ["MINI_VLLM_EXT_DIR"] = args.ext_dir or str(work / "ext")
     cfg = load_config(ROOT / "build_config.yaml")
     cfg["sources_mirror"] = args.mirror
 
@@ -53,6 +54,9 @@ def main() -> None:
     build_kernels(cfg, offline=True, jobs=args.jobs)
     noop = time.perf_counter() - t0
 
+    print(f"cold build {cold:.0f} s, no-op {noop:.2f} s")
+    if args.sample == 0:
+        return
     store = Store.from_config(cfg)
     tc = detect(cfg, store)
     fa3 = KernelSet.from_config("fa3", cfg["kernels"]["fa3"])

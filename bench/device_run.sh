@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# The lead's one-call driver on the GPU machine (no internet; repo copied there, .carry/ carried in:
+# .carry/mirror = source mirror from bench/make_source_mirror.py, .carry/wheels = wheels the device
+# lacks, .carry/ext = modules from an earlier call). Steps are named on the command line:
+#   bash bench/device_run.sh env build check triton fa3peer engine
+# Logs and JSON go to $OUT (comes back to the lead's machine).
+set -uo pipefail
+cd "$(dirname "$0")/.."
+export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD/python" OUT="${OUT:-/tmp/out}"
+export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
+export MINI_VLLM_EXT_DIR="$PWD/build/ext"
+mkdir -p "$OUT" build/ext
+step() { echo; echo "=== $1 ($(date +%T))"; }
+for s in "$@"; do
+  case "$s" in
+    env)
+      step env
+      nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv
+      nproc; free -g | head -2; gcc --version | head -1; nvcc --version | tail -1
+      python3 -c "import torch, triton, transformers; print('torch', torch.__version__, 'triton', triton.__version__, 'transformers', transformers.__version__)"
+      if [ -d .carry/wheels ]; then
+        pip install -q --no-index --no-deps --target /tmp/pydeps .carry/wheels/*.whl 2>&1 | tail -2
+      fi ;;
+    build)
+      step "build: cold invoke kernels (FA3 GPT-OSS subset + ours)"
+      if [ -d .carry/ext ] && ls .carry/ext/*.so >/dev/null 2>&1; then
+        cp .carry/ext/* build/ext/ && echo "using carried modules: $(ls build/ext)"
+      else
+        bash bench/device_build_fa3.sh --mirror .carry/mirror --jobs 16 --sample 0 --ext-dir "$PWD/build/ext" 2>&1 | tee "$OUT/build.log"
+        ls -la build/ext
+        tar -C build -czf "$OUT/ext.tgz" ext && ls -la "$OUT/ext.tgz"
+      fi ;;
+    check)
+      step "check: our kernels + FA3 vs torch references"
+      timeout 120 python3 bench/device_check_kernels.py --ext-dir build/ext --json "$OUT/kernels.json" 2>&1 | tee "$OUT/check.log" ;;
+    triton)
+      step "triton: MoE + paged attention"
+      timeout 180 python3 bench/device_bench_triton.py 2>&1 | tee "$OUT/triton.log" ;;
+    fa3peer)
+      step "peer: sample of the other FA3 sm90 units"
+      bash bench/device_build_fa3.sh --mirror .carry/mirror --jobs 16 --sample 16 2>&1 | tee "$OUT/fa3peer.log" ;;
+    *)
+      if [ -f "bench/device_step_$s.sh" ]; then step "$s"; bash "bench/device_step_$s.sh"; else echo "unknown step $s"; fi ;;
+  esac
+done
