@@ -22,7 +22,7 @@ from ..store import Store
 from . import debbase, wheels
 from .tarlayer import Entry, tree_entries
 
-WRITER_VERSION = 1   # bump when tarlayer's output for the same entries changes
+WRITER_VERSION = 2   # bump when tarlayer's output for the same entries changes (2: symlinks 0777)
 
 
 @dataclass

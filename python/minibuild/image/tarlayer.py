@@ -48,7 +48,7 @@ class Entry:
     def resolved_mode(self) -> int:
         if self.mode is not None:
             return self.mode & 0o7777
-        return DIR_MODE if self.kind in ("dir", "symlink") else FILE_MODE
+        return {"dir": DIR_MODE, "symlink": 0o777}.get(self.kind, FILE_MODE)
 
 
 class LayerError(ValueError):

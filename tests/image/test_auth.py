@@ -1,0 +1,90 @@
+"""Credential sources: ECR tokens (moto's ECR server mode on 127.0.0.1 - AWS itself is not reached),
+docker config.json, and the bearer/basic challenge parsing."""
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from image_helpers import Registry, free_port, write_docker_config
+from minibuild.image import AuthError, push_stage
+from minibuild.image.auth import credentials_for, docker_config_credentials, parse_challenge
+from minibuild.image.oci import Layout
+from minibuild.image.registry import Reference, RegistryClient
+
+ECR_HOST = "123456789012.dkr.ecr.eu-west-2.amazonaws.com"
+
+
+@pytest.fixture
+def moto_ecr(monkeypatch, tmp_path):
+    port = free_port()
+    exe = Path(sys.executable).with_name("moto_server")
+    log = open(tmp_path / "moto.log", "wb")
+    proc = subprocess.Popen([str(exe), "-H", "127.0.0.1", "-p", str(port)], stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            httpx.get(url, timeout=1)
+            break
+        except httpx.HTTPError:
+            if time.monotonic() > deadline:
+                proc.kill()
+                raise RuntimeError("moto_server did not start")
+            time.sleep(0.2)
+    monkeypatch.setenv("AWS_ENDPOINT_URL_ECR", url)
+    for k, v in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"}.items():
+        monkeypatch.setenv(k, v)
+    monkeypatch.delenv("AWS_PROFILE", raising=False)
+    yield url
+    proc.terminate()
+    proc.wait(10)
+    log.close()
+
+
+def test_ecr_token_from_moto_is_used_against_a_real_registry(moto_ecr, small_build, session_store, tmp_path):
+    creds = credentials_for(ECR_HOST)
+    assert creds is not None and creds.username == "AWS" and creds.password
+    assert creds.password not in repr(creds)
+    # A registry that accepts exactly that ECR user/password (htpasswd) takes our push with it.
+    reg = Registry(tmp_path / "reg", users={creds.username: creds.password})
+    try:
+        cfg, results = small_build
+        layout = Layout(Path(cfg["_root"]) / cfg["images"]["out_dir"] / "oci")
+        target = Reference.parse(f"{reg.host}/engineering/inference:ecr")
+        stats = push_stage(session_store, layout, "essentials", target, RegistryClient(reg.host, credentials=creds))
+        assert stats.blobs_uploaded == 3 and stats.bytes_uploaded > 1_000_000
+    finally:
+        reg.stop()
+
+
+def test_ecr_without_reachable_endpoint_says_so(monkeypatch):
+    monkeypatch.setenv("AWS_ENDPOINT_URL_ECR", f"http://127.0.0.1:{free_port()}")
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "x")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "y")
+    monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")
+    with pytest.raises(AuthError, match="ECR token for 123456789012"):
+        credentials_for(ECR_HOST)
+
+
+def test_docker_config_lookup(tmp_path, monkeypatch):
+    write_docker_config(tmp_path, "reg.example:5000", "u", "p:with:colons")
+    monkeypatch.setenv("DOCKER_CONFIG", str(tmp_path))
+    c = docker_config_credentials("reg.example:5000")
+    assert (c.username, c.password) == ("u", "p:with:colons")
+    assert docker_config_credentials("other.example") is None
+    (tmp_path / "config.json").write_text('{"auths": {"reg.example:5000": {"auth": "!!!"}}}')
+    with pytest.raises(AuthError, match="not base64"):
+        docker_config_credentials("reg.example:5000")
+
+
+def test_parse_bearer_challenge():
+    scheme, p = parse_challenge('Bearer realm="https://auth.example/token",service="registry.example",'
+                                'scope="repository:a/b:pull,push"')
+    assert scheme == "bearer"
+    assert p == {"realm": "https://auth.example/token", "service": "registry.example",
+                 "scope": "repository:a/b:pull,push"}
