@@ -18,7 +18,7 @@ from rich.table import Table
 
 from minibuild.config import require
 
-console = Console()
+console = Console(soft_wrap=True)
 
 
 def _tiny_model(cfg: dict[str, Any], root: Path) -> str:
@@ -80,8 +80,8 @@ STEPS: list[tuple[str, Callable[[dict[str, Any], Path], str], tuple[str, ...]]] 
 ]
 
 
-def up(cfg: dict[str, Any], root: Path) -> bool:
-    """Run every step (a step whose prerequisite failed is skipped); print a summary; True if all passed."""
+def run_steps(cfg: dict[str, Any], root: Path) -> list[tuple[str, str, float, str]]:
+    """(step, ok | skipped | FAILED, seconds, detail) for every step; a step whose prerequisite failed is skipped."""
     rows: list[tuple[str, str, float, str]] = []
     failed: set[str] = set()
     for name, fn, needs in STEPS:
@@ -103,6 +103,12 @@ def up(cfg: dict[str, Any], root: Path) -> bool:
         if result == "FAILED":
             failed.add(name)
         rows.append((name, result, time.monotonic() - start, note))
+    return rows
+
+
+def up(cfg: dict[str, Any], root: Path) -> bool:
+    """Run every step, print a summary table; True if none failed."""
+    rows = run_steps(cfg, root)
     table = Table(title="invoke up")
     for col, kw in (("step", {}), ("result", {}), ("time", {"justify": "right"}), ("detail", {})):
         table.add_column(col, **kw)
@@ -110,7 +116,8 @@ def up(cfg: dict[str, Any], root: Path) -> bool:
         colour = {"ok": "green", "FAILED": "red"}.get(result, "yellow")
         table.add_row(name, f"[{colour}]{result}[/]", f"{secs:.1f} s", note)
     console.print(table)
-    if not failed:
+    ok = all(r[1] != "FAILED" and not r[3].startswith("needs ") for r in rows)
+    if ok:
         console.print("the server keeps running: `invoke status`, `invoke logs`, "
                       "`invoke rollout --target local --delete` to stop it")
-    return not failed
+    return ok

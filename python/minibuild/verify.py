@@ -19,7 +19,7 @@ from rich.table import Table
 
 from minibuild.config import ConfigError, require
 
-console = Console()
+console = Console(soft_wrap=True)
 
 
 class CheckFailed(AssertionError):

@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import copy
 import json
-import socket
 from pathlib import Path
 
 import pytest
 
+from helpers import free_port
 from kube_emulator import KubeEmulator
 from minibuild.cluster import rollout
 from minibuild.cluster.render import render_kubernetes
@@ -131,9 +131,7 @@ def test_dry_run_prints_yaml_and_diff_against_live(cfg, emu, capsys):
 
 
 def test_dry_run_without_a_cluster_says_so(cfg, tmp_path, monkeypatch, capsys):
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     emu = KubeEmulator()   # only for its kubeconfig writer; pointed at a closed port
     emu.server.server_close()
     cfgfile = emu.kubeconfig(tmp_path / "kc")

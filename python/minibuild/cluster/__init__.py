@@ -8,12 +8,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from rich.console import Console
 
 from minibuild.cluster.settings import KUBE_TARGETS, Plan, RolloutError, make_plan
 from minibuild.config import ConfigError
+from minibuild import ui
 
-console = Console(stderr=True)
 
 
 def _backend(target: str):
@@ -35,7 +34,7 @@ def rollout(cfg: dict[str, Any], target: str = "local", tp: int = 1, dry_run: bo
                          model=model)
         return _backend(target).rollout(cfg, plan, dry_run=dry_run, delete=delete)
     except (RolloutError, ConfigError) as exc:
-        console.print(f"[red]rollout {target} tp={tp}:[/] {exc}")
+        ui.console().print(f"[red]rollout {target} tp={tp}:[/] {exc}")
         return False
 
 
@@ -53,7 +52,7 @@ def status(cfg: dict[str, Any], target: str = "local", tp: int = 1) -> None:
     try:
         _backend(target).status(cfg, plan_for(cfg, target, tp))
     except (RolloutError, ConfigError) as exc:
-        console.print(f"[red]status {target}:[/] {exc}")
+        ui.console().print(f"[red]status {target}:[/] {exc}")
         raise SystemExit(1) from exc
 
 
@@ -61,5 +60,5 @@ def logs(cfg: dict[str, Any], target: str = "local", tp: int = 1, tail: int = 10
     try:
         _backend(target).logs(cfg, plan_for(cfg, target, tp), int(tail))
     except (RolloutError, ConfigError) as exc:
-        console.print(f"[red]logs {target}:[/] {exc}")
+        ui.console().print(f"[red]logs {target}:[/] {exc}")
         raise SystemExit(1) from exc

@@ -9,9 +9,8 @@ import time
 from collections.abc import Callable
 
 import httpx
-from rich.console import Console
+from minibuild import ui
 
-console = Console(stderr=True)
 
 
 def check(url: str, timeout: float = 2.0) -> tuple[bool, str]:
@@ -37,11 +36,11 @@ def wait_healthy(url: str, timeout_s: float, dead: Callable[[], str | None], wha
                  interval_s: float = 0.5) -> str | None:
     """None once healthy; else why not (`dead()` gave a reason, the model failed to load, or time ran out)."""
     start = time.monotonic()
-    with console.status(f"waiting for {what} to answer {url}/health") as status:
+    with ui.console().status(f"waiting for {what} to answer {url}/health") as status:
         while True:
             ok, said = check(url)
             if ok:
-                console.print(f"[green]healthy[/] {what} at {url} after {time.monotonic() - start:.1f} s")
+                ui.console().print(f"[green]healthy[/] {what} at {url} after {time.monotonic() - start:.1f} s")
                 return None
             if "failed to load" in said:   # the server stays up to report this; waiting will not help
                 return f"{what}: {said}"

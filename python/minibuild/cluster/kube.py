@@ -18,8 +18,8 @@ from minibuild.cluster.render import render_kubernetes, to_yaml
 from minibuild.cluster.settings import Plan, RolloutError
 from minibuild.cluster.waiter import Verdict, assess, crashlooping
 from minibuild.config import require
+from minibuild import ui
 
-console = Console(stderr=True)
 LOG_LINES = 20
 
 
@@ -52,12 +52,12 @@ def show_dry_run(plan: Plan, objects: list[dict[str, Any]]) -> bool:
     try:
         kube = _connect()
     except ClusterUnreachable as exc:
-        console.print(f"[yellow]no cluster reachable[/] ({exc}); printed the YAML only, no diff")
+        ui.console().print(f"[yellow]no cluster reachable[/] ({exc}); printed the YAML only, no diff")
         return True
     for obj in objects:
         live = kube.get(obj["kind"], plan.namespace, obj["metadata"]["name"])
         d = diff(live, obj)
-        console.print(f"{obj['kind']}/{obj['metadata']['name']}: " + ("new" if live is None else
+        ui.console().print(f"{obj['kind']}/{obj['metadata']['name']}: " + ("new" if live is None else
                                                                      "changes" if d else "unchanged"))
         if d:
             print(d, end="")
@@ -71,7 +71,7 @@ def delete_all(kube: Kube, plan: Plan) -> bool:
         for obj in kube.list(kind, plan.namespace, plan.selector):
             kube.delete(kind, plan.namespace, obj["metadata"]["name"])
             gone.append(f"{kind}/{obj['metadata']['name']}")
-    console.print(f"deleted {', '.join(gone)}" if gone else f"nothing labelled {plan.selector} in {plan.namespace}")
+    ui.console().print(f"deleted {', '.join(gone)}" if gone else f"nothing labelled {plan.selector} in {plan.namespace}")
     return True
 
 
@@ -95,12 +95,12 @@ def wait(kube: Kube, plan: Plan, timeout_s: float, poll_s: float) -> Verdict:
     """Poll until the verdict is final or time runs out; print each change of verdict."""
     deadline = time.monotonic() + timeout_s
     last = None
-    with console.status(f"waiting for deployment {plan.name}") as spinner:
+    with ui.console().status(f"waiting for deployment {plan.name}") as spinner:
         while True:
             verdict = observe(kube, plan)
             if verdict.message != last:
                 colour = {"queued": "yellow", "unschedulable": "yellow", "ready": "green"}.get(verdict.state, "cyan")
-                console.print(f"[{colour}]{verdict.state}[/]: {verdict.message}")
+                ui.console().print(f"[{colour}]{verdict.state}[/]: {verdict.message}")
                 last = verdict.message
             spinner.update(f"{plan.name}: {verdict.state}")
             if verdict.done:
@@ -123,19 +123,19 @@ def rollout(cfg: dict[str, Any], plan: Plan, dry_run: bool, delete: bool) -> boo
         for obj in objects:
             out = kube.apply(obj, manager)
             gen = (out.get("metadata") or {}).get("generation", "-")
-            console.print(f"applied {obj['kind']}/{obj['metadata']['name']} in {plan.namespace} (generation {gen})")
+            ui.console().print(f"applied {obj['kind']}/{obj['metadata']['name']} in {plan.namespace} (generation {gen})")
         verdict = wait(kube, plan, float(plan.settings.get("wait_timeout_s") or require(cfg, "cluster.wait_timeout_s")),
                        float(plan.settings.get("poll_s", 5)))
     except (ClusterUnreachable, ApiError) as exc:
         raise RolloutError(str(exc)) from exc
     if verdict.ok:
-        console.print(f"[green]serving[/] {plan.served_name}: `invoke verify --target {plan.target} --tp {plan.tp}`")
+        ui.console().print(f"[green]serving[/] {plan.served_name}: `invoke verify --target {plan.target} --tp {plan.tp}`")
         return True
-    console.print(f"[red]rollout failed ({verdict.state}):[/] {verdict.message}")
+    ui.console().print(f"[red]rollout failed ({verdict.state}):[/] {verdict.message}")
     if verdict.logs:
-        console.print(f"--- last log lines of {verdict.pod} ---")
+        ui.console().print(f"--- last log lines of {verdict.pod} ---")
         for line in verdict.logs:
-            console.print(line, markup=False, highlight=False)
+            ui.console().print(line, markup=False, highlight=False)
     return False
 
 
@@ -146,7 +146,7 @@ def status(cfg: dict[str, Any], plan: Plan) -> None:
         pods = kube.list("Pod", plan.namespace, f"app={plan.name}")
     except (ClusterUnreachable, ApiError) as exc:
         raise RolloutError(str(exc)) from exc
-    console.print(f"{plan.target} {plan.namespace}/{plan.name}: [bold]{verdict.state}[/] - {verdict.message}")
+    ui.console().print(f"{plan.target} {plan.namespace}/{plan.name}: [bold]{verdict.state}[/] - {verdict.message}")
     table = Table(title=f"pods of {plan.name}")
     for col in ("pod", "phase", "ready", "restarts", "node"):
         table.add_column(col)

@@ -23,8 +23,8 @@ from minibuild.cluster.health import probe, tail, wait_healthy
 from minibuild.cluster.render import server_args
 from minibuild.cluster.settings import Plan, RolloutError, repo_root, resolve_path, state_dir
 from minibuild.config import require
+from minibuild import ui
 
-console = Console(stderr=True)
 
 
 def _state_file(cfg: dict[str, Any], plan: Plan) -> Path:
@@ -76,7 +76,7 @@ def ensure_model(cfg: dict[str, Any], plan: Plan) -> None:
         from mini_vllm.model.tiny import write_tiny_checkpoint
     except ImportError as exc:
         raise RolloutError(f"cannot write the tiny model: mini_vllm.model.tiny is not available ({exc})") from exc
-    console.print(f"writing the tiny model to {tiny}")
+    ui.console().print(f"writing the tiny model to {tiny}")
     write_tiny_checkpoint(tiny)
 
 
@@ -102,12 +102,12 @@ def stop(cfg: dict[str, Any], plan: Plan, grace_s: float = 15.0) -> bool:
 
 def rollout(cfg: dict[str, Any], plan: Plan, dry_run: bool, delete: bool) -> bool:
     if delete:
-        console.print(f"stopped {plan.name}" if stop(cfg, plan) else f"{plan.name} was not running")
+        ui.console().print(f"stopped {plan.name}" if stop(cfg, plan) else f"{plan.name} was not running")
         return True
     old = read_state(cfg, plan)
     if (not dry_run and old and alive(old["pid"]) and old.get("model") == plan.model_path
             and old.get("tp") == plan.tp and probe(old["url"])):
-        console.print(f"{plan.name} already serving at {old['url']} (pid {old['pid']})")
+        ui.console().print(f"{plan.name} already serving at {old['url']} (pid {old['pid']})")
         return True
     if old and not dry_run:
         stop(cfg, plan)
@@ -128,17 +128,17 @@ def rollout(cfg: dict[str, Any], plan: Plan, dry_run: bool, delete: bool) -> boo
     state = {"pid": proc.pid, "port": port, "url": url, "log": str(log), "argv": argv, "tp": plan.tp,
              "model": plan.model_path, "served_name": plan.served_name, "started": time.time()}
     _state_file(cfg, plan).write_text(json.dumps(state, indent=2))
-    console.print(f"started {plan.name} (pid {proc.pid}, tp={plan.tp}) log: {log}")
+    ui.console().print(f"started {plan.name} (pid {proc.pid}, tp={plan.tp}) log: {log}")
     why = wait_healthy(url, float(plan.settings.get("health_timeout_s", 300)),
                        lambda: None if proc.poll() is None else f"the server exited with code {proc.returncode}",
                        plan.name)
     if why:
-        console.print(f"[red]rollout failed:[/] {why}\n--- last lines of {log} ---")
+        ui.console().print(f"[red]rollout failed:[/] {why}\n--- last lines of {log} ---")
         for line in tail(log, 30):
-            console.print(line, markup=False, highlight=False)
+            ui.console().print(line, markup=False, highlight=False)
         stop(cfg, plan)
         return False
-    console.print(f"[green]serving[/] {plan.served_name} at {url}")
+    ui.console().print(f"[green]serving[/] {plan.served_name} at {url}")
     return True
 
 

@@ -17,13 +17,12 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from minibuild.cluster.health import console as status_console
 from minibuild.cluster.health import probe, tail, wait_healthy
 from minibuild.cluster.render import render_slurm
 from minibuild.cluster.settings import Plan, RolloutError, repo_root, resolve_path, state_dir
 from minibuild.config import require
+from minibuild import ui
 
-console = Console(stderr=True)
 ACTIVE = {"PENDING", "CONFIGURING", "RUNNING", "COMPLETING", "RESIZING", "REQUEUED", "SUSPENDED"}
 _KV = re.compile(r"(\w+)=(\S*)")
 
@@ -108,7 +107,7 @@ def submit(cfg: dict[str, Any], plan: Plan, dry_run: bool) -> dict[str, Any] | N
     state = {"job_id": job_id, "script": str(path), "output": str(output), "port": plan.port, "tp": plan.tp,
              "model": plan.model_path, "submitted": time.time()}
     _state_file(cfg, plan).write_text(json.dumps(state, indent=2))
-    console.print(f"submitted job {job_id} ({plan.name}, --gres=gpu:{plan.tp}) script: {path}")
+    ui.console().print(f"submitted job {job_id} ({plan.name}, --gres=gpu:{plan.tp}) script: {path}")
     return state
 
 
@@ -117,7 +116,7 @@ def follow(cfg: dict[str, Any], plan: Plan, state: dict[str, Any]) -> bool:
     job = state["job_id"]
     deadline = time.monotonic() + float(plan.settings.get("queue_timeout_s") or require(cfg, "cluster.wait_timeout_s"))
     info: dict[str, str] | None = None
-    with status_console.status(f"job {job}: submitted") as spinner:
+    with ui.console().status(f"job {job}: submitted") as spinner:
         while time.monotonic() < deadline:
             info = job_info(job)
             st = (info or {}).get("JobState", "UNKNOWN")
@@ -128,7 +127,7 @@ def follow(cfg: dict[str, Any], plan: Plan, state: dict[str, Any]) -> bool:
             spinner.update(f"job {job}: {st} (reason {info.get('Reason')})")
             time.sleep(0.5)
         else:
-            console.print(f"[yellow]queued:[/] job {job} is still {info.get('JobState')} "
+            ui.console().print(f"[yellow]queued:[/] job {job} is still {info.get('JobState')} "
                           f"(reason {info.get('Reason')}); left in the queue - `invoke status --target slurm "
                           f"--tp {plan.tp}` to follow, `--delete` to cancel")
             return False
@@ -136,7 +135,7 @@ def follow(cfg: dict[str, Any], plan: Plan, state: dict[str, Any]) -> bool:
     url = f"http://{node_address(node)}:{state['port']}"
     state.update(node=node, url=url)
     _state_file(cfg, plan).write_text(json.dumps(state, indent=2))
-    console.print(f"job {job} RUNNING on {node}")
+    ui.console().print(f"job {job} RUNNING on {node}")
 
     def dead() -> str | None:
         now = job_info(job)
@@ -146,30 +145,30 @@ def follow(cfg: dict[str, Any], plan: Plan, state: dict[str, Any]) -> bool:
     why = wait_healthy(url, float(plan.settings.get("health_timeout_s", 1800)), dead, f"job {job}")
     if why:
         return _failed(state, job_info(job), why)
-    console.print(f"[green]serving[/] {plan.served_name} at {url} (job {job} on {node})")
+    ui.console().print(f"[green]serving[/] {plan.served_name} at {url} (job {job} on {node})")
     return True
 
 
 def _failed(state: dict[str, Any], info: dict[str, str] | None, why: str) -> bool:
     out = _output(state, info)
-    console.print(f"[red]rollout failed:[/] {why}" + (f" (exit {info.get('ExitCode')})" if info else ""))
-    console.print(f"--- last lines of {out} ---")
+    ui.console().print(f"[red]rollout failed:[/] {why}" + (f" (exit {info.get('ExitCode')})" if info else ""))
+    ui.console().print(f"--- last lines of {out} ---")
     for line in tail(out, 30):
-        console.print(line, markup=False, highlight=False)
+        ui.console().print(line, markup=False, highlight=False)
     return False
 
 
 def rollout(cfg: dict[str, Any], plan: Plan, dry_run: bool, delete: bool) -> bool:
     if delete:
         ids = cancel(cfg, plan)
-        console.print(f"cancelled {', '.join(ids)}" if ids else f"no job named {plan.name}")
+        ui.console().print(f"cancelled {', '.join(ids)}" if ids else f"no job named {plan.name}")
         return True
     old = read_state(cfg, plan)
     if not dry_run and old:
         info = job_info(old["job_id"])
         if info and info.get("JobState") in ACTIVE and old.get("tp") == plan.tp and old.get("model") == plan.model_path \
                 and old.get("port") == plan.port:
-            console.print(f"job {old['job_id']} ({plan.name}) is already {info['JobState']}; following it")
+            ui.console().print(f"job {old['job_id']} ({plan.name}) is already {info['JobState']}; following it")
             return follow(cfg, plan, old)
         cancel(cfg, plan)
     state = submit(cfg, plan, dry_run)
