@@ -160,3 +160,19 @@ def test_wrong_token_is_a_clear_error(cfg, emu, tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("KUBECONFIG", str(kc))
     assert rollout(cfg, target="hyperpod", tp=2, image=IMAGE) is False
     assert "401" in capsys.readouterr().err
+
+
+def test_status_and_logs_read_the_live_objects(cfg, emu, capsys):
+    from minibuild.cluster import logs, status
+
+    pod = _pod("Running", conditions=[{"type": "Ready", "status": "True"}],
+               containerStatuses=[{"name": "server", "ready": True, "restartCount": 0, "state": {"running": {}}}])
+    emu.logs[(NS, pod["metadata"]["name"])] = ["INFO model gpt-oss-20b ready in 812.4 s"]
+    emu.on_poll = _controller([({"replicas": 1, "updatedReplicas": 1, "availableReplicas": 1}, [pod])])
+    assert rollout(cfg, target="hyperpod", tp=2, image=IMAGE)
+    capsys.readouterr()
+    status(cfg, target="hyperpod", tp=2)
+    out = capsys.readouterr()
+    assert "ready" in out.err and pod["metadata"]["name"] in out.out
+    logs(cfg, target="hyperpod", tp=2, tail=10)
+    assert "ready in 812.4 s" in capsys.readouterr().out
