@@ -21,7 +21,7 @@ class AttnGroup:
     start: int                      # first token (row of the flattened batch) of the group
     batch: int                      # sequences in the group
     q_len: int                      # queries per sequence (1 for decodes)
-    kv_slots: torch.Tensor          # [B, K] flat cache slot of each key position (padding: 0)
+    block_table: torch.Tensor       # [B, nb] cache blocks of each sequence (padding: block 0); K = nb * block_size
     mask_full: torch.Tensor         # [B, 1, 1, Q, K] bool: causal and within the context
     mask_sliding: torch.Tensor      # [B, 1, 1, Q, K] bool: additionally q - k < window
 
@@ -30,9 +30,9 @@ class AttnGroup:
         return self.start + self.batch * self.q_len
 
     def to(self, device: torch.device) -> "AttnGroup":
-        if self.kv_slots.device == device:
+        if self.block_table.device == device:
             return self
-        return AttnGroup(self.start, self.batch, self.q_len, self.kv_slots.to(device),
+        return AttnGroup(self.start, self.batch, self.q_len, self.block_table.to(device),
                          self.mask_full.to(device), self.mask_sliding.to(device))
 
 
@@ -55,14 +55,13 @@ def build_group(
     for i, bt in enumerate(block_tables):
         nb = min(len(bt), n_blocks)
         table[i, :nb] = torch.tensor(bt[:nb], dtype=torch.long)
-    kpos = torch.arange(k_max)
-    slots = table[:, kpos // block_size] * block_size + (kpos % block_size)
+    kpos = torch.arange(n_blocks * block_size)
     ctx = torch.tensor(context_lens, dtype=torch.long)
     qpos = q_positions.unsqueeze(-1)                                   # [B, Q, 1]
     valid = (kpos.view(1, 1, -1) <= qpos) & (kpos.view(1, 1, -1) < ctx.view(-1, 1, 1))
     sliding = valid & (qpos - kpos.view(1, 1, -1) < window) if window > 0 else valid
-    return AttnGroup(start, batch, q_len, slots,
-                     valid.view(batch, 1, 1, q_len, k_max), sliding.view(batch, 1, 1, q_len, k_max))
+    k = kpos.numel()
+    return AttnGroup(start, batch, q_len, table, valid.view(batch, 1, 1, q_len, k), sliding.view(batch, 1, 1, q_len, k))
 
 
 def write_kv(k_cache: torch.Tensor, v_cache: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
@@ -81,24 +80,26 @@ def paged_attention(
     t, h, d = q.shape
     kvh = k_cache.shape[-2]
     g = h // kvh
-    flat_k = k_cache.view(-1, kvh, d)
-    flat_v = v_cache.view(-1, kvh, d)
     out = q.new_empty(t, h * d)
-    sink = sinks.float().view(1, kvh, g, 1, 1)
+    sink = sinks.float().view(1, kvh, g, 1).unsqueeze(-1)            # [1, KVH, G, 1, 1]
     for grp in meta.groups:
-        kg = flat_k[grp.kv_slots].float()                              # [B, K, KVH, D]
-        vg = flat_v[grp.kv_slots].float()
-        mask = grp.mask_sliding if sliding else grp.mask_full
-        qg = q[grp.start:grp.end].view(grp.batch, grp.q_len, kvh, g, d).float()
+        b, ql = grp.batch, grp.q_len
+        # whole blocks are gathered (contiguous rows), then viewed as [B, K, KVH, D]
+        kt = k_cache[grp.block_table].float().view(b, -1, kvh, d).permute(0, 2, 3, 1)   # [B, KVH, D, K]
+        vg = v_cache[grp.block_table].float().view(b, -1, kvh, d).transpose(1, 2)       # [B, KVH, K, D]
+        mask = grp.mask_sliding if sliding else grp.mask_full          # [B, 1, 1, Q, K]
+        qg = q[grp.start:grp.end].view(b, ql, kvh, g, d).float()
+        rows = out[grp.start:grp.end].view(b, ql, h * d)
         # long prefills: bound the [B, H, Q, K] score tensor by splitting the queries
-        step = max(1, _SCORE_ELEMS // (grp.batch * h * kg.shape[1]))
-        for q0 in range(0, grp.q_len, step):
-            q1 = min(q0 + step, grp.q_len)
-            scores = torch.einsum("bqhgd,bkhd->bhgqk", qg[:, q0:q1], kg) * scale
+        step = max(1, _SCORE_ELEMS // (b * h * kt.shape[-1]))
+        for q0 in range(0, ql, step):
+            q1 = min(q0 + step, ql)
+            n = q1 - q0
+            qs = qg[:, q0:q1].permute(0, 2, 3, 1, 4).reshape(b, kvh, g * n, d)
+            scores = torch.matmul(qs, kt).view(b, kvh, g, n, -1) * scale
             scores = scores.masked_fill(~mask[..., q0:q1, :], float("-inf"))
-            combined = torch.cat([scores, sink.expand(grp.batch, kvh, g, q1 - q0, 1)], dim=-1)
+            combined = torch.cat([scores, sink.expand(b, kvh, g, n, 1)], dim=-1)
             probs = torch.softmax(combined, dim=-1)[..., :-1]          # the sink column is dropped
-            og = torch.einsum("bhgqk,bkhd->bqhgd", probs, vg)
-            rows = out[grp.start:grp.end].view(grp.batch, grp.q_len, h * d)
-            rows[:, q0:q1] = og.reshape(grp.batch, q1 - q0, h * d).to(out.dtype)
+            og = torch.matmul(probs.reshape(b, kvh, g * n, -1), vg)    # [B, KVH, G*n, D]
+            rows[:, q0:q1] = og.view(b, kvh, g, n, d).permute(0, 3, 1, 2, 4).reshape(b, n, h * d).to(out.dtype)
     return out

@@ -1,0 +1,155 @@
+"""GPT-OSS forward on the GPU: the same weights as `GptOssModel`, the fast kernels instead of plain torch.
+
+Why a separate forward and not branches inside `GptOssModel.forward`: the CPU path is the readable
+reference that tests compare with transformers; this one is written for an H100 and for CUDA-graph
+capture - every shape is fixed by the number of tokens, attention metadata are device tensors (no
+Python lists, no host sync), and each layer is a short chain of fused launches:
+
+    fused add+RMSNorm (ours) -> qkv GEMM (cuBLAS) -> RoPE in place (ours) -> paged KV write (ours)
+    -> FlashAttention-3 with sinks / sliding window (ours around the FA3 fork) or Triton paged attention
+    -> o_proj GEMM -> fused add+RMSNorm -> router GEMM -> top-4 routing (ours)
+    -> MXFP4 grouped MoE with in-kernel dequantisation and fused SwiGLU (Triton)
+
+`select_backends` decides once at start-up what can run (module built? kernel compiled for this GPU?)
+and says so; the engine prints the choice.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from mini_vllm import ops
+from mini_vllm.model.gpt_oss import GptOssModel
+from mini_vllm.model.layers import moe as moe_torch
+from mini_vllm.ops.rope import YarnConfig, cos_sin_cache
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class CudaAttnInputs:
+    """Varlen attention metadata as device tensors (the layout FA3's paged API takes)."""
+
+    positions: torch.Tensor        # int64 [T]
+    slot_mapping: torch.Tensor     # int64 [T]   (-1: do not write; padded graph rows)
+    cu_seqlens_q: torch.Tensor     # int32 [B+1]
+    seqused_k: torch.Tensor        # int32 [B]   keys per sequence, this step's included
+    block_table: torch.Tensor      # int32 [B, max_blocks]
+    max_seqlen_q: int
+    max_seqlen_k: int
+
+
+@dataclass
+class Backends:
+    attention: str                 # "fa3" | "triton"
+    moe: str                       # "triton-mxfp4" | "torch"
+    kernels: bool                  # our C-ABI kernels (norms, rope, kv write, routing)
+
+    def describe(self) -> str:
+        return (f"attention={self.attention}, moe={self.moe}, "
+                f"fused ops={'ours (CUDA)' if self.kernels else 'torch'}")
+
+
+def select_backends(model: GptOssModel, prefer: str = "auto") -> Backends:
+    """Pick the fastest backend available for this model on this GPU; `prefer` forces attention."""
+    from mini_vllm.ops import attention_fa3
+
+    probe = torch.empty(1, model.n_heads, model.cfg.head_dim, dtype=torch.bfloat16, device=model.device)
+    sinks = torch.empty(model.n_heads, dtype=torch.bfloat16, device=model.device)
+    fa3_ok = prefer in ("auto", "fa3") and attention_fa3.fa3_supported(probe, sinks)
+    if prefer == "fa3" and not fa3_ok:
+        raise RuntimeError("attention backend fa3 requested but the FA3 module is not loadable here "
+                           "(run `invoke kernels`; see mini_vllm.ops.ext.load_errors)")
+    packed = all(lw.experts.packed is not None for lw in model.layers)
+    return Backends(attention="fa3" if fa3_ok else "triton", moe="triton-mxfp4" if packed else "torch",
+                    kernels=ops.kernels_available())
+
+
+class CudaForward:
+    """Runs a CUDA-resident, bf16 `GptOssModel` with fused kernels; `forward` is graph-capturable."""
+
+    def __init__(self, model: GptOssModel, backends: Backends):
+        if model.device.type != "cuda" or model.dtype != torch.bfloat16:
+            raise ValueError("the CUDA forward needs the model on a CUDA device in bfloat16")
+        self.m, self.cfg, self.backends = model, model.cfg, backends
+        cfg = model.cfg
+        yarn = YarnConfig.from_hf({"head_dim": cfg.head_dim, "rope_theta": cfg.rope_theta,
+                                   "rope_scaling": cfg.rope_scaling or {}})
+        self.cos_sin = cos_sin_cache(cfg.max_position_embeddings, yarn, device=model.device)
+        self.sinks = [lw.sinks.to(torch.bfloat16).contiguous() for lw in model.layers]
+        self.moe_weights = [self._moe_weights(lw.experts) for lw in model.layers]
+        # bf16 norm weights (the CPU model keeps them fp32); ln1[L] is the final norm, so that each
+        # layer ends with one fused add+norm into the next layer's input
+        bf = lambda t: t.to(torch.bfloat16).contiguous()  # noqa: E731
+        self.ln1 = [bf(lw.ln1) for lw in model.layers] + [bf(model.norm)]
+        self.ln2 = [bf(lw.ln2) for lw in model.layers]
+
+    @staticmethod
+    def _moe_weights(experts):
+        if experts.packed is None:
+            return None
+        from mini_vllm.ops.triton.mxfp4 import MoeWeights
+
+        p = experts.packed
+        return MoeWeights(p["gate_up_blocks"], p["gate_up_scales"], experts.gate_up_bias,
+                          p["down_blocks"], p["down_scales"], experts.down_bias)
+
+    # ---- pieces --------------------------------------------------------------------------------
+    def _attention(self, i: int, q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
+                   a: CudaAttnInputs) -> torch.Tensor:
+        window = self.cfg.sliding_window if self.cfg.is_sliding(i) else None
+        if self.backends.attention == "fa3":
+            from mini_vllm.ops.attention_fa3 import fa3_attention
+
+            return fa3_attention(q, k_cache, v_cache, a.block_table, a.cu_seqlens_q, a.seqused_k,
+                                 a.max_seqlen_q, a.max_seqlen_k, causal=True, sliding_window=window,
+                                 sinks=self.sinks[i], softmax_scale=self.m.scale)
+        from mini_vllm.ops.triton import paged_attention as triton_paged_attention
+
+        return triton_paged_attention(q, k_cache, v_cache, a.cu_seqlens_q, a.seqused_k, a.block_table,
+                                      max_seqlen_q=a.max_seqlen_q, max_seqlen_k=a.max_seqlen_k,
+                                      scale=self.m.scale, sinks=self.sinks[i], window=window or 0)
+
+    def _moe(self, i: int, x: torch.Tensor) -> torch.Tensor:
+        m, lw = self.m, self.m.layers[i]
+        w = self.moe_weights[i]
+        if w is None or self.backends.moe != "triton-mxfp4":
+            return moe_torch(x, lw.router_w, lw.router_b, lw.experts, self.cfg.num_experts_per_tok,
+                             self.cfg.swiglu_limit, self.cfg.swiglu_alpha, m.expert_offset)
+        from mini_vllm.ops.triton import fused_moe_mxfp4
+
+        logits = F.linear(x, lw.router_w, lw.router_b)
+        ids, weights = ops.route_topk(logits, self.cfg.num_experts_per_tok)
+        if m.tp_size > 1:      # this rank's experts only: others contribute 0 (weight 0 on a local expert)
+            local = ids.long() - m.expert_offset
+            mine = (local >= 0) & (local < m.n_experts)
+            ids = torch.where(mine, local, 0).to(torch.int32)
+            weights = torch.where(mine, weights, 0.0)
+        return fused_moe_mxfp4(x, ids, weights, w)
+
+    # ---- the forward ---------------------------------------------------------------------------
+    def forward(self, input_ids: torch.Tensor, a: CudaAttnInputs,
+                kv_caches: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
+        """input_ids [T] -> final-normed hidden [T, H]; writes this step's K/V into the caches."""
+        m, cfg = self.m, self.cfg
+        d, eps = cfg.head_dim, cfg.rms_norm_eps
+        qd, kvd = m.n_heads * d, m.n_kv * d
+        residual = F.embedding(input_ids, m.embed)
+        x = ops.rms_norm(residual, self.ln1[0], eps)
+        for i, lw in enumerate(m.layers):
+            qkv = F.linear(x, lw.qkv_w, lw.qkv_b)
+            q = qkv[:, :qd].view(-1, m.n_heads, d)
+            k = qkv[:, qd:qd + kvd].view(-1, m.n_kv, d)
+            v = qkv[:, qd + kvd:].view(-1, m.n_kv, d)
+            ops.apply_rope(q, k, a.positions, self.cos_sin)
+            k_cache, v_cache = kv_caches[i]
+            ops.write_kv_cache(k, v, k_cache, v_cache, a.slot_mapping)
+            attn = self._attention(i, q.contiguous(), k_cache, v_cache, a)
+            o = m.all_reduce(F.linear(attn.view(-1, qd), lw.o_w, lw.o_b))
+            x, residual = ops.fused_add_rms_norm(o, residual, self.ln2[i], eps)
+            y = m.all_reduce(self._moe(i, x))
+            x, residual = ops.fused_add_rms_norm(y, residual, self.ln1[i + 1], eps)
+        return x
