@@ -2,7 +2,9 @@
 on the in-process engine (no HTTP), both on the tiny GPT-OSS (2 layers, head_dim 64), same machine.
 
 Reports output tok/s, TTFT p50/p99 and ITL p50/p99 for each, and the HTTP/offline throughput ratio.
-    .venv/bin/python bench/bench_http.py [--concurrency 32] [--tokens 64] [--device cpu] [--markdown]
+Each path first runs one full-size warm-up round (the first batch of a shape is slow: allocator,
+torch kernels), then --rounds measured rounds; the numbers pool all measured rounds.
+    .venv/bin/python bench/bench_http.py [--concurrency 32] [--tokens 64] [--rounds 3] [--device cpu] [--markdown]
 """
 from __future__ import annotations
 
@@ -12,6 +14,7 @@ import json
 import statistics
 import tempfile
 import time
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -58,31 +61,42 @@ async def _timed(stream) -> tuple[int, float | None, list[float]]:
 
 
 async def _http_stream(client: httpx.AsyncClient, tokens: int):
-    body = {"prompt": PROMPT, "max_tokens": tokens, "ignore_eos": True, "stream": True, "temperature": 0.8}
+    body = {"prompt": PROMPT, "max_tokens": tokens, "ignore_eos": True, "stream": True, "temperature": 0.8,
+            "stream_options": {"include_usage": True}}
+    chunks = 0
     async with client.stream("POST", "/v1/completions", json=body) as r:
         r.raise_for_status()
         async for line in r.aiter_lines():
             if line.startswith("data: {"):
                 chunk = json.loads(line[6:])
-                # one SSE chunk per engine step; tokens per chunk from the text is unreliable, so count steps
-                yield 1 if chunk["choices"] and (chunk["choices"][0]["text"] or not chunk["choices"][0]["finish_reason"]) else 0
+                if chunk["choices"]:   # one chunk per engine step = one token of this request
+                    chunks += 1
+                    yield 1
+                elif chunk.get("usage"):
+                    got = chunk["usage"]["completion_tokens"]
+                    if got != tokens or chunks != tokens:
+                        raise RuntimeError(f"expected {tokens} tokens, usage says {got} in {chunks} chunks")
 
 
 async def _engine_stream(engine, i: int, prompt_ids: list[int], tokens: int):
     params = SamplingParams(max_tokens=tokens, ignore_eos=True, temperature=0.8)
-    async for out in engine.generate(f"bench-{i}", prompt_ids, params):
+    async for out in engine.generate(f"bench-{i}-{uuid.uuid4().hex}", prompt_ids, params):
         yield len(out.outputs[0].token_ids_delta)
 
 
-async def _load(make_streams, name: str) -> Run:
-    t0 = time.monotonic()
-    results = await asyncio.gather(*(_timed(s) for s in make_streams()))
-    wall = time.monotonic() - t0
-    return Run(name, wall, sum(r[0] for r in results), [r[1] for r in results if r[1] is not None],
-               [g for r in results for g in r[2]])
+async def _load(make_streams, name: str, rounds: int = 1) -> Run:
+    run = Run(name, 0.0, 0, [], [])
+    for _ in range(rounds):
+        t0 = time.monotonic()
+        results = await asyncio.gather(*(_timed(s) for s in make_streams()))
+        run.wall += time.monotonic() - t0
+        run.tokens += sum(r[0] for r in results)
+        run.ttft += [r[1] for r in results if r[1] is not None]
+        run.itl += [g for r in results for g in r[2]]
+    return run
 
 
-def bench_http(model: Path, conc: int, tokens: int, device: str, log_dir: str) -> Run:
+def bench_http(model: Path, conc: int, tokens: int, rounds: int, device: str, log_dir: str) -> Run:
     srv = start_server(model, "--device", device, "--max-num-seqs", str(conc), "--disable-uvicorn-access-log",
                        "--log-level", "warning", log_dir=log_dir)
     try:
@@ -91,23 +105,24 @@ def bench_http(model: Path, conc: int, tokens: int, device: str, log_dir: str) -
         async def go() -> Run:
             limits = httpx.Limits(max_connections=conc * 2)
             async with httpx.AsyncClient(base_url=srv.url, timeout=300, limits=limits) as c:
-                await _load(lambda: [_http_stream(c, 4) for _ in range(conc)], "warmup")
-                return await _load(lambda: [_http_stream(c, tokens) for _ in range(conc)], "HTTP (mini-vllm serve)")
+                await _load(lambda: [_http_stream(c, tokens) for _ in range(conc)], "warmup")
+                return await _load(lambda: [_http_stream(c, tokens) for _ in range(conc)], "HTTP (mini-vllm serve)",
+                                   rounds)
         return asyncio.run(go())
     finally:
         srv.stop()
 
 
-def bench_offline(model: Path, conc: int, tokens: int, device: str) -> Run:
+def bench_offline(model: Path, conc: int, tokens: int, rounds: int, device: str) -> Run:
     args = engine_args(parse_args(["serve", str(model), "--device", device, "--max-num-seqs", str(conc)]))
     engine = load_engine(args)
     try:
         ids = engine.tokenizer.encode(PROMPT, add_special_tokens=False)
 
         async def go() -> Run:
-            await _load(lambda: [_engine_stream(engine, -i - 1, ids, 4) for i in range(conc)], "warmup")
+            await _load(lambda: [_engine_stream(engine, i, ids, tokens) for i in range(conc)], "warmup")
             return await _load(lambda: [_engine_stream(engine, i, ids, tokens) for i in range(conc)],
-                               "offline AsyncEngine (no HTTP)")
+                               "offline AsyncEngine (no HTTP)", rounds)
         return asyncio.run(go())
     finally:
         engine.shutdown()
@@ -117,15 +132,17 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--concurrency", type=int, default=32)
     ap.add_argument("--tokens", type=int, default=64)
+    ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--markdown", action="store_true", help="also print a markdown table for docs/benchmarks.md")
     a = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         model = write_tiny_checkpoint(Path(tmp) / "tiny-gpt-oss")
-        offline = bench_offline(model, a.concurrency, a.tokens, a.device)
-        http = bench_http(model, a.concurrency, a.tokens, a.device, tmp)
+        offline = bench_offline(model, a.concurrency, a.tokens, a.rounds, a.device)
+        http = bench_http(model, a.concurrency, a.tokens, a.rounds, a.device, tmp)
     head = ["path", "output tok/s", "TTFT p50 ms", "TTFT p99 ms", "ITL p50 ms", "ITL p99 ms", "wall s"]
-    table = Table(*head, title=f"{a.concurrency} concurrent x {a.tokens} tokens, tiny GPT-OSS, {a.device}")
+    table = Table(*head, title=f"{a.concurrency} concurrent x {a.tokens} tokens x {a.rounds} rounds, tiny GPT-OSS, "
+                  f"{a.device}")
     for r in (http, offline):
         table.add_row(*r.row())
     console = Console()

@@ -67,7 +67,7 @@ def _wait_idle(http, timeout=5.0) -> float:
 
 
 def test_stream_disconnect_frees_kv(server, http):
-    body = {"model": MODEL, "prompt": "Hello", "max_tokens": 400, "stream": True, "ignore_eos": True}
+    body = {"model": MODEL, "prompt": "Hello", "max_tokens": 450, "n": 8, "stream": True, "ignore_eos": True}
     with httpx.Client(base_url=server.url, timeout=30) as c, c.stream("POST", "/v1/completions", json=body) as r:
         lines = r.iter_lines()
         for _ in range(3):
@@ -77,10 +77,13 @@ def test_stream_disconnect_frees_kv(server, http):
 
 
 def test_non_stream_disconnect_frees_kv(server, http):
-    body = {"model": MODEL, "prompt": "Hello", "max_tokens": 400, "ignore_eos": True}
+    # 16 samples x 450 tokens: seconds of work, so the client's 0.5 s read timeout hits mid-generation
+    body = {"model": MODEL, "prompt": "Hello", "max_tokens": 450, "n": 16, "ignore_eos": True}
+    aborted = metric(http.get("/metrics").text, "vllm:request_success_total", finished_reason="abort")
     with pytest.raises(httpx.ReadTimeout):
-        httpx.post(server.url + "/v1/completions", json=body, timeout=httpx.Timeout(30, read=0.7))
+        httpx.post(server.url + "/v1/completions", json=body, timeout=httpx.Timeout(30, read=0.5))
     assert _wait_idle(http) == 0
+    assert metric(http.get("/metrics").text, "vllm:request_success_total", finished_reason="abort") == aborted + 1
 
 
 def test_hundred_concurrent_requests(server):
