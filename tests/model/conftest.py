@@ -6,11 +6,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from mini_vllm.model.tiny import write_tiny_checkpoint
+from gptoss_reference import GEN_TOKENS, PROMPT_LENS
 
-# prompt lengths: below a block, across blocks, and past the sliding window (16) several times
-PROMPT_LENS = (5, 23, 40, 61)
-GEN_TOKENS = 40
+from mini_vllm.model.tiny import write_tiny_checkpoint
 
 
 @pytest.fixture(scope="session")
@@ -49,7 +47,3 @@ def hf_greedy(hf_model, prompts) -> list[list[int]]:
             outs.append(out[0, len(p):].tolist())
     return outs
 
-
-def hf_logits(hf_model, ids: list[int]) -> torch.Tensor:
-    with torch.no_grad():
-        return hf_model(torch.tensor([ids])).logits[0].float()

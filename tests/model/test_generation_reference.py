@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import GEN_TOKENS, hf_logits
+from gptoss_reference import GEN_TOKENS, hf_logits
 
 from mini_vllm.engine.llm_engine import LLMEngine
 from mini_vllm.engine_args import EngineArgs

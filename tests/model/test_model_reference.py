@@ -5,7 +5,7 @@ import json
 from pathlib import Path
 
 import torch
-from conftest import hf_logits
+from gptoss_reference import hf_logits
 
 from mini_vllm.model import mxfp4
 from mini_vllm.model.attention import AttnMetadata, build_group

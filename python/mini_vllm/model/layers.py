@@ -6,7 +6,6 @@ MoE keeps MXFP4 experts packed (see mxfp4.py), expanding only the experts a step
 """
 from __future__ import annotations
 
-import math
 import os
 import threading
 from typing import Callable
@@ -15,6 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from mini_vllm.model import mxfp4
+from mini_vllm.ops.rope import YarnConfig, yarn_inv_freq
 from mini_vllm.model.config import GptOssConfig
 
 # Bound on the transient memory of one MoE chunk (dequantised experts + padded activations), in elements.
@@ -52,35 +52,15 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
 
 
 def rope_inv_freq(cfg: GptOssConfig) -> tuple[torch.Tensor, float]:
-    """Inverse frequencies and the cos/sin scale (YaRN as in transformers' _compute_yarn_parameters)."""
-    dim, base = cfg.head_dim, cfg.rope_theta
-    pos_freqs = base ** (torch.arange(0, dim, 2, dtype=torch.float) / dim)
+    """Inverse frequencies and the cos/sin scale; YaRN through ops.rope (one implementation of it)."""
     rs = cfg.rope_scaling
     if not rs:
-        return 1.0 / pos_freqs, 1.0
+        return 1.0 / (cfg.rope_theta ** (torch.arange(0, cfg.head_dim, 2, dtype=torch.float) / cfg.head_dim)), 1.0
     kind = rs.get("rope_type", rs.get("type"))
     if kind != "yarn":
         raise ValueError(f"unsupported rope_scaling type {kind!r} (GPT-OSS uses yarn)")
-    factor = float(rs["factor"])
-    orig = int(rs["original_max_position_embeddings"])
-    attention_factor = rs.get("attention_factor")
-    if attention_factor is None:
-        attention_factor = 0.1 * math.log(factor) + 1.0 if factor > 1 else 1.0
-    beta_fast, beta_slow = rs.get("beta_fast") or 32, rs.get("beta_slow") or 1
-
-    def corr_dim(rot: float) -> float:
-        return (dim * math.log(orig / (rot * 2 * math.pi))) / (2 * math.log(base))
-
-    low, high = corr_dim(beta_fast), corr_dim(beta_slow)
-    if rs.get("truncate", True):
-        low, high = math.floor(low), math.ceil(high)
-    low, high = max(low, 0), min(high, dim - 1)
-    if low == high:
-        high += 0.001
-    ramp = torch.clamp((torch.arange(dim // 2, dtype=torch.float32) - low) / (high - low), 0, 1)
-    extrap = 1 - ramp
-    inv = (1.0 / (factor * pos_freqs)) * (1 - extrap) + (1.0 / pos_freqs) * extrap
-    return inv, float(attention_factor)
+    return yarn_inv_freq(YarnConfig.from_hf({"head_dim": cfg.head_dim, "rope_theta": cfg.rope_theta,
+                                             "rope_scaling": rs}))
 
 
 class Rotary:
