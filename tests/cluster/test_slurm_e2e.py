@@ -86,3 +86,13 @@ def test_tp2_serves_on_two_gpus(slurm, tmp_path):
     finally:
         invoke("rollout", "--target", "slurm", "--tp", "2", "--delete", env=env)
     assert _squeue(env, "mini-vllm-gptoss-tp2") == ""
+
+
+def test_a_job_whose_server_cannot_load_fails_and_is_cancelled(slurm, tmp_path):
+    env = _env(slurm, tmp_path)
+    empty = tmp_path / "not-a-model"
+    empty.mkdir()
+    r = invoke("rollout", "--target", "slurm", "--tp", "1", "--model", str(empty), env=env, timeout=200)
+    assert r.returncode == 1
+    assert "model failed to load" in r.stdout and "cancelled job" in r.stdout and "last lines of" in r.stdout
+    assert _squeue(env, "mini-vllm-gptoss-tp1") == ""

@@ -8,11 +8,9 @@ from __future__ import annotations
 
 from typing import Any
 
-
+from minibuild import ui
 from minibuild.cluster.settings import KUBE_TARGETS, Plan, RolloutError, make_plan
 from minibuild.config import ConfigError
-from minibuild import ui
-
 
 
 def _backend(target: str):

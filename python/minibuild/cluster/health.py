@@ -9,8 +9,8 @@ import time
 from collections.abc import Callable
 
 import httpx
-from minibuild import ui
 
+from minibuild import ui
 
 
 def check(url: str, timeout: float = 2.0) -> tuple[bool, str]:

@@ -13,12 +13,12 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from minibuild import ui
 from minibuild.cluster.kube_api import ApiError, ClusterUnreachable, Kube
 from minibuild.cluster.render import render_kubernetes, to_yaml
 from minibuild.cluster.settings import Plan, RolloutError
 from minibuild.cluster.waiter import Verdict, assess, crashlooping
 from minibuild.config import require
-from minibuild import ui
 
 LOG_LINES = 20
 
@@ -83,7 +83,7 @@ def observe(kube: Kube, plan: Plan) -> Verdict:
     pods = kube.list("Pod", plan.namespace, f"app={plan.name}")
     rsets = kube.list("ReplicaSet", plan.namespace, f"app={plan.name}")
     names = {p["metadata"]["name"] for p in pods}
-    events = [e for e in kube.list("Event", plan.namespace) if (e.get("involvedObject") or {}).get("name") in names]
+    events = [e for e in kube.list("Event", plan.namespace, fields="involvedObject.kind=Pod") if (e.get("involvedObject") or {}).get("name") in names]
     logs = {}
     for pod in crashlooping(pods):
         logs[pod] = (kube.pod_logs(plan.namespace, pod, LOG_LINES, previous=True)

@@ -106,9 +106,10 @@ class Kube:
                 return None
             raise
 
-    def list(self, kind: str, namespace: str, selector: str | None = None) -> list[dict[str, Any]]:
-        query = {"labelSelector": selector} if selector else None
-        return self.request("GET", self.path(kind, namespace), query).get("items") or []
+    def list(self, kind: str, namespace: str, selector: str | None = None,
+             fields: str | None = None) -> list[dict[str, Any]]:
+        query = {k: v for k, v in (("labelSelector", selector), ("fieldSelector", fields)) if v}
+        return self.request("GET", self.path(kind, namespace), query or None).get("items") or []
 
     def delete(self, kind: str, namespace: str, name: str) -> None:
         try:

@@ -19,12 +19,11 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from minibuild import ui
 from minibuild.cluster.health import probe, tail, wait_healthy
 from minibuild.cluster.render import server_args
 from minibuild.cluster.settings import Plan, RolloutError, repo_root, resolve_path, state_dir
 from minibuild.config import require
-from minibuild import ui
-
 
 
 def _state_file(cfg: dict[str, Any], plan: Plan) -> Path:

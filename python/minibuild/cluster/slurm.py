@@ -17,11 +17,11 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from minibuild import ui
 from minibuild.cluster.health import probe, tail, wait_healthy
 from minibuild.cluster.render import render_slurm
 from minibuild.cluster.settings import Plan, RolloutError, repo_root, resolve_path, state_dir
 from minibuild.config import require
-from minibuild import ui
 
 ACTIVE = {"PENDING", "CONFIGURING", "RUNNING", "COMPLETING", "RESIZING", "REQUEUED", "SUSPENDED"}
 _KV = re.compile(r"(\w+)=(\S*)")
@@ -143,8 +143,12 @@ def follow(cfg: dict[str, Any], plan: Plan, state: dict[str, Any]) -> bool:
         return None if st == "RUNNING" else f"job {job} left RUNNING: {st} {(now or {}).get('Reason', '')}"
 
     why = wait_healthy(url, float(plan.settings.get("health_timeout_s", 1800)), dead, f"job {job}")
-    if why:
-        return _failed(state, job_info(job), why)
+    if why:   # a server that will not serve must not keep holding GPUs
+        info = job_info(job)
+        if (info or {}).get("JobState") in ACTIVE:
+            cancel(cfg, plan)
+            why += f"; cancelled job {job}"
+        return _failed(state, info, why)
     ui.console().print(f"[green]serving[/] {plan.served_name} at {url} (job {job} on {node})")
     return True
 
