@@ -118,6 +118,22 @@ class ModelRunner:
         shape = (cfg.num_hidden_layers, 2, self.num_blocks, self.block_size, m.n_kv, cfg.head_dim)
         self.kv = torch.zeros(shape, dtype=self.dtype, device=self.device)
         self.kv_caches = [(self.kv[i, 0], self.kv[i, 1]) for i in range(cfg.num_hidden_layers)]
+        self.cuda_step = self._cuda_step() if self.device.type == "cuda" and self.dtype == torch.bfloat16 else None
+
+    def _cuda_step(self):
+        """The GPU path (fused kernels, FA3/Triton attention, MXFP4 MoE, decode CUDA graphs)."""
+        from mini_vllm.engine.cuda_step import CudaStep
+        from mini_vllm.model.cuda_forward import CudaForward, select_backends
+
+        backends = select_backends(self.model, os.environ.get("MINI_VLLM_ATTENTION", "auto"))
+        max_len = min(self.args.max_model_len or self.cfg.max_position_embeddings, self.num_blocks * self.block_size)
+        step = CudaStep(CudaForward(self.model, backends), self.kv_caches, self.model.lm_head, max_len,
+                        self.block_size, self.args.max_num_seqs, use_graphs=not self.args.enforce_eager)
+        step.capture()
+        self.startup_report = f"GPU backends: {backends.describe()}; decode CUDA graphs: " + (
+            f"{len(step.graphs)} captured in {step.capture_s:.1f} s" if step.graphs else "off (--enforce-eager)")
+        print(f"[mini-vllm] {self.startup_report}", flush=True)
+        return step
 
     def block_bytes(self) -> int:
         m = self.model
@@ -153,6 +169,9 @@ class ModelRunner:
         """Forward the step; logits [rows to sample, V] on rank 0 (None elsewhere or if nothing to sample)."""
         if self.broadcast is not None:
             self.broadcast(inp)
+        if self.cuda_step is not None:
+            logits = self.cuda_step.execute(inp)
+            return logits if self.model.tp_rank == 0 else None
         ids, meta = self.prepare(inp)
         hidden = self.model.forward(ids, meta, self.kv_caches)
         if self.model.tp_rank != 0:

@@ -1,0 +1,157 @@
+"""One engine step on the GPU: varlen metadata from `StepInputs`, eager prefill, CUDA-graph decode.
+
+Why graphs: a gpt-oss-20b decode step is ~24 x 12 kernel launches; at batch 1 the launches, not the
+bytes, would set the pace. Decode batches are padded to a few bucket sizes and each bucket's whole
+forward + lm_head is captured once at start-up into one graph; a step copies its ids, positions,
+slots, block table and lengths into the graph's static buffers and replays. Padded rows write no KV
+(slot -1) and read one key of block 0; their logits are dropped. Steps with prefill run eagerly.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from mini_vllm.model.cuda_forward import CudaAttnInputs, CudaForward
+
+log = logging.getLogger(__name__)
+
+DEFAULT_BUCKETS = (1, 2, 4, 8, 16, 24, 32, 48, 64, 96, 128, 160, 192, 224, 256)
+
+
+@dataclass
+class _Seqs:
+    q_lens: list[int]
+    ctx_lens: list[int]
+    tables: list[list[int]]
+
+
+def _flatten_groups(inp) -> _Seqs:
+    """Per-sequence (q_len, context, block table) in token order from the engine's groups."""
+    out = _Seqs([], [], [])
+    for g in sorted(inp.groups, key=lambda g: g.start):
+        for qpos, ctx, bt in zip(g.q_positions, g.context_lens, g.block_tables):
+            out.q_lens.append(len(qpos))
+            out.ctx_lens.append(ctx)
+            out.tables.append(bt)
+    return out
+
+
+def _table(tables: list[list[int]], rows: int, width: int) -> np.ndarray:
+    arr = np.zeros((rows, width), dtype=np.int32)
+    for i, bt in enumerate(tables):
+        n = min(len(bt), width)
+        arr[i, :n] = bt[:n]
+    return arr
+
+
+class CudaStep:
+    """Builds device inputs for a step and runs it, replaying a captured graph for pure decodes."""
+
+    def __init__(self, fwd: CudaForward, kv_caches: list[tuple[torch.Tensor, torch.Tensor]], lm_head: torch.Tensor,
+                 max_model_len: int, block_size: int, max_num_seqs: int, use_graphs: bool = True):
+        self.fwd, self.kv_caches, self.lm_head = fwd, kv_caches, lm_head
+        self.device = lm_head.device
+        self.max_model_len, self.block_size = max_model_len, block_size
+        self.max_blocks = -(-max_model_len // block_size)
+        self.buckets = [b for b in DEFAULT_BUCKETS if b <= max(1, max_num_seqs)]
+        if max_num_seqs > self.buckets[-1] and max_num_seqs <= DEFAULT_BUCKETS[-1]:
+            self.buckets.append(max_num_seqs)
+        self.graphs: dict[int, tuple[torch.cuda.CUDAGraph, dict[str, torch.Tensor]]] = {}
+        self.use_graphs = use_graphs
+        self.capture_s = 0.0
+
+    # ---- inputs --------------------------------------------------------------------------------
+    def _inputs(self, inp, seqs: _Seqs, rows: int, max_seqlen_k: int) -> tuple[torch.Tensor, CudaAttnInputs]:
+        dev = self.device
+        t = len(inp.input_ids)
+        ids = torch.tensor(inp.input_ids, dtype=torch.long)
+        pos = torch.tensor(inp.positions, dtype=torch.long)
+        slots = torch.tensor(inp.slot_mapping, dtype=torch.long)
+        cu = np.zeros(rows + 1, dtype=np.int32)
+        cu[1:len(seqs.q_lens) + 1] = np.cumsum(seqs.q_lens)
+        cu[len(seqs.q_lens) + 1:] = t
+        used = np.ones(rows, dtype=np.int32)
+        used[:len(seqs.ctx_lens)] = seqs.ctx_lens
+        width = max(1, -(-max(seqs.ctx_lens) // self.block_size))
+        table = _table(seqs.tables, rows, width)
+        a = CudaAttnInputs(pos.to(dev, non_blocking=True), slots.to(dev, non_blocking=True),
+                           torch.from_numpy(cu).to(dev, non_blocking=True),
+                           torch.from_numpy(used).to(dev, non_blocking=True),
+                           torch.from_numpy(table).to(dev, non_blocking=True),
+                           max(seqs.q_lens), max_seqlen_k)
+        return ids.to(dev, non_blocking=True), a
+
+    # ---- running -------------------------------------------------------------------------------
+    def execute(self, inp) -> torch.Tensor | None:
+        """Logits [rows to sample, V] fp32 (rows in inp.sample_rows order), or None."""
+        seqs = _flatten_groups(inp)
+        rows = [r for r in inp.sample_rows if r >= 0]
+        decode = all(q == 1 for q in seqs.q_lens)
+        if decode and self.graphs:
+            bucket = next((b for b in self.buckets if b >= len(seqs.q_lens)), None)
+            if bucket in self.graphs:
+                return self._replay(bucket, inp, seqs)[rows] if rows else None
+        ids, a = self._inputs(inp, seqs, len(seqs.q_lens), max(seqs.ctx_lens))
+        hidden = self.fwd.forward(ids, a, self.kv_caches)
+        if not rows:
+            return None
+        return F.linear(hidden[torch.tensor(rows, device=self.device)], self.lm_head).float()
+
+    def _replay(self, bucket: int, inp, seqs: _Seqs) -> torch.Tensor:
+        graph, buf = self.graphs[bucket]
+        n = len(seqs.q_lens)
+        ids, a = self._inputs(inp, seqs, bucket, self.max_model_len)
+        buf["ids"][:n].copy_(ids)
+        buf["pos"][:n].copy_(a.positions)
+        buf["slots"][:n].copy_(a.slot_mapping)
+        buf["slots"][n:].fill_(-1)
+        buf["used"].copy_(a.seqused_k)
+        w = a.block_table.shape[1]
+        buf["table"][:, :w].copy_(a.block_table)
+        graph.replay()
+        return buf["logits"][:n]
+
+    # ---- capture -------------------------------------------------------------------------------
+    @torch.inference_mode()
+    def capture(self) -> None:
+        """Capture one decode graph per bucket (largest first, sharing one memory pool)."""
+        if not self.use_graphs:
+            return
+        t0 = time.perf_counter()
+        dev = self.device
+        pool = torch.cuda.graph_pool_handle()
+        for b in sorted(self.buckets, reverse=True):
+            buf = {
+                "ids": torch.zeros(b, dtype=torch.long, device=dev),
+                "pos": torch.zeros(b, dtype=torch.long, device=dev),
+                "slots": torch.full((b,), -1, dtype=torch.long, device=dev),
+                "cu": torch.arange(b + 1, dtype=torch.int32, device=dev),
+                "used": torch.ones(b, dtype=torch.int32, device=dev),
+                "table": torch.zeros(b, self.max_blocks, dtype=torch.int32, device=dev),
+            }
+            a = CudaAttnInputs(buf["pos"], buf["slots"], buf["cu"], buf["used"], buf["table"], 1,
+                               self.max_model_len)
+
+            def run() -> torch.Tensor:
+                h = self.fwd.forward(buf["ids"], a, self.kv_caches)
+                return F.linear(h, self.lm_head).float()
+
+            stream = torch.cuda.Stream(dev)
+            stream.wait_stream(torch.cuda.current_stream(dev))
+            with torch.cuda.stream(stream):
+                for _ in range(2):          # warm-up: Triton JIT, cuBLAS handles, FA3 workspace
+                    run()
+            torch.cuda.current_stream(dev).wait_stream(stream)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph, pool=pool):
+                buf["logits"] = run()
+            self.graphs[b] = (graph, buf)
+        torch.cuda.synchronize(dev)
+        self.capture_s = time.perf_counter() - t0
+        log.info("captured %d decode CUDA graphs (batch %s) in %.1f s", len(self.graphs), self.buckets,
+                 self.capture_s)
