@@ -16,7 +16,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "python"))
 
-from image_helpers import REPO, Registry, load_config, make_checkout, small_config  # noqa: E402
+from image_helpers import REPO, SMALL_REQS, Registry, load_config, make_checkout, small_config  # noqa: E402
 from minibuild.store import Store  # noqa: E402
 
 # Without the real tools these tests cannot run at all (./dev installs them): say so, collect nothing.
@@ -24,8 +24,6 @@ MISSING = [t for t in ("docker-registry", "skopeo", "umoci") if not shutil.which
 if MISSING:
     collect_ignore_glob = ["test_*.py"]
     print(f"tests/image skipped: {', '.join(MISSING)} not installed (./dev installs them)", file=sys.stderr)
-
-SMALL_REQS = "pyyaml>=6\n"
 
 
 @pytest.fixture

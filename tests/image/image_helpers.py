@@ -71,6 +71,9 @@ def write_docker_config(dirpath: Path, host: str, user: str, password: str) -> P
     return dirpath
 
 
+SMALL_REQS = "pyyaml>=6\n"   # the `small` profile's requirements: one real wheel
+
+
 def make_checkout(dest: Path) -> Path:
     """A scratch copy of what image builds read: config, stage data/locks, pyproject, python/mini_vllm."""
     dest.mkdir(parents=True)
@@ -88,9 +91,10 @@ def make_checkout(dest: Path) -> Path:
 def small_config(checkout: Path, small_lock: Path) -> dict:
     """Config of checkout with profile `small`: the local profile's base + the one-package wheel lock."""
     shutil.copy2(small_lock, checkout / "images" / "wheels-small.lock")
+    (checkout / "images" / "wheels-small.in").write_text(SMALL_REQS)
     cfg = load_config(checkout / "build_config.yaml")
     prof = dict(cfg["images"]["profiles"]["local"])
-    prof["wheels"] = {"requirements": "images/wheels-cpu.in", "lock": "images/wheels-small.lock"}
+    prof["wheels"] = {"requirements": "images/wheels-small.in", "lock": "images/wheels-small.lock"}
     cfg["images"]["profiles"]["small"] = prof
     cfg["images"]["profile"] = "small"
     return cfg

@@ -10,6 +10,7 @@ import pytest
 from minibuild.image import AuthError, push_stage
 from minibuild.image.oci import Layout
 from minibuild.image.registry import Reference, RegistryClient
+from minibuild.store import Store
 
 from image_helpers import write_docker_config
 
@@ -98,3 +99,33 @@ def test_htpasswd_registry_needs_credentials(small_build, auth_registry, session
     out = subprocess.run(["skopeo", "inspect", "--tls-verify=false", "--creds", "builder:s3cret-pw",
                           f"docker://{target.host}/{target.repo}:v1"], capture_output=True, text=True, check=True)
     assert json.loads(out.stdout)["Digest"] == results["server"]["digest"]
+
+
+def test_registry_base_is_locked_by_digest_and_pulled(small_build, registry, session_store, tmp_path):
+    """A profile whose base is a registry image: `--lock` pins the tag's digest; the build pulls exactly
+    that (verified) and stacks the wheel layer on the base's own layers and Env."""
+    from minibuild.image import build_images, lock_images
+    from minibuild.image.pull import PullError
+
+    cfg, results = small_build
+    layout = _layout(cfg)
+    base_ref = f"{registry.host}/bases/debian:1"
+    push_stage(session_store, layout, "essentials", Reference.parse(base_ref), RegistryClient(registry.host))
+    prof = dict(cfg["images"]["profiles"]["small"])
+    prof["base"] = {"kind": "registry", "ref": base_ref, "lock": "images/base-reg.lock.json"}
+    cfg2 = {**cfg, "images": {**cfg["images"], "profile": "reg", "profiles": {**cfg["images"]["profiles"], "reg": prof}}}
+    lock_path = Path(cfg["_root"]) / "images" / "base-reg.lock.json"
+    lock_path.write_text('{"version": 1, "kind": "registry", "ref": "%s", "status": "unresolved: test"}' % base_ref)
+    with pytest.raises(PullError, match="unresolved: test"):
+        build_images(cfg2, stage="essentials", store=Store(tmp_path / "s"))
+    lock_images(cfg2)
+    assert json.loads(lock_path.read_text())["digest"] == results["essentials"]["digest"]
+
+    store = Store(tmp_path / "s")
+    res = build_images(cfg2, stage="essentials", store=store)
+    base_doc = json.loads(layout.blob(results["essentials"]["digest"]).read_bytes())
+    new_doc = json.loads(layout.blob(res["essentials"]["digest"]).read_bytes())
+    assert [d["digest"] for d in new_doc["layers"]] == [d["digest"] for d in base_doc["layers"]] + \
+        [base_doc["layers"][1]["digest"]]            # base's base+wheels, then our (same) wheels layer
+    cfg_doc = json.loads(layout.blob(new_doc["config"]["digest"]).read_bytes())
+    assert any(e.startswith("PATH=") for e in cfg_doc["config"]["Env"])

@@ -4,12 +4,13 @@ from .build import ImageBuildError
 from .command import build_images, lock_images, push_stage
 from .debbase import BaseError
 from .layers import RecipeError
+from .pull import PullError
 from .registry import RegistryError
 from .tarlayer import LayerError
 from .wheels import WheelLockError
 
 #: Everything `invoke image` reports as a clear one-line error instead of a traceback.
 IMAGE_ERRORS = (AuthError, ImageBuildError, BaseError, RecipeError, RegistryError, LayerError, WheelLockError,
-                ValueError)
+                PullError, ValueError)
 
 __all__ = ["build_images", "lock_images", "push_stage", "IMAGE_ERRORS"]

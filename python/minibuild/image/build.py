@@ -22,6 +22,7 @@ from ..hashing import StatCache
 from ..store import Store, atomic_write_bytes
 from . import oci
 from .layers import WRITER_VERSION, Context, Recipe, recipe_for, torch_version
+from .pull import pull_base
 from .tarlayer import Layer, write_layer
 
 STAGE_ORDER = ("essentials", "cuda", "server")
@@ -147,14 +148,22 @@ class StageBuilder:
             if self.stage(parent) is None:
                 return None
             pspec = self.built[parent][0]
-        recipes = [recipe_for(self.ctx, lspec) for lspec in sdef.get("layers") or []]
+        base = self.ctx.profile["base"]
+        pulled: tuple[list[Layer], list[str], dict[str, str], str] = ([], [], {}, "")
+        recipes = []
+        for lspec in sdef.get("layers") or []:
+            if lspec["kind"] == "base" and base["kind"] == "registry":
+                pulled = pull_base(self.ctx.store, self.ctx.path(base["lock"]))
+            else:
+                recipes.append(recipe_for(self.ctx, lspec))
         layers = [self.layer(r) for r in recipes]
         if any(lay is None for lay in layers):
             return None
         spec = oci.ImageSpec(
-            layers=(pspec.layers if pspec else []) + [lay for lay in layers if lay],
-            history=(pspec.history if pspec else []) + [r.created_by for r in recipes],
-            env={**(pspec.env if pspec else {}), **{k: str(v) for k, v in (sdef.get("env") or {}).items()}},
+            layers=(pspec.layers if pspec else []) + pulled[0] + [lay for lay in layers if lay],
+            history=(pspec.history if pspec else []) + pulled[1] + [r.created_by for r in recipes],
+            env={**(pspec.env if pspec else {}), **pulled[2],
+                 **{k: str(v) for k, v in (sdef.get("env") or {}).items()}},
             entrypoint=sdef.get("entrypoint") or (pspec.entrypoint if pspec else None),
             cmd=sdef.get("cmd") or (pspec.cmd if pspec else None),
             user=sdef.get("user") or (pspec.user if pspec else None),

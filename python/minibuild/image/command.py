@@ -12,7 +12,8 @@ from typing import Any
 from .. import ui
 from ..store import Store
 from . import debbase, wheels
-from .build import StageBuilder, image_settings, make_context, stage_chain
+from .build import ImageBuildError, StageBuilder, make_context, stage_chain
+from .pull import lock_registry_base
 from .oci import Layout
 from .registry import PushStats, Reference, RegistryClient, push_image
 
@@ -82,8 +83,11 @@ def lock_images(cfg: dict[str, Any], profile: str | None = None) -> None:
     if base["kind"] == "debian-debs":
         lock = debbase.lock_debian_base(ctx.path(base["spec"]), ctx.path(base["lock"]))
         ui.info(f"{base['lock']}: {len(lock['packages'])} packages")
+    elif base["kind"] == "registry":
+        digest = lock_registry_base(base["ref"], ctx.path(base["lock"]))
+        ui.info(f"{base['lock']}: {base['ref']} -> sha256:{digest}")
     else:
-        ui.warn(f"profile {ctx.profile_name}: base kind {base['kind']} is resolved by hand ({base['lock']})")
+        raise ImageBuildError(f"profile {ctx.profile_name}: unknown base kind {base['kind']!r}")
     lines = wheels.lock_wheels(ctx.path(whl["requirements"]), ctx.path(whl["lock"]),
                                [str(a) for a in ctx.profile.get("pip_args") or []])
     ui.info(f"{whl['lock']}: {len(lines)} wheels")

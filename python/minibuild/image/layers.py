@@ -86,15 +86,8 @@ def _tree_files(ctx: Context, src: Path, exclude: Callable[[str], bool]) -> list
 def base_recipe(ctx: Context, spec: dict[str, Any]) -> Recipe:
     base = ctx.profile["base"]
     if base["kind"] != "debian-debs":
-        import json
-
-        try:
-            status = json.loads(ctx.path(base["lock"]).read_text()).get("status", "")
-        except (OSError, ValueError):
-            status = "lock file missing or unreadable"
-        raise RecipeError(f"profile {ctx.profile_name}: base {base.get('ref', '')} ({base['lock']}) is "
-                          f"{status or 'resolved'}; pulling a registry base is not implemented in this build "
-                          "- the build stops here rather than float")
+        raise RecipeError(f"profile {ctx.profile_name}: base kind {base['kind']!r} is not a layer recipe "
+                          "(registry bases are pulled, see pull.py)")
     lock_rel, spec_rel = base["lock"], base["spec"]
     lock = debbase.read_lock(ctx.path(lock_rel))
     base_spec = debbase.load_spec(ctx.path(spec_rel))

@@ -183,9 +183,9 @@ class RegistryClient:
         if got and got != f"sha256:{digest}":
             raise RegistryError(f"registry stored the manifest as {got}, expected sha256:{digest}")
 
-    def get_manifest(self, repo: str, ref: str) -> tuple[bytes, str]:
+    def get_manifest(self, repo: str, ref: str, accept: str = MT_MANIFEST) -> tuple[bytes, str]:
         r = self._check(self._request("GET", f"/v2/{repo}/manifests/{ref}", self._scope(repo),
-                                      headers={"Accept": MT_MANIFEST}), (200,), f"manifest {ref}")
+                                      headers={"Accept": accept}), (200,), f"manifest {ref}")
         return r.content, r.headers.get("docker-content-digest", "")
 
 
