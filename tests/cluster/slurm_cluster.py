@@ -15,7 +15,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from helpers import free_port
+from cluster_helpers import free_port
 
 BINARIES = ("munged", "mungekey", "slurmctld", "slurmd", "sbatch", "squeue", "scontrol", "scancel", "mknod")
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import free_port
+from cluster_helpers import free_port
 from kube_emulator import KubeEmulator
 from minibuild.cluster import rollout
 from minibuild.cluster.render import render_kubernetes

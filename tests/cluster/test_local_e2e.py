@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from helpers import free_port, invoke, tiny_model
+from cluster_helpers import free_port, invoke, tiny_model
 from minibuild.cluster.local import alive
 
 pytestmark = pytest.mark.slow

@@ -11,7 +11,7 @@ import subprocess
 
 import pytest
 
-from helpers import ROOT, free_port, invoke, tiny_model
+from cluster_helpers import ROOT, free_port, invoke, tiny_model
 from minibuild.cluster import rollout
 from minibuild.config import load_config
 from slurm_cluster import SlurmCluster, missing_binaries

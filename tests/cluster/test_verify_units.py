@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from helpers import free_port
+from cluster_helpers import free_port
 from minibuild.cluster import rollout
 from minibuild.config import load_config
 from minibuild.verify import has_metric, metric_names, verify
