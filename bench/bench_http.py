@@ -128,6 +128,13 @@ def bench_offline(model: Path, conc: int, tokens: int, rounds: int, device: str)
         engine.shutdown()
 
 
+def _server_stack() -> str:
+    """What uvicorn's "auto" picks in this environment (the HTTP path's speed depends on it)."""
+    import importlib.util
+    has = lambda m: importlib.util.find_spec(m) is not None  # noqa: E731
+    return f"{'uvloop' if has('uvloop') else 'asyncio'} + {'httptools' if has('httptools') else 'h11'}"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--concurrency", type=int, default=32)
@@ -148,12 +155,12 @@ def main() -> None:
     console = Console()
     console.print(table)
     ratio = (http.tokens / http.wall) / (offline.tokens / offline.wall)
-    console.print(f"HTTP / offline throughput ratio: {ratio:.2f}")
+    console.print(f"HTTP / offline throughput ratio: {ratio:.2f}; uvicorn loop/http: {_server_stack()}")
     if a.markdown:
         print("| " + " | ".join(head) + " |\n|" + "---|" * len(head))
         for r in (http, offline):
             print("| " + " | ".join(r.row()) + " |")
-        print(f"\nHTTP / offline output tok/s ratio: **{ratio:.2f}**")
+        print(f"\nHTTP / offline output tok/s ratio: **{ratio:.2f}** (uvicorn: {_server_stack()})")
 
 
 if __name__ == "__main__":
