@@ -115,6 +115,14 @@ def test_refuses_tag_only_image(cfg):
         make_plan(cfg, "hyperpod", 2, image="972488948509.dkr.ecr.eu-west-2.amazonaws.com/x:latest")
 
 
+def test_bare_digest_means_the_default_registry(cfg):
+    plan = make_plan(cfg, "hyperpod", 1, image="sha256:" + "ef" * 32)
+    assert plan.image == ("972488948509.dkr.ecr.eu-west-2.amazonaws.com/engineering/inference/mini-vllm-server@sha256:"
+                          + "ef" * 32)
+    with pytest.raises(RolloutError, match="not pinned by digest"):
+        make_plan(cfg, "hyperpod", 1, image="sha256:short")
+
+
 def test_image_from_build_record(cfg, tmp_path):
     cfg = dict(cfg, _root=str(tmp_path))
     with pytest.raises(RolloutError, match="no image"):

@@ -68,8 +68,12 @@ def state_dir(cfg: dict[str, Any], target: str) -> Path:
 
 
 def image_reference(cfg: dict[str, Any], image: str | None) -> tuple[str, str]:
-    """(REPO@sha256:..., source) from --image or build/images/server.json; refuses tag-only refs."""
-    if image:
+    """(REPO@sha256:..., source) from --image (a reference, or a bare digest in registry.default) or
+    build/images/server.json; refuses tag-only references."""
+    if image and image.startswith("sha256:"):   # a bare digest: the server image in the default registry
+        registry = require(cfg, "registry")
+        ref, source = f"{registry['default']}/{registry.get('prefix', '')}server@{image}", "--image + registry.default"
+    elif image:
         ref, source = image, "--image"
     else:
         record = repo_root(cfg) / "build/images/server.json"
