@@ -18,9 +18,9 @@ for s in "$@"; do
       nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv
       nproc; free -g | head -2; gcc --version | head -1; nvcc --version | tail -1
       python3 -c "import torch, triton, transformers; print('torch', torch.__version__, 'triton', triton.__version__, 'transformers', transformers.__version__)"
-      if [ -d .carry/wheels ]; then
-        pip install -q --no-index --no-deps --target /tmp/pydeps .carry/wheels/*.whl 2>&1 | tail -2
-      fi ;;
+      # only what the device lacks (fastapi, uvicorn, pydantic, ...), resolved from the carried wheels
+      [ -d .carry/wheels ] && pip install -q --no-index --find-links .carry/wheels fastapi uvicorn 2>&1 \
+        | grep -v "root user" | tail -2 ;;
     build)
       step "build: cold invoke kernels (FA3 GPT-OSS subset + ours)"
       if [ -d .carry/ext ] && ls .carry/ext/*.so >/dev/null 2>&1; then
@@ -36,6 +36,12 @@ for s in "$@"; do
     triton)
       step "triton: MoE + paged attention"
       timeout 180 python3 bench/device_bench_triton.py 2>&1 | tee "$OUT/triton.log" ;;
+    gptoss)
+      step "gpt-oss-20b shapes: ${GPTOSS_PARTS:-check decode}"
+      python3 bench/device_bench_gptoss.py ${GPTOSS_PARTS:-check decode} 2>&1 | tee "$OUT/gptoss.log" ;;
+    moetune)
+      step "MoE tuning sweep"
+      timeout 300 python3 bench/device_tune_moe.py 2>&1 | tee "$OUT/moetune.log" ;;
     fa3peer)
       step "peer: sample of the other FA3 sm90 units"
       bash bench/device_build_fa3.sh --mirror .carry/mirror --jobs 16 --sample 16 2>&1 | tee "$OUT/fa3peer.log" ;;
