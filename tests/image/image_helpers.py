@@ -27,7 +27,7 @@ def free_port() -> int:
 class Registry:
     """A docker-registry (distribution 2.x) on 127.0.0.1:<free port>, optionally with htpasswd auth."""
 
-    def __init__(self, workdir: Path, users: dict[str, str] | None = None) -> None:
+    def __init__(self, workdir: Path, users: dict[str, str] | None = None, auth: dict | None = None) -> None:
         self.port = free_port()
         self.host = f"127.0.0.1:{self.port}"
         workdir.mkdir(parents=True, exist_ok=True)
@@ -40,6 +40,8 @@ class Registry:
             lines = [f"{u}:{bcrypt.hashpw(p.encode(), bcrypt.gensalt(rounds=5)).decode()}" for u, p in users.items()]
             (workdir / "htpasswd").write_text("\n".join(lines) + "\n")
             cfg["auth"] = {"htpasswd": {"realm": "mini-vllm-test", "path": str(workdir / "htpasswd")}}
+        if auth:
+            cfg["auth"] = auth
         (workdir / "config.yml").write_text(json.dumps(cfg))   # JSON is YAML
         self.log = workdir / "registry.log"
         self._logf = open(self.log, "wb")

@@ -1,7 +1,8 @@
-"""Credential sources: ECR tokens (moto's ECR server mode on 127.0.0.1 - AWS itself is not reached),
-docker config.json, and the bearer/basic challenge parsing."""
+"""Credential sources and challenges: ECR tokens (moto's ECR server mode on 127.0.0.1 - AWS itself is
+not reached), docker config.json, and the bearer-token flow against docker-registry's token mode."""
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import time
@@ -88,3 +89,30 @@ def test_parse_bearer_challenge():
     assert scheme == "bearer"
     assert p == {"realm": "https://auth.example/token", "service": "registry.example",
                  "scope": "repository:a/b:pull,push"}
+
+
+def test_bearer_token_flow_against_token_auth_registry(small_build, session_store, tmp_path, monkeypatch):
+    """docker-registry in `auth: token` mode + a real RS256 token issuer: 401 -> token -> push works;
+    a cross-repo mount asks for both repositories' scopes; wrong credentials -> clear error."""
+    from token_server import TokenServer
+
+    tokens = TokenServer(tmp_path / "tok", "builder", "t0ken-pw")
+    reg = Registry(tmp_path / "reg", auth=tokens.registry_auth())
+    try:
+        cfg, results = small_build
+        layout = Layout(Path(cfg["_root"]) / cfg["images"]["out_dir"] / "oci")
+        write_docker_config(tmp_path / "dc", reg.host, "builder", "t0ken-pw")
+        monkeypatch.setenv("DOCKER_CONFIG", str(tmp_path / "dc"))
+        s1 = push_stage(session_store, layout, "server", Reference.parse(f"{reg.host}/a/server:v1"))
+        assert s1.blobs_uploaded >= 3 and tokens.requests >= 1
+        s2 = push_stage(session_store, layout, "server", Reference.parse(f"{reg.host}/b/server:v1"))
+        assert s2.blobs_mounted == s1.blobs_uploaded and s2.blobs_uploaded == 0
+        out = subprocess.run(["skopeo", "inspect", "--tls-verify=false", "--creds", "builder:t0ken-pw",
+                              f"docker://{reg.host}/b/server:v1"], capture_output=True, text=True, check=True)
+        assert json.loads(out.stdout)["Digest"] == results["server"]["digest"]
+        write_docker_config(tmp_path / "dc", reg.host, "builder", "nope")
+        with pytest.raises(AuthError, match="token endpoint .* answered 401"):
+            push_stage(session_store, layout, "server", Reference.parse(f"{reg.host}/c/server:v1"))
+    finally:
+        reg.stop()
+        tokens.stop()

@@ -110,7 +110,7 @@ class RegistryClient:
                                 f"none found for it (docker config.json auths, or ECR for ECR hosts)")
             self._auth[scope] = self.credentials.basic_header()
         elif scheme == "bearer":
-            q = {"service": params.get("service", ""), "scope": scope}
+            q = [("service", params.get("service", ""))] + [("scope", sc) for sc in scope.split(" ")]
             hdr = {"Authorization": self.credentials.basic_header()} if self.credentials else {}
             self.stats.requests += 1
             r = self._http.get(params["realm"], params=q, headers=hdr)
