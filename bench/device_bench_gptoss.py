@@ -89,19 +89,29 @@ def part_check() -> None:
         ours = torch.nn.functional.linear(hidden, runner.model.lm_head).float()
     del eng, runner
     torch.cuda.empty_cache()
-    ref_model = GptOssForCausalLM.from_pretrained(str(small), dtype=torch.bfloat16, device_map="cuda",
-                                                  quantization_config=Mxfp4Config(dequantize=True))
-    with torch.inference_mode():
-        ref = ref_model(ids.to(dev)).logits[0].float()
-    del ref_model
-    torch.cuda.empty_cache()
-    rel = float((ours - ref).norm() / ref.norm())
-    agree = float((ours.argmax(-1) == ref.argmax(-1)).float().mean())
-    per_pos = ((ours - ref).norm(dim=-1) / ref.norm(dim=-1)).max().item()
-    RESULTS["logits_vs_transformers"] = {"positions": L, "rel_l2": rel, "max_rel_l2_per_position": per_pos,
-                                         "argmax_agreement": agree}
-    print(f"[check] 2-layer 20b-shaped logits vs transformers: rel L2 {rel:.2e} (worst position {per_pos:.2e}), "
-          f"argmax agreement {agree:.1%} over {L} positions")
+    refs = {}
+    for name, dtype in (("bf16", torch.bfloat16), ("fp32", torch.float32)):
+        ref_model = GptOssForCausalLM.from_pretrained(str(small), dtype=dtype, device_map="cuda",
+                                                      quantization_config=Mxfp4Config(dequantize=True))
+        with torch.inference_mode():
+            refs[name] = ref_model(ids.to(dev)).logits[0].float()
+        del ref_model
+        torch.cuda.empty_cache()
+    ref = refs["fp32"]
+
+    def compare(x: torch.Tensor) -> dict[str, float]:
+        per = (x - ref).norm(dim=-1) / ref.norm(dim=-1)
+        return {"rel_l2": float((x - ref).norm() / ref.norm()), "worst_position_rel_l2": float(per.max()),
+                "worst_position": int(per.argmax()), "median_position_rel_l2": float(per.median()),
+                "argmax_agreement": float((x.argmax(-1) == ref.argmax(-1)).float().mean())}
+
+    RESULTS["logits_vs_transformers_fp32"] = {"positions": L, "ours_bf16": compare(ours),
+                                              "transformers_bf16": compare(refs["bf16"])}
+    for who, x in (("ours (bf16)", ours), ("transformers bf16", refs["bf16"])):
+        c = compare(x)
+        print(f"[check] 2-layer 20b-shaped, {L} positions, {who} vs transformers fp32: rel L2 {c['rel_l2']:.2e}, "
+              f"median/worst position {c['median_position_rel_l2']:.2e}/{c['worst_position_rel_l2']:.2e} "
+              f"(at {c['worst_position']}), argmax agreement {c['argmax_agreement']:.1%}")
     tiny = write_tiny_checkpoint(Path("/tmp/tiny-gpt-oss"))
     prompts = [[5, 17, 42, 99, 7], list(range(30, 70)), [300, 301, 302]]
     p = SamplingParams(temperature=0.0, max_tokens=32, ignore_eos=True)
