@@ -18,7 +18,6 @@ import yaml
 
 from .. import ui
 from ..graph import Input, Task, explain, lookup, run_task
-from ..hashing import StatCache
 from ..store import Store, atomic_write_bytes
 from . import oci
 from .layers import WRITER_VERSION, Context, Recipe, recipe_for, torch_version
@@ -123,10 +122,8 @@ class StageBuilder:
 
         def action() -> dict[str, Any]:
             try:
-                with ui.progress(f"layer {r.name}", 1) as bar:
-                    lay = write_layer(self.ctx.store, r.entries(), mtime=self.icfg["epoch"],
-                                      level=int(self.icfg.get("gzip_level", 6)))
-                    bar.advance()
+                lay = write_layer(self.ctx.store, r.entries(), mtime=self.icfg["epoch"],
+                                  level=int(self.icfg.get("gzip_level", 6)), label=f"layer {r.name}")
             finally:
                 if r.cleanup:
                     r.cleanup()
@@ -204,6 +201,13 @@ class StageBuilder:
 
     def write_outputs(self, out_dir: Path, name: str, reference: str | None = None) -> dict[str, Any]:
         spec, img, key = self.built[name]
+        if reference is None:   # an unchanged image keeps the reference it was pushed under
+            try:
+                prev = json.loads((out_dir / f"{name}.json").read_text())
+                if prev.get("digest") == f"sha256:{img.digest}":
+                    reference = prev.get("reference")
+            except (OSError, ValueError):
+                pass
         layout = oci.Layout(out_dir / "oci")
         layout.write_image(self.ctx.store, img, name)
         result = {"stage": name, "digest": f"sha256:{img.digest}", "reference": reference,

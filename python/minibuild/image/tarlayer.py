@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Callable, Iterable, Iterator
 
+from .. import ui
 from ..store import Store
 
 DIR_MODE = 0o755
@@ -141,19 +142,28 @@ class Layer:
         return {"digest": self.digest, "size": self.size, "diff_id": self.diff_id}
 
 
+def _size(e: Entry) -> int:
+    if e.kind != "file":
+        return 0
+    return len(e.data) if e.data is not None else os.path.getsize(e.src or "")
+
+
 def write_layer(store: Store, entries: Iterable[Entry], mtime: int = 0, level: int = 6,
-                on_bytes: Callable[[int], None] | None = None) -> Layer:
-    """Write entries as a deterministic tar.gz blob into the store."""
+                label: str = "layer") -> Layer:
+    """Write entries as a deterministic tar.gz blob into the store (progress in MB on a terminal)."""
     items = normalise(entries)
-    with store.blob_writer() as blob:
+    sizes = [_size(e) for e in items]
+    with store.blob_writer() as blob, ui.progress(f"{label} (MB)", max(1, sum(sizes) >> 20)) as bar:
         compressed = _HashingWriter(blob.write)
         gz = gzip.GzipFile(filename="", mode="wb", fileobj=compressed, mtime=0, compresslevel=level)
         plain = _HashingWriter(gz.write)
         tar = tarfile.open(fileobj=plain, mode="w|", format=tarfile.GNU_FORMAT)  # type: ignore[call-overload]
-        for e in items:
+        done = 0
+        for e, n in zip(items, sizes):
             _add(tar, e, mtime)
-            if on_bytes:
-                on_bytes(plain.size)
+            if (done + n) >> 20 != done >> 20:
+                bar.advance(((done + n) >> 20) - (done >> 20))
+            done += n
         tar.close()
         gz.close()
     assert blob.digest == compressed.sha.hexdigest()
