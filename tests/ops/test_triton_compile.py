@@ -32,12 +32,15 @@ def _variants():
            "sinks_ptr": "*bf16", "cu_q_ptr": "*i32", "seq_lens_ptr": "*i32", "bt_ptr": "*i32",
            "part_o_ptr": "*fp32", "part_ml_ptr": "*fp32", "src_ptr": "*fp32", "sm_scale": "fp32",
            "alpha": "fp32", "limit": "fp32"}
-    moe = [dict(BLOCK_M=16, BLOCK_N=64, BLOCK_K=128), dict(BLOCK_M=64, BLOCK_N=128, BLOCK_K=128)]
+    moe = [dict(BLOCK_M=16, BLOCK_N=32, BLOCK_K=128, EVEN_K=False, DECODE=1),
+           dict(BLOCK_M=16, BLOCK_N=32, BLOCK_K=64, EVEN_K=True, DECODE=0),
+           dict(BLOCK_M=64, BLOCK_N=128, BLOCK_K=128, EVEN_K=False, DECODE=1),
+           dict(BLOCK_M=64, BLOCK_N=64, BLOCK_K=64, EVEN_K=True, DECODE=0)]
     for tiles in moe:
         yield moe_gemm.moe_gate_up_kernel, ptr, dict(TOP_K=4, HAS_BIAS=True, **tiles)
         yield moe_gemm.moe_down_kernel, {**ptr, "out_ptr": "*fp32"}, dict(HAS_BIAS=True, **tiles)
     yield moe_gemm.moe_sum_kernel, ptr, dict(TOP_K=4, BLOCK_N=1024)
-    yield moe_align._moe_align_kernel, ptr, dict(BLOCK_M=16, SLOTS_P2=4096, BLOCKS_P2=512)
+    yield moe_align._moe_align_kernel, ptr, dict(E_P2=32, BLOCK_M=16, CHUNK=256)
     for block_t, splits in ((2, 1), (2, 8), (8, 1)):
         yield pa._paged_attn_kernel, ptr, dict(GROUP=8, HEAD_DIM=64, KV_BLOCK=16, BLOCK_T=block_t,
                                                BLOCK_N=32, HAS_SINKS=True, NUM_SPLITS=splits)

@@ -7,7 +7,10 @@ import torch
 
 pytest.importorskip("triton")
 
-from mini_vllm.ops.triton.fused_moe import MoeConfig, fused_moe_mxfp4, pick_config  # noqa: E402
+import json  # noqa: E402
+
+from mini_vllm.ops.triton.fused_moe import (GemmTiles, MoeConfig, fused_moe_mxfp4,  # noqa: E402
+                                            pick_config)
 from mini_vllm.ops.triton.interpret import interpreted  # noqa: E402
 from mini_vllm.ops.triton.moe_align import moe_align_block_size  # noqa: E402
 from mini_vllm.ops.triton.mxfp4 import (E2M1_VALUES, dequant_mxfp4_reference,  # noqa: E402
@@ -49,7 +52,8 @@ def test_decoder_matches_e2m1_definition():
             assert dense[k].item() == want, (byte, nib)
 
 
-@pytest.mark.parametrize("t,e,k,block_m", [(1, 4, 2, 16), (13, 8, 4, 16), (20, 4, 2, 32), (3, 8, 3, 4)])
+@pytest.mark.parametrize("t,e,k,block_m", [(1, 4, 2, 16), (13, 8, 4, 16), (20, 4, 2, 32), (3, 8, 3, 4),
+                                           (150, 8, 4, 16)])  # 600 slots: several align chunks
 def test_align_groups_every_slot_once(t, e, k, block_m):
     gen = torch.Generator().manual_seed(t * 100 + e)
     ids, _ = _route(t, e, k, gen, skip_expert=e - 1)
@@ -70,9 +74,11 @@ def test_align_groups_every_slot_once(t, e, k, block_m):
     assert used == int(((counts + block_m - 1) // block_m * block_m).sum())
 
 
-CASES = [  # (T, E, H, I, k, config)
+CASES = [  # (T, E, H, I, k, config); decode "bits" forced for fp32 activations
     (1, 4, 64, 64, 2, None),
     (7, 8, 64, 96, 4, MoeConfig(block_m=16, block_n=32, block_k=64)),
+    (7, 8, 64, 96, 4, MoeConfig(block_m=16, block_n=16, block_k=64, decode="bits",
+                                down=GemmTiles(block_n=64, block_k=32, decode="dot_scaled"))),
     (19, 4, 128, 64, 2, MoeConfig(block_m=16, block_n=64, block_k=128)),
     (20, 8, 96, 64, 3, MoeConfig(block_m=32, block_n=32, block_k=64)),     # H=96: K-tail masks
 ]
@@ -120,3 +126,20 @@ def test_fused_moe_rejects_bad_shapes():
 def test_pick_config_grows_tiles_with_tokens():
     small, big = pick_config(1, 4, 32), pick_config(4096, 4, 32)
     assert small.block_m == 16 and big.block_m > small.block_m
+
+
+def test_config_table_is_data(tmp_path, monkeypatch):
+    """A tuned table (the shape bench/device_tune_moe.py writes) is picked up without code changes."""
+    cfg = MoeConfig(block_m=32, block_n=16, block_k=64, decode="bits",
+                    down=GemmTiles(block_n=128, block_k=256, num_warps=8, num_stages=2))
+    table = {"buckets": [{"max_tokens": 2, **MoeConfig().to_dict()},
+                         {"max_tokens": 10**9, **cfg.to_dict()}]}
+    path = tmp_path / "t.json"
+    path.write_text(json.dumps(table))
+    monkeypatch.setenv("MINI_VLLM_MOE_CONFIGS", str(path))
+    assert pick_config(2, 4, 32) == MoeConfig().from_dict(MoeConfig().to_dict())
+    assert pick_config(3, 4, 32) == cfg
+    path2 = tmp_path / "bad.json"
+    path2.write_text('{"buckets": [{"max_tokens": 1}]}')
+    with pytest.raises(ValueError, match="bad MoE config table"):
+        pick_config(1, 4, 32, table=str(path2))

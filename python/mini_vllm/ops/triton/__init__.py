@@ -6,10 +6,10 @@ On CPU they run only inside `interpret.interpreted()` (tests). See docs/triton-k
 """
 from __future__ import annotations
 
-from .fused_moe import MoeConfig, fused_moe_mxfp4, pick_config
+from .fused_moe import GemmTiles, MoeConfig, fused_moe_mxfp4, pick_config
 from .moe_align import moe_align_block_size
 from .mxfp4 import MoeWeights
 from .paged_attention import paged_attention
 
-__all__ = ["MoeConfig", "MoeWeights", "fused_moe_mxfp4", "moe_align_block_size", "paged_attention",
+__all__ = ["GemmTiles", "MoeConfig", "MoeWeights", "fused_moe_mxfp4", "moe_align_block_size", "paged_attention",
            "pick_config"]

@@ -3,40 +3,95 @@
 Why: a Python loop over experts costs one dense dequantise + two matmuls per expert hit (hundreds of
 launches and a bf16 copy of every weight); here it is align -> gate_up(+SwiGLU) -> down(*weight) -> sum,
 with the grid fixed by the shapes so the whole thing is CUDA-graph capturable (no host sync).
-Tile sizes follow the token count: decode (few rows per expert) is memory-bound, so a small BLOCK_M
-and enough N-tiles to fill the 132 SMs; prefill gets bigger M tiles so each weight tile is reused.
+Tile sizes follow the token count and are DATA: `moe_configs.json` (next to this file, or the file
+named by $MINI_VLLM_MOE_CONFIGS) maps T buckets to tiles, so tuned winners from
+bench/device_tune_moe.py drop in without code changes. The stages are exposed one by one
+(`moe_gate_up`, `moe_down`, `moe_sum`) so the tuner can time each with its own candidates.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from functools import lru_cache
+from pathlib import Path
 
 import torch
 import triton
 
 from .moe_align import moe_align_block_size
-from .moe_gemm import moe_down_kernel, moe_gate_up_kernel, moe_sum_kernel
+from .moe_gemm import DECODERS, moe_down_kernel, moe_gate_up_kernel, moe_sum_kernel
 from .mxfp4 import SWIGLU_ALPHA, SWIGLU_LIMIT, MoeWeights
+
+CONFIG_TABLE = Path(__file__).with_name("moe_configs.json")
+CONFIG_ENV = "MINI_VLLM_MOE_CONFIGS"
+
+
+@dataclass(frozen=True)
+class GemmTiles:
+    """Tiles and launch knobs of one grouped GEMM (gate_up or down)."""
+
+    block_n: int = 64
+    block_k: int = 128
+    num_warps: int = 4
+    num_stages: int = 3
+    decode: str = "dot_scaled"  # or "bits"; fp32 activations always use "bits"
 
 
 @dataclass(frozen=True)
 class MoeConfig:
-    """Tile sizes and launch knobs for both grouped GEMMs."""
+    """block_m (shared: it sizes the align step) + gate_up tiles; `down` overrides them for down."""
 
     block_m: int = 16
     block_n: int = 64
     block_k: int = 128
     num_warps: int = 4
     num_stages: int = 3
+    decode: str = "dot_scaled"
+    down: GemmTiles | None = field(default=None)
+
+    def gate_up_tiles(self) -> GemmTiles:
+        return GemmTiles(self.block_n, self.block_k, self.num_warps, self.num_stages, self.decode)
+
+    def down_tiles(self) -> GemmTiles:
+        return self.down or self.gate_up_tiles()
+
+    @classmethod
+    def from_dict(cls, d: dict) -> MoeConfig:
+        """{"block_m", "gate_up": {GemmTiles}, "down": {GemmTiles}} (the moe_configs.json bucket)."""
+        gu = GemmTiles(**d.get("gate_up", {}))
+        return cls(block_m=int(d["block_m"]), **asdict(gu), down=GemmTiles(**d["down"]) if "down" in d else None)
+
+    def to_dict(self) -> dict:
+        return {"block_m": self.block_m, "gate_up": asdict(self.gate_up_tiles()),
+                "down": asdict(self.down_tiles())}
 
 
-def pick_config(num_tokens: int, top_k: int, num_experts: int) -> MoeConfig:
-    """Heuristic tiles: rows per expert decide BLOCK_M (tl.dot needs >= 16)."""
-    rows_per_expert = num_tokens * top_k / num_experts
-    if rows_per_expert <= 16:
-        return MoeConfig(block_m=16, block_n=64, block_k=128, num_warps=4, num_stages=4)
-    if rows_per_expert <= 64:
-        return MoeConfig(block_m=32, block_n=64, block_k=128, num_warps=4, num_stages=3)
-    return MoeConfig(block_m=64, block_n=128, block_k=128, num_warps=8, num_stages=3)
+@lru_cache(maxsize=4)
+def load_config_table(path: str) -> tuple[tuple[int, MoeConfig], ...]:
+    """(max_tokens, config) pairs in file order; a clear error names a malformed file."""
+    try:
+        buckets = json.loads(Path(path).read_text())["buckets"]
+        table = tuple((int(b["max_tokens"]), MoeConfig.from_dict(b)) for b in buckets)
+    except (OSError, KeyError, TypeError, ValueError) as exc:
+        raise ValueError(f"bad MoE config table {path}: {exc}") from exc
+    if not table:
+        raise ValueError(f"MoE config table {path} has no buckets")
+    return table
+
+
+def pick_config(num_tokens: int, top_k: int, num_experts: int, table: str | None = None) -> MoeConfig:
+    """The first bucket with num_tokens <= max_tokens (the last bucket catches larger T).
+
+    top_k/num_experts are accepted for callers that key on rows per expert; the table is tuned for
+    gpt-oss (k=4, E=32/128), where T alone decides.
+    """
+    del top_k, num_experts
+    rows = load_config_table(table or os.environ.get(CONFIG_ENV) or str(CONFIG_TABLE))
+    for max_tokens, cfg in rows:
+        if num_tokens <= max_tokens:
+            return cfg
+    return rows[-1][1]
 
 
 def _check_inputs(x: torch.Tensor, topk_ids: torch.Tensor, topk_weights: torch.Tensor,
@@ -53,6 +108,49 @@ def _check_inputs(x: torch.Tensor, topk_ids: torch.Tensor, topk_weights: torch.T
         raise ValueError("hidden and intermediate sizes must be multiples of 32 (MXFP4 blocks)")
 
 
+def _knobs(tiles: GemmTiles, k: int, dtype: torch.dtype) -> dict:
+    if tiles.decode not in DECODERS:
+        raise ValueError(f"decode must be one of {sorted(DECODERS)}, got {tiles.decode!r}")
+    decode = "bits" if dtype == torch.float32 else tiles.decode  # dot_scaled takes bf16/fp16 only
+    return dict(BLOCK_N=tiles.block_n, BLOCK_K=tiles.block_k, EVEN_K=k % tiles.block_k == 0,
+                DECODE=DECODERS[decode], num_warps=tiles.num_warps, num_stages=tiles.num_stages)
+
+
+def moe_gate_up(x: torch.Tensor, sorted_ids: torch.Tensor, expert_ids: torch.Tensor, w: MoeWeights,
+                top_k: int, block_m: int, tiles: GemmTiles, act: torch.Tensor) -> torch.Tensor:
+    """act[slot] = swiglu(x[slot // k] @ W1_e^T + b1_e) for every routed slot (stage 2)."""
+    h, inter = w.hidden_size, w.intermediate_size
+    gu_bias = w.gate_up_bias if w.gate_up_bias is not None else x  # dummy pointer when absent
+    moe_gate_up_kernel[(expert_ids.numel(), triton.cdiv(inter, tiles.block_n))](
+        x, w.gate_up_blocks, w.gate_up_scales, gu_bias, act, sorted_ids, expert_ids,
+        act.shape[0], h, h // 2, h // 32, inter, x.stride(0), act.stride(0), SWIGLU_ALPHA,
+        SWIGLU_LIMIT, TOP_K=top_k, HAS_BIAS=w.gate_up_bias is not None, BLOCK_M=block_m,
+        **_knobs(tiles, h, x.dtype))
+    return act
+
+
+def moe_down(act: torch.Tensor, sorted_ids: torch.Tensor, expert_ids: torch.Tensor,
+             topk_weights: torch.Tensor, w: MoeWeights, block_m: int, tiles: GemmTiles,
+             per_slot: torch.Tensor) -> torch.Tensor:
+    """per_slot[slot] = weight[slot] * (act[slot] @ W2_e^T + b2_e), fp32 (stage 3)."""
+    h, inter = w.hidden_size, w.intermediate_size
+    dn_bias = w.down_bias if w.down_bias is not None else act
+    moe_down_kernel[(expert_ids.numel(), triton.cdiv(h, tiles.block_n))](
+        act, w.down_blocks, w.down_scales, dn_bias, topk_weights, per_slot, sorted_ids, expert_ids,
+        act.shape[0], inter, inter // 2, inter // 32, h, act.stride(0), per_slot.stride(0),
+        HAS_BIAS=w.down_bias is not None, BLOCK_M=block_m, **_knobs(tiles, inter, act.dtype))
+    return per_slot
+
+
+def moe_sum(per_slot: torch.Tensor, out: torch.Tensor, top_k: int) -> torch.Tensor:
+    """out[t] = sum of its k slots (stage 4)."""
+    h = out.shape[1]
+    sum_block = min(1024, triton.next_power_of_2(h))
+    moe_sum_kernel[(out.shape[0], triton.cdiv(h, sum_block))](per_slot, out, h, TOP_K=top_k,
+                                                               BLOCK_N=sum_block)
+    return out
+
+
 def fused_moe_mxfp4(x: torch.Tensor, topk_ids: torch.Tensor, topk_weights: torch.Tensor,
                     w: MoeWeights, config: MoeConfig | None = None,
                     out: torch.Tensor | None = None) -> torch.Tensor:
@@ -60,11 +158,10 @@ def fused_moe_mxfp4(x: torch.Tensor, topk_ids: torch.Tensor, topk_weights: torch
 
     Expert(x) = down(swiglu(gate_up(x) + b1)) + b2 with GPT-OSS's clamped, interleaved SwiGLU.
     topk_ids must hold distinct experts per token (as top-k routing gives). `out` ([T, H], x.dtype,
-    contiguous) is written in full when given.
+    contiguous) is written in full when given. `config` defaults to the table's bucket for T.
     """
     _check_inputs(x, topk_ids, topk_weights, w)
     t, k = topk_ids.shape
-    h, inter = w.hidden_size, w.intermediate_size
     if out is None:
         out = torch.empty_like(x)
     elif out.shape != x.shape or out.dtype != x.dtype or not out.is_contiguous():
@@ -74,26 +171,13 @@ def fused_moe_mxfp4(x: torch.Tensor, topk_ids: torch.Tensor, topk_weights: torch
     cfg = config or pick_config(t, k, w.num_experts)
     x = x.contiguous()
     sorted_ids, expert_ids, _ = moe_align_block_size(topk_ids, w.num_experts, cfg.block_m)
-    num_slots = t * k
-    grid_m = expert_ids.numel()
-    launch = dict(num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+    act = torch.empty((t * k, w.intermediate_size), dtype=x.dtype, device=x.device)
+    moe_gate_up(x, sorted_ids, expert_ids, w, k, cfg.block_m, cfg.gate_up_tiles(), act)
+    per_slot = torch.empty((t * k, w.hidden_size), dtype=torch.float32, device=x.device)
+    moe_down(act, sorted_ids, expert_ids, topk_weights.contiguous(), w, cfg.block_m, cfg.down_tiles(),
+             per_slot)
+    return moe_sum(per_slot, out, k)
 
-    act = torch.empty((num_slots, inter), dtype=x.dtype, device=x.device)
-    gu_bias = w.gate_up_bias if w.gate_up_bias is not None else x  # dummy pointer when absent
-    moe_gate_up_kernel[(grid_m, triton.cdiv(inter, cfg.block_n))](
-        x, w.gate_up_blocks, w.gate_up_scales, gu_bias, act, sorted_ids, expert_ids,
-        num_slots, h, inter, x.stride(0), act.stride(0), SWIGLU_ALPHA, SWIGLU_LIMIT,
-        TOP_K=k, HAS_BIAS=w.gate_up_bias is not None,
-        BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, **launch)
 
-    per_slot = torch.empty((num_slots, h), dtype=torch.float32, device=x.device)
-    dn_bias = w.down_bias if w.down_bias is not None else x
-    moe_down_kernel[(grid_m, triton.cdiv(h, cfg.block_n))](
-        act, w.down_blocks, w.down_scales, dn_bias, topk_weights.contiguous(), per_slot,
-        sorted_ids, expert_ids, num_slots, inter, h, act.stride(0), per_slot.stride(0),
-        HAS_BIAS=w.down_bias is not None,
-        BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, **launch)
-
-    sum_block = min(1024, triton.next_power_of_2(h))
-    moe_sum_kernel[(t, triton.cdiv(h, sum_block))](per_slot, out, h, TOP_K=k, BLOCK_N=sum_block)
-    return out
+__all__ = ["GemmTiles", "MoeConfig", "fused_moe_mxfp4", "load_config_table", "moe_down",
+           "moe_gate_up", "moe_sum", "pick_config"]

@@ -1,9 +1,12 @@
 """Group routed tokens by expert for the grouped GEMM (our take on vLLM's moe_align_block_size).
 
 Why a Triton kernel: the decode step at batch 1 is launch-bound, and the torch version of this
-(scatter_add counts, stable sort, cumsum, searchsorted, scatter) is ~10 launches. One program does it
-in one launch, without a host sync: the output sizes depend only on (T*k, E, BLOCK_M), so the grouped
-GEMM's grid is fixed before the routing is known (blocks past the end get expert -1 and exit).
+(scatter_add counts, stable sort, cumsum, searchsorted, scatter) is ~10 launches. One launch of E
+programs does it without a host sync: every program histograms all slots (cheap: a [CHUNK, E]
+compare), so program e knows where its run starts and writes only its own slots, padding and block
+ids - the work is spread over E SMs instead of one program looping over the experts (slow past ~10k
+slots). The output sizes depend only on (T*k, E, BLOCK_M), so the grouped GEMM's grid is fixed
+before the routing is known (blocks past the end get expert -1 and exit).
 
 Output, for flat routing slots s = t*k + j (token t, its j-th expert):
   sorted_ids [max_padded] int32: slots grouped by expert (ascending expert, then ascending slot), each
@@ -17,6 +20,8 @@ import torch
 import triton
 import triton.language as tl
 
+ALIGN_CHUNK = 256  # slots per step: the [CHUNK, E] compare tile stays in registers
+
 
 def max_padded_rows(num_slots: int, num_experts: int, block_m: int) -> int:
     """Upper bound on padded rows: every non-empty expert wastes at most BLOCK_M-1 rows."""
@@ -26,29 +31,38 @@ def max_padded_rows(num_slots: int, num_experts: int, block_m: int) -> int:
 
 @triton.jit
 def _moe_align_kernel(topk_ids_ptr, sorted_ids_ptr, expert_ids_ptr, num_padded_ptr,
-                      num_slots, num_experts, max_blocks,
-                      BLOCK_M: tl.constexpr, SLOTS_P2: tl.constexpr, BLOCKS_P2: tl.constexpr):
-    slots = tl.arange(0, SLOTS_P2)
-    slot_ok = slots < num_slots
-    ids = tl.load(topk_ids_ptr + slots, mask=slot_ok, other=-1)
-    blk = tl.arange(0, BLOCKS_P2)
-    blk_expert = tl.full([BLOCKS_P2], -1, tl.int32)
-    pad_lane = tl.arange(0, BLOCK_M)
-    start = 0
-    for e in range(0, num_experts):
-        hit = (ids == e) & slot_ok
+                      num_slots, max_blocks,
+                      E_P2: tl.constexpr, BLOCK_M: tl.constexpr, CHUNK: tl.constexpr):
+    """Program e: histogram of all slots (in every program: no second launch), then expert e's run."""
+    e = tl.program_id(0)
+    lane = tl.arange(0, CHUNK)
+    experts = tl.arange(0, E_P2)
+    counts = tl.zeros([E_P2], dtype=tl.int32)
+    for c0 in range(0, num_slots, CHUNK):
+        ids = tl.load(topk_ids_ptr + c0 + lane, mask=c0 + lane < num_slots, other=-1)
+        counts += tl.sum((ids[:, None] == experts[None, :]).to(tl.int32), axis=0)
+    padded = tl.cdiv(counts, BLOCK_M) * BLOCK_M
+    start = tl.sum(tl.where(experts < e, padded, 0), axis=0)
+    total = tl.sum(padded, axis=0)
+    mine = tl.sum(tl.where(experts == e, counts, 0), axis=0)
+    at = start  # my slots in ascending order (stable within the expert)
+    for c0 in range(0, num_slots, CHUNK):
+        slots = c0 + lane
+        hit = tl.load(topk_ids_ptr + slots, mask=slots < num_slots, other=-1) == e
         hit_i = hit.to(tl.int32)
-        count = tl.sum(hit_i, axis=0)
-        rank = tl.cumsum(hit_i, axis=0) - 1
-        tl.store(sorted_ids_ptr + start + rank, slots, mask=hit)
-        padded = tl.cdiv(count, BLOCK_M) * BLOCK_M
-        tl.store(sorted_ids_ptr + start + count + pad_lane, tl.zeros_like(pad_lane) + num_slots,
-                 mask=pad_lane < padded - count)
-        b0 = start // BLOCK_M
-        blk_expert = tl.where((blk >= b0) & (blk < b0 + padded // BLOCK_M), e, blk_expert)
-        start += padded
-    tl.store(expert_ids_ptr + blk, blk_expert, mask=blk < max_blocks)
-    tl.store(num_padded_ptr, start)
+        tl.store(sorted_ids_ptr + at + tl.cumsum(hit_i, axis=0) - 1, slots, mask=hit)
+        at += tl.sum(hit_i, axis=0)
+    pad_lane = tl.arange(0, BLOCK_M)
+    my_padded = tl.cdiv(mine, BLOCK_M) * BLOCK_M
+    tl.store(sorted_ids_ptr + start + mine + pad_lane, tl.zeros_like(pad_lane) + num_slots,
+             mask=pad_lane < my_padded - mine)
+    first, end = start // BLOCK_M, (start + my_padded) // BLOCK_M
+    for b0 in range(first, end, CHUNK):
+        tl.store(expert_ids_ptr + b0 + lane, tl.zeros_like(lane) + e, mask=b0 + lane < end)
+    if e == 0:  # blocks past the used ones, and the used row count
+        for b0 in range(total // BLOCK_M, max_blocks, CHUNK):
+            tl.store(expert_ids_ptr + b0 + lane, tl.zeros_like(lane) - 1, mask=b0 + lane < max_blocks)
+        tl.store(num_padded_ptr, total)
 
 
 def moe_align_block_size(topk_ids: torch.Tensor, num_experts: int, block_m: int
@@ -64,8 +78,7 @@ def moe_align_block_size(topk_ids: torch.Tensor, num_experts: int, block_m: int
     expert_ids = torch.empty(max_blocks, dtype=torch.int32, device=dev)
     num_padded = torch.empty(1, dtype=torch.int32, device=dev)
     flat = topk_ids.reshape(-1).to(torch.int32)
-    _moe_align_kernel[(1,)](flat, sorted_ids, expert_ids, num_padded, num_slots, num_experts,
-                            max_blocks, BLOCK_M=block_m,
-                            SLOTS_P2=triton.next_power_of_2(max(num_slots, 2)),
-                            BLOCKS_P2=triton.next_power_of_2(max(max_blocks, 2)))
+    _moe_align_kernel[(num_experts,)](flat, sorted_ids, expert_ids, num_padded, num_slots, max_blocks,
+                                      E_P2=triton.next_power_of_2(max(num_experts, 2)),
+                                      BLOCK_M=block_m, CHUNK=ALIGN_CHUNK)
     return sorted_ids, expert_ids, num_padded
