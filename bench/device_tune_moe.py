@@ -34,7 +34,7 @@ from mini_vllm.ops.triton.reference import fused_moe_reference, swiglu_gpt_oss  
 
 TOL = 2e-2
 GPU = dict(H=2880, I=2880, E=32, K=4, tokens=(1, 2, 4, 8, 16, 32, 64, 128, 256, 1024, 4096),
-           dtype=torch.bfloat16, budget_s=200.0)
+           dtype=torch.bfloat16, budget_s=180.0)
 SMOKE = dict(H=64, I=96, E=8, K=2, tokens=(1, 5, 40), dtype=torch.float16, budget_s=600.0)
 
 
