@@ -168,10 +168,16 @@ class StageBuilder:
             exposed_ports=list(sdef.get("exposed_ports") or (pspec.exposed_ports if pspec else [])),
             epoch=self.icfg["epoch"])
         ann = self._annotations(name, sdef)
-        task = Task(name=f"image-stage:{self.ctx.profile_name}:{name}", kind="image", inputs=[
-            Input("artefact", "layers", [lay.digest for lay in spec.layers]),
-            Input("config", "settings", json.loads(oci.canonical(spec.config_doc()))),
-            Input("config", "annotations", ann)])
+        # Fine-grained inputs so that --explain names what changed (a layer, one annotation, Env...).
+        inputs = [Input("artefact", f"parent image {parent}", self.built[parent][1].digest)] if parent else []
+        if pulled[0]:
+            inputs.append(Input("artefact", "base image", pulled[3]))
+        inputs += [Input("artefact", f"layer {r.name}", lay.digest) for r, lay in zip(recipes, layers) if lay]
+        doc = json.loads(oci.canonical(spec.config_doc()))
+        inputs += [Input("config", f"image config {k}", v) for k, v in doc["config"].items()]
+        inputs += [Input("config", "history", doc["history"]), Input("config", "created", doc["created"])]
+        inputs += [Input("config", f"annotation {k}", v) for k, v in ann.items()]
+        task = Task(name=f"image-stage:{self.ctx.profile_name}:{name}", kind="image", inputs=inputs)
         ann["io.mini-vllm.inputs"] = f"sha256:{task.key}"
         spec.labels = dict(ann)
         img = oci.assemble(spec, ann)
