@@ -44,6 +44,8 @@ def test_two_clean_builds_identical_then_python_change_rebuilds_server_only(
     err = capsys.readouterr().err
     assert "python/mini_vllm/engine_args.py content changed" in err
     assert "layer:server" in err and "layer:wheels" not in err and "layer:base" not in err
+    assert "stage server: input layer server rebuilt" in err
+    assert "stage:essentials" not in err and "stage:cuda" not in err
     assert changed["essentials"]["digest"] == res_b["essentials"]["digest"]
     assert changed["cuda"]["digest"] == res_b["cuda"]["digest"]
     assert changed["server"]["digest"] != res_b["server"]["digest"]
