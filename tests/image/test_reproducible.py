@@ -85,3 +85,28 @@ def test_layer_refuses_paths_leaving_the_root(tmp_path, bad):
     with pytest.raises(LayerError):
         write_layer(store, [Entry(bad, "file", data=b"x")])
     assert set(store.blob_dir.iterdir()) == before                 # nothing half-written is kept
+
+
+def test_kernel_artefacts_rebuild_cuda_and_server_only(tmp_path, small_lock, small_build, session_store):
+    _, res_a = small_build
+    checkout = make_checkout(tmp_path / "repo")
+    cfg = small_config(checkout, small_lock)
+    ext = checkout / "build" / "ext"
+    ext.mkdir(parents=True)
+    (ext / "mini_vllm_kernels.so").write_bytes(b"\x7fELF stand-in for an sm_90a module")
+    (ext / "manifest.json").write_text('{"modules": ["mini_vllm_kernels"]}')
+    res = build_images(cfg, stage="all", store=session_store)
+    assert res["essentials"]["digest"] == res_a["essentials"]["digest"]
+    assert res["cuda"]["digest"] != res_a["cuda"]["digest"]
+    layer = _manifest(cfg, res, "cuda")["layers"][-1]["digest"].split(":")[1]
+    with tarfile.open(fileobj=io.BytesIO(session_store.read_blob(layer)), mode="r:gz") as t:
+        names = t.getnames()
+    assert "opt/mini-vllm/ext/mini_vllm_kernels.so" in names and "opt/mini-vllm/ext/manifest.json" in names
+
+
+def test_failed_layer_write_leaves_nothing(tmp_path):
+    store = Store(tmp_path / "s")
+    entries = [Entry("a/ok.txt", "file", data=b"fine"), Entry("a/zz.bin", "file", src=str(tmp_path / "gone"))]
+    with pytest.raises(FileNotFoundError):
+        write_layer(store, entries)
+    assert list(store.blob_dir.iterdir()) == []          # no blob, no .tmp- file
