@@ -90,7 +90,10 @@ class RegistryClient:
             if scope in self._auth:
                 headers["Authorization"] = self._auth[scope]
             self.stats.requests += 1
-            resp = self._http.request(method, url, headers=headers, **kw)
+            try:
+                resp = self._http.request(method, url, headers=headers, **kw)
+            except httpx.HTTPError as exc:
+                raise RegistryError(f"{self.host}: {method} {httpx.URL(url).path} failed: {exc}") from exc
             kw["headers"] = {k: v for k, v in headers.items() if k != "Authorization"}
             if resp.status_code != 401 or attempt == 1:
                 break
@@ -113,7 +116,10 @@ class RegistryClient:
             q = [("service", params.get("service", ""))] + [("scope", sc) for sc in scope.split(" ")]
             hdr = {"Authorization": self.credentials.basic_header()} if self.credentials else {}
             self.stats.requests += 1
-            r = self._http.get(params["realm"], params=q, headers=hdr)
+            try:
+                r = self._http.get(params["realm"], params=q, headers=hdr)
+            except httpx.HTTPError as exc:
+                raise AuthError(f"token endpoint {params['realm']} unreachable: {exc}") from exc
             if r.status_code != 200:
                 raise AuthError(f"token endpoint {params['realm']} answered {r.status_code} for scope {scope}")
             body = r.json()
