@@ -297,9 +297,47 @@ def part_peer() -> None:
         print(f"[peer] transformers batch {batch} (128 in, {new} out): {tok / wall:.1f} output tok/s")
 
 
+# ---- profile -------------------------------------------------------------------------------------
+def part_profile(context: int = 1024) -> None:
+    """Where a batch-1 decode step's GPU time goes: torch.profiler over eager forwards, top kernels."""
+    from torch.profiler import ProfilerActivity, profile
+
+    from mini_vllm.model.cuda_forward import CudaAttnInputs
+
+    ckpt = ensure_ckpt(CKPT, 24)
+    eng = engine(ckpt, max_model_len=4096, max_num_seqs=8, enforce_eager=True)
+    r = eng.runner
+    dev = torch.device("cuda")
+    nb = -(-context // r.block_size)
+    a = CudaAttnInputs(torch.tensor([context - 1], device=dev), torch.tensor([context - 1], device=dev),
+                       torch.tensor([0, 1], dtype=torch.int32, device=dev),
+                       torch.tensor([context], dtype=torch.int32, device=dev),
+                       torch.arange(nb, dtype=torch.int32, device=dev).view(1, nb), 1, context)
+    ids = torch.tensor([7], device=dev)
+
+    def step() -> None:
+        h = r.cuda_step.fwd.forward(ids, a, r.kv_caches)
+        torch.nn.functional.linear(h, r.model.lm_head)
+
+    with torch.inference_mode():
+        for _ in range(3):
+            step()
+        torch.cuda.synchronize()
+        with profile(activities=[ProfilerActivity.CUDA]) as prof:
+            for _ in range(5):
+                step()
+            torch.cuda.synchronize()
+    table = prof.key_averages().table(sort_by="cuda_time_total", row_limit=14, max_name_column_width=60)
+    print(table)
+    total_us = sum(e.self_device_time_total for e in prof.key_averages()) / 5
+    RESULTS["profile_decode_b1_gpu_us_per_step"] = total_us
+    print(f"[profile] GPU kernel time per batch-1 decode step: {total_us:.0f} us "
+          f"(-> {1e6 / total_us:.0f} tok/s if the GPU never idled)")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("parts", nargs="+", choices=["check", "decode", "http", "peer"])
+    ap.add_argument("parts", nargs="+", choices=["check", "decode", "http", "peer", "profile"])
     ap.add_argument("--levels", default="1x1024,16x1024,64x1024,256x1024,64x256,256x256")
     args = ap.parse_args()
     OUT.mkdir(parents=True, exist_ok=True)
@@ -307,7 +345,7 @@ def main() -> None:
     for part in args.parts:
         t0 = time.perf_counter()
         try:
-            {"check": part_check, "decode": part_decode, "peer": part_peer,
+            {"check": part_check, "decode": part_decode, "peer": part_peer, "profile": part_profile,
              "http": lambda: part_http(args.levels)}[part]()
         except Exception as e:  # noqa: BLE001 - report and go on with the next part
             import traceback
