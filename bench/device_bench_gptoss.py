@@ -249,7 +249,7 @@ def part_http(levels: str) -> None:
     try:
         while True:
             if proc.poll() is not None:
-                raise SystemExit(f"server exited {proc.returncode}; see server.log")
+                raise RuntimeError(f"server exited {proc.returncode}; see server.log")
             try:
                 if httpx.get(url + "/health", timeout=2).status_code == 200:
                     break

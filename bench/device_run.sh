@@ -6,7 +6,7 @@
 # Logs and JSON go to $OUT (comes back to the lead's machine).
 set -uo pipefail
 cd "$(dirname "$0")/.."
-export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD/python" OUT="${OUT:-/tmp/out}"
+export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD/python:/tmp/pydeps" OUT="${OUT:-/tmp/out}"
 export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
 export MINI_VLLM_EXT_DIR="$PWD/build/ext"
 mkdir -p "$OUT" build/ext
@@ -18,9 +18,15 @@ for s in "$@"; do
       nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv
       nproc; free -g | head -2; gcc --version | head -1; nvcc --version | tail -1
       python3 -c "import torch, triton, transformers; print('torch', torch.__version__, 'triton', triton.__version__, 'transformers', transformers.__version__)"
-      # only what the device lacks (fastapi, uvicorn, pydantic, ...), resolved from the carried wheels
-      [ -d .carry/wheels ] && pip install -q --no-index --find-links .carry/wheels fastapi uvicorn 2>&1 \
-        | grep -v "root user" | tail -2 ;;
+      # only what the device lacks (fastapi, uvicorn, pydantic, ...), resolved from the carried wheels;
+      # if the resolver refuses, the server's own deps go to /tmp/pydeps (on PYTHONPATH) without deps
+      if [ -d .carry/wheels ]; then
+        python3 -m pip install --no-index --find-links .carry/wheels fastapi uvicorn httptools 2>&1 | grep -v "root user" | tail -3
+        if ! python3 -c "import fastapi, uvicorn, pydantic" 2>/dev/null; then
+          python3 -m pip install -q --no-deps --target /tmp/pydeps .carry/wheels/{fastapi,uvicorn,pydantic,pydantic_core,starlette,annotated_types,typing_inspection,annotated_doc}-*.whl 2>&1 | grep -v "root user" | tail -3
+        fi
+        python3 -c "import fastapi, uvicorn, pydantic; print('server deps ok:', fastapi.__version__, uvicorn.__version__, pydantic.__version__)"
+      fi ;;
     build)
       step "build: cold invoke kernels (FA3 GPT-OSS subset + ours)"
       if [ -d .carry/ext ] && ls .carry/ext/*.so >/dev/null 2>&1; then
@@ -38,6 +44,7 @@ for s in "$@"; do
       timeout 180 python3 bench/device_bench_triton.py 2>&1 | tee "$OUT/triton.log" ;;
     gptoss)
       step "gpt-oss-20b shapes: ${GPTOSS_PARTS:-check decode}"
+      [ -f "$OUT/moe_configs.json" ] && export MINI_VLLM_MOE_CONFIGS="$OUT/moe_configs.json" && echo "using tuned $MINI_VLLM_MOE_CONFIGS"
       python3 bench/device_bench_gptoss.py ${GPTOSS_PARTS:-check decode} 2>&1 | tee "$OUT/gptoss.log" ;;
     moetune)
       step "MoE tuning sweep"
