@@ -197,19 +197,23 @@ async def _one(client, url: str, prompt: list[int], max_tokens: int) -> dict:
     async with client.stream("POST", url + "/v1/completions", json=body) as r:
         if r.status_code != 200:
             raise RuntimeError(f"HTTP {r.status_code}: {(await r.aread()).decode()[:500]}")
-        async for line in r.aiter_lines():
-            if not line.startswith("data: ") or line == "data: [DONE]":
-                continue
-            now = time.perf_counter()
-            chunk = json.loads(line[6:])
-            if not chunk.get("choices"):
-                continue
-            n += 1
-            if first is None:
-                first = now - t0
-            elif last is not None:
-                gaps.append(now - last)
-            last = now
+        buf = b""
+        async for piece in r.aiter_bytes():
+            buf += piece
+            *lines, buf = buf.split(b"\n")     # SSE lines end in \n only: never split on unicode breaks
+            for raw in lines:
+                line = raw.decode()
+                if not line.startswith("data: ") or line == "data: [DONE]":
+                    continue
+                now = time.perf_counter()
+                if not json.loads(line[6:]).get("choices"):
+                    continue
+                n += 1
+                if first is None:
+                    first = now - t0
+                elif last is not None:
+                    gaps.append(now - last)
+                last = now
     return {"ttft": first, "gaps": gaps, "chunks": n, "e2e": time.perf_counter() - t0}
 
 
@@ -259,7 +263,7 @@ def part_http(levels: str) -> None:
         healthy = time.perf_counter() - t0
         RESULTS["serve_to_healthy_s"] = healthy
         print(f"[http] `mini-vllm serve` start -> healthy: {healthy:.1f} s")
-        asyncio.run(_load(url, 4, 64, 16))   # warm-up
+        asyncio.run(_load(url, 4, 1024, 16))   # warm-up (the server compiled its kernels at start-up)
         rows = []
         for spec in levels.split(","):
             conc, out = (int(x) for x in spec.split("x"))

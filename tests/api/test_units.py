@@ -54,3 +54,16 @@ def test_metrics_text_format():
     assert "# TYPE vllm:generation_tokens_total counter" in text
     # while loading there are no stats: zeros, not an error
     assert f"vllm:num_requests_waiting{{{labels}}} 0.0" in ServerMetrics('m"x').render(None)
+
+
+def test_sse_event_survives_unicode_line_breakers():
+    """Generated text may hold U+2028/U+2029/U+0085: each event must still be one line to any splitter."""
+    import json
+
+    from mini_vllm.api.sse import event
+
+    text = "a\u2028b\u2029c\x85d\ne\u00e9"
+    raw = event({"choices": [{"text": text}]}).decode()
+    lines = [ln for ln in raw.splitlines() if ln]
+    assert len(lines) == 1 and lines[0].startswith("data: ")
+    assert json.loads(lines[0][6:])["choices"][0]["text"] == text

@@ -53,7 +53,10 @@ def test_gpu_step_path_logits_match(make_engine):
     inp = build_step_inputs(batch, eng.args.block_size)
     want = eng.runner.execute(inp)
     _with_cuda_step(eng)
+    before = eng.runner.kv.clone()
     with interpreted():
+        eng.runner.cuda_step.warm_up(32)          # start-up warm-up: must not touch the KV cache
+        assert torch.equal(eng.runner.kv, before)
         got = eng.runner.execute(inp)
     assert got.shape == want.shape
     rel = (got - want).norm() / want.norm()

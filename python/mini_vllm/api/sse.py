@@ -14,8 +14,14 @@ log = logging.getLogger("mini_vllm.api")
 DONE = b"data: [DONE]\n\n"
 
 
+# Characters JSON leaves raw that some SSE clients treat as line breaks (str.splitlines does, and so
+# does httpx's aiter_lines): a generated U+2028 would cut a `data:` line in half. Escape them.
+_LINE_BREAKERS = str.maketrans({"\u2028": "\\u2028", "\u2029": "\\u2029", "\x85": "\\u0085"})
+
+
 def event(payload: dict[str, Any]) -> bytes:
-    return b"data: " + json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode() + b"\n\n"
+    text = json.dumps(payload, separators=(",", ":"), ensure_ascii=False).translate(_LINE_BREAKERS)
+    return b"data: " + text.encode() + b"\n\n"
 
 
 def new_id(prefix: str) -> str:

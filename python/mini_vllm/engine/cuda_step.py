@@ -116,7 +116,24 @@ class CudaStep:
         graph.replay()
         return buf["logits"][:n]
 
-    # ---- capture -------------------------------------------------------------------------------
+    # ---- warm-up and capture --------------------------------------------------------------------
+    @torch.inference_mode()
+    def warm_up(self, max_tokens: int) -> float:
+        """Run eager prefill-sized steps once so Triton compiles every MoE tile configuration now, at
+        start-up, and not during a user's first long prompt. Writes no KV (slots -1). Returns seconds."""
+        t0 = time.perf_counter()
+        dev = self.device
+        for t in sorted({min(n, max_tokens, self.max_model_len) for n in (64, 256, 1024, 4096, max_tokens)}):
+            width = -(-t // self.block_size)
+            a = CudaAttnInputs(torch.arange(t, device=dev), torch.full((t,), -1, dtype=torch.long, device=dev),
+                               torch.tensor([0, t], dtype=torch.int32, device=dev),
+                               torch.tensor([t], dtype=torch.int32, device=dev),
+                               torch.zeros(1, width, dtype=torch.int32, device=dev), t, t)
+            self.fwd.forward(torch.zeros(t, dtype=torch.long, device=dev), a, self.kv_caches)
+        if dev.type == "cuda":
+            torch.cuda.synchronize(dev)
+        return time.perf_counter() - t0
+
     @torch.inference_mode()
     def capture(self) -> None:
         """Capture one decode graph per bucket (largest first, sharing one memory pool)."""

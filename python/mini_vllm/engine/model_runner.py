@@ -129,8 +129,9 @@ class ModelRunner:
         max_len = min(self.args.max_model_len or self.cfg.max_position_embeddings, self.num_blocks * self.block_size)
         step = CudaStep(CudaForward(self.model, backends), self.kv_caches, self.model.lm_head, max_len,
                         self.block_size, self.args.max_num_seqs, use_graphs=not self.args.enforce_eager)
+        warm_s = step.warm_up(self.args.max_num_batched_tokens)
         step.capture()
-        self.startup_report = f"GPU backends: {backends.describe()}; decode CUDA graphs: " + (
+        self.startup_report = f"GPU backends: {backends.describe()}; warm-up {warm_s:.1f} s; decode CUDA graphs: " + (
             f"{len(step.graphs)} captured in {step.capture_s:.1f} s" if step.graphs else "off (--enforce-eager)")
         print(f"[mini-vllm] {self.startup_report}", flush=True)
         return step
