@@ -220,7 +220,7 @@ async def _one(client, url: str, prompt: list[int], max_tokens: int) -> dict:
 async def _load(url: str, conc: int, prompt_len: int, max_tokens: int) -> dict:
     import httpx
 
-    g = torch.Generator().manual_seed(conc)
+    g = torch.Generator().manual_seed(conc * 100003 + max_tokens)   # fresh prompts per level: no prefix-cache hits
     prompts = [torch.randint(0, 800, (prompt_len,), generator=g).tolist() for _ in range(conc)]
     async with httpx.AsyncClient(timeout=None, limits=httpx.Limits(max_connections=conc + 8)) as client:
         s = time.perf_counter()
