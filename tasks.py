@@ -70,7 +70,7 @@ def graph(c, dot="", png=""):
             "max_age_days": "with --gc: also keep anything used within this many days"})
 def cache(c, stats=False, gc=False, max_age_days=0):
     """Inspect or prune the content-addressed store."""
-    from minibuild.store import cache_command
+    from minibuild.cache_cmd import cache_command
 
     cache_command(_config(), stats=stats or not gc, gc=gc, max_age_days=max_age_days)
 

@@ -15,7 +15,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .store import Store, _make_writable, _unlink
+from .atomic import make_writable, unlink_quietly
+from .store import Store
 from . import ui
 
 
@@ -80,12 +81,12 @@ def collect_garbage(store: Store, max_age_days: int = 0) -> dict[str, int]:
         for ap in store.ac_dir.glob("*/*.json"):
             if ap.stem not in actions:
                 removed["bytes"] += ap.stat().st_size
-                _unlink(ap)
+                unlink_quietly(ap)
                 removed["actions"] += 1
         for bp in store.blob_dir.iterdir():
             if bp.name.startswith(".tmp-") or bp.name not in blobs:
                 removed["bytes"] += bp.stat().st_size
-                _unlink(bp)
+                unlink_quietly(bp)
                 removed["blobs" if not bp.name.startswith(".tmp-") else "tmp"] += 1
         for tp in store.trees_dir.iterdir():
             if tp.is_dir() and tp.name not in trees:
@@ -94,10 +95,10 @@ def collect_garbage(store: Store, max_age_days: int = 0) -> dict[str, int]:
                 removed["trees"] += 1
         for junk in store.tmp.iterdir():
             if junk.is_dir():
-                _make_writable(junk)
+                make_writable(junk)
                 shutil.rmtree(junk, ignore_errors=True)
             else:
-                _unlink(junk)
+                unlink_quietly(junk)
             removed["tmp"] += 1
     return removed
 
@@ -117,3 +118,8 @@ def run_cache_command(store: Store, stats: bool, gc: bool, max_age_days: int) ->
         ui.out(f"  remote  {s['remote'] or '-'}")
         if os.environ.get("MINI_VLLM_CACHE"):
             ui.out("  (from $MINI_VLLM_CACHE)")
+
+
+def cache_command(cfg: dict, stats: bool = True, gc: bool = False, max_age_days: int = 0) -> None:
+    """`invoke cache`: print stats and/or garbage-collect the store."""
+    run_cache_command(Store.from_config(cfg), stats=stats, gc=gc, max_age_days=max_age_days)

@@ -140,7 +140,7 @@ class StatCache:
     def save(self) -> None:
         if not (self.path and self.dirty):
             return
-        from .store import atomic_write_bytes  # local import: store imports this module
+        from .atomic import atomic_write_bytes
 
         try:
             atomic_write_bytes(self.path, json.dumps(self._data).encode(), fsync=False)

@@ -22,7 +22,8 @@ from .compile import (CompileError, CorruptTree, KernelSet, ObjectPlan, PathMap,
                       link_module, link_task, plan_object)
 from .hashing import canonical_key
 from .sources import SourceError, ensure_source, mirror_dir, pins
-from .store import Store, atomic_write_bytes
+from .atomic import atomic_write_bytes
+from .store import Store
 from .toolchain import ToolchainError, detect
 
 

@@ -29,7 +29,8 @@ from typing import Any
 from . import ui
 from .archive import copy_tree, extract_tar
 from .hashing import canonical_key, digest_file, tree_hash_of_listing, tree_listing
-from .store import Store, _make_writable
+from .atomic import make_writable
+from .store import Store
 
 DEFAULT_MIRRORS = ["https://codeload.github.com/{repo}/tar.gz/{commit}", "git+https://github.com/{repo}.git"]
 
@@ -192,7 +193,7 @@ def ensure_source(store: Store, pin: Pin, offline: bool = False, mdir: Path | No
                 ui.warn(f"sources.{pin.name}: rejected mirror {url}: {msg}")
             finally:
                 if staged.exists():
-                    _make_writable(staged)
+                    make_writable(staged)
                     shutil.rmtree(staged, ignore_errors=True)
         raise SourceError(f"sources.{pin.name} ({pin.commit}): no mirror gave the pinned tree; nothing "
                           "stored.\n" + "\n".join(failures))

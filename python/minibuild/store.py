@@ -29,6 +29,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, BinaryIO, Iterable, Iterator
 
+from .atomic import atomic_copy, atomic_write_bytes, make_writable, unlink_quietly
 from .hashing import CHUNK, StatCache, canonical_key, digest_file, normalize_digest
 from . import ui
 
@@ -41,48 +42,6 @@ class StoreError(RuntimeError):
 
 class MissingBlob(StoreError):
     pass
-
-
-def atomic_write_bytes(path: str | os.PathLike[str], data: bytes, mode: int = 0o644,
-                       fsync: bool = True) -> None:
-    """Write data to path so that readers see the old file or the whole new one, never a part."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            if fsync:
-                f.flush()
-                os.fsync(f.fileno())
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except BaseException:
-        _unlink(tmp)
-        raise
-
-
-def atomic_copy(src: str | os.PathLike[str], dest: str | os.PathLike[str], mode: int = 0o644) -> None:
-    dest = Path(dest)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=dest.parent)
-    try:
-        with os.fdopen(fd, "wb") as out, open(src, "rb") as inp:
-            shutil.copyfileobj(inp, out, CHUNK)
-            out.flush()
-            os.fsync(out.fileno())
-        os.chmod(tmp, mode)
-        os.replace(tmp, dest)
-    except BaseException:
-        _unlink(tmp)
-        raise
-
-
-def _unlink(p: str | os.PathLike[str]) -> None:
-    try:
-        os.unlink(p)
-    except FileNotFoundError:
-        pass
 
 
 def default_store_root(cfg: dict[str, Any] | None = None) -> Path:
@@ -126,7 +85,7 @@ class BlobWriter:
 
     def _abort(self) -> None:
         self._f.close()
-        _unlink(self._tmp)
+        unlink_quietly(self._tmp)
 
 
 class Store:
@@ -215,7 +174,7 @@ class Store:
             return True
         ui.warn(f"store: corrupt blob {digest[:16]}... (content does not match its name); deleted, will rebuild")
         self.log_event("corrupt", what="blob", digest=digest)
-        _unlink(p)
+        unlink_quietly(p)
         return False
 
     def _fetch_remote_blob(self, digest: str) -> bool:
@@ -235,7 +194,7 @@ class Store:
             ui.warn(f"remote cache: download of blob {digest[:12]} failed: {exc}")
             return False
         finally:
-            _unlink(tmp)
+            unlink_quietly(tmp)
 
     def read_blob(self, digest: str) -> bytes:
         return self.blob_path(digest).read_bytes()
@@ -286,7 +245,7 @@ class Store:
         if rec is None:
             ui.warn(f"store: corrupt action record {key[:16]}...; deleted, will rebuild")
             self.log_event("corrupt", what="action", key=key)
-            _unlink(p)
+            unlink_quietly(p)
         return rec
 
     @staticmethod
@@ -365,12 +324,12 @@ class Store:
         return dest
 
     def remove_tree(self, tree_id: str) -> None:
-        _unlink(self.trees_dir / f"{normalize_digest(tree_id)}.json")
+        unlink_quietly(self.trees_dir / f"{normalize_digest(tree_id)}.json")
         d = self.tree_dir(tree_id)
         if d.exists():
             junk = Path(tempfile.mkdtemp(prefix=".tmp-", dir=self.tmp))
             os.replace(d, junk / "t")
-            _make_writable(junk)
+            make_writable(junk)
             shutil.rmtree(junk, ignore_errors=True)
 
     def staging_dir(self) -> Path:
@@ -402,19 +361,3 @@ class Store:
         except FileNotFoundError:
             return []
         return [json.loads(ln) for ln in lines if ln.strip()]
-
-
-def _make_writable(p: Path) -> None:
-    for dirpath, dirnames, filenames in os.walk(p):
-        os.chmod(dirpath, 0o755)
-        for n in filenames:
-            fp = os.path.join(dirpath, n)
-            if not os.path.islink(fp):
-                os.chmod(fp, 0o644)
-
-
-def cache_command(cfg: dict[str, Any], stats: bool = True, gc: bool = False, max_age_days: int = 0) -> None:
-    """`invoke cache`: print stats and/or garbage-collect the store (see cache_cmd.py)."""
-    from .cache_cmd import run_cache_command
-
-    run_cache_command(Store.from_config(cfg), stats=stats, gc=gc, max_age_days=max_age_days)

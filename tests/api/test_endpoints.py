@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import json
 
-import httpx
 import pytest
 
 from api_helpers import MAX_MODEL_LEN, MODEL, metric

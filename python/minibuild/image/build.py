@@ -18,7 +18,8 @@ import yaml
 
 from .. import ui
 from ..graph import Input, Task, explain, lookup, run_task
-from ..store import Store, atomic_write_bytes
+from ..atomic import atomic_write_bytes
+from ..store import Store
 from . import oci
 from .layers import WRITER_VERSION, Context, Recipe, recipe_for, torch_version
 from .pull import pull_base

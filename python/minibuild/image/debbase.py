@@ -23,7 +23,8 @@ from typing import Any, Iterator
 import yaml
 
 from ..hashing import digest_bytes
-from ..store import Store, atomic_write_bytes
+from ..atomic import atomic_write_bytes
+from ..store import Store
 from .tarlayer import Entry
 
 LOCK_VERSION = 1

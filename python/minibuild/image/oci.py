@@ -16,7 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from ..hashing import digest_bytes, normalize_digest
-from ..store import Store, atomic_copy, atomic_write_bytes
+from ..atomic import atomic_copy, atomic_write_bytes
+from ..store import Store
 from .tarlayer import Layer
 
 MT_MANIFEST = "application/vnd.oci.image.manifest.v1+json"

@@ -13,7 +13,8 @@ import json
 from pathlib import Path
 
 from ..hashing import digest_bytes
-from ..store import Store, atomic_write_bytes
+from ..atomic import atomic_write_bytes
+from ..store import Store
 from .registry import Reference, RegistryClient
 from .tarlayer import Layer
 

@@ -20,7 +20,7 @@ import tempfile
 from pathlib import Path
 
 from ..hashing import digest_file
-from ..store import atomic_write_bytes
+from ..atomic import atomic_write_bytes
 
 UNRESOLVED = "# status: unresolved"
 _WHEEL = re.compile(r"^(?P<name>[^-]+)-(?P<version>[^-]+)-.*\.whl$")
