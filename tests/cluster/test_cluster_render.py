@@ -46,7 +46,8 @@ def test_kubernetes_objects(cfg, target, tp):
     assert (shm[0]["emptyDir"]["medium"] == "Memory") if tp > 1 else not shm
     secret_env = {e["name"]: e["valueFrom"]["secretKeyRef"] for e in c["env"] if "valueFrom" in e}
     assert set(secret_env) == {"HF_TOKEN", "MINI_VLLM_API_KEY"} and all(r["optional"] for r in secret_env.values())
-    assert {"name": "NCCL_NVLS_ENABLE", "value": "0"} in c["env"]
+    for name, value in (("NCCL_NVLS_ENABLE", "0"), ("TORCH_SYMM_MEM_DISABLE_MULTICAST", "1"), ("NVSHMEM_DISABLE_NVLS", "1")):
+        assert {"name": name, "value": value} in c["env"]
     svc = next(o for o in objs if o["kind"] == "Service")
     assert svc["spec"]["selector"] == dep["spec"]["selector"]["matchLabels"] == {"app": f"mini-vllm-gptoss-tp{tp}"}
     if target == "hyperpod":
