@@ -8,6 +8,9 @@ candidate first checked against a torch reference of its own stage (fresh random
 NaN-poisoned outputs, rel L2 < 2e-2), then timed as a CUDA graph (do_bench_cudagraph median).
 A failing candidate is recorded and the rest still run. The combined winner per T is re-checked
 end to end against fused_moe_reference and timed next to the shipped table's config.
+At T <= 8 the GEMV kernels (moe_gemv.py: block_n/block_k/warps, down's split_k; block_m = slots per
+program, 1 = no align) are tried first, then the grouped GEMM; the per-T winner (either kernel) goes
+into the table with its "kernel" field. T <= 8 get twice the time share of larger T.
 
     OUT=/some/dir python3 bench/device_tune_moe.py          # H100: table + moe_tune.json + moe_configs.json
     python3 bench/device_tune_moe.py --smoke                # CPU interpreter, tiny shapes (script check)
@@ -27,21 +30,50 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "python"))
 from mini_vllm.ops.triton.fused_moe import (GemmTiles, MoeConfig, fused_moe_mxfp4,  # noqa: E402
-                                            moe_down, moe_gate_up, moe_sum, pick_config)
+                                            gemv_routing, moe_down, moe_down_gemv, moe_gate_up,
+                                            moe_gate_up_gemv, moe_sum, pick_config)
 from mini_vllm.ops.triton.moe_align import moe_align_block_size  # noqa: E402
 from mini_vllm.ops.triton.mxfp4 import dequant_mxfp4_reference, random_moe_weights  # noqa: E402
 from mini_vllm.ops.triton.reference import fused_moe_reference, swiglu_gpt_oss  # noqa: E402
 
 TOL = 2e-2
 GPU = dict(H=2880, I=2880, E=32, K=4, tokens=(1, 2, 4, 8, 16, 32, 64, 128, 256, 1024, 4096),
-           dtype=torch.bfloat16, budget_s=180.0)
+           dtype=torch.bfloat16, budget_s=185.0)
 SMOKE = dict(H=64, I=96, E=8, K=2, tokens=(1, 5, 40), dtype=torch.float16, budget_s=600.0)
+GEMV_MAX_T = 8  # T*k <= 32 routed slots
 
 
-def block_ms(t: int, smoke: bool) -> tuple[int, ...]:
+def variants(t: int, smoke: bool) -> list[tuple[str, int]]:
+    """(kernel, block_m) to tune at T, GEMV first (a budget cut drops the tail)."""
+    gemv = [("gemv", 1)] + ([("gemv", 2)] if t == 2 else [("gemv", 4)] if t >= 4 else [])
     if smoke:
-        return (16,)
-    return (16,) if t <= 32 else (16, 32, 64) if t <= 256 else (64, 128)
+        return (gemv if t <= GEMV_MAX_T else []) + [("grouped", 16)]
+    grouped = [16] if t <= 32 else [16, 32, 64] if t <= 256 else [64, 128]
+    return (gemv if t <= GEMV_MAX_T else []) + [("grouped", bm) for bm in grouped]
+
+
+def gemv_phase1(stage: str, smoke: bool) -> list[GemmTiles]:
+    """GEMV candidates: (block_n, block_k, warps[, split_k]) - output rows per program, K per step."""
+    if smoke:
+        return [GemmTiles(16, 64, 4, 1, split_k=1)] + ([GemmTiles(32, 32, 2, 1, split_k=3)]
+                                                        if stage == "down" else [])
+    if stage == "gate_up":
+        shapes = [(16, 256, 4, 1), (8, 256, 4, 1), (32, 256, 4, 1), (16, 512, 4, 1), (8, 512, 2, 1),
+                  (16, 128, 2, 1), (32, 128, 8, 1)]
+    else:
+        shapes = [(16, 256, 4, 1), (16, 256, 4, 2), (8, 256, 4, 1), (32, 256, 4, 3), (16, 512, 4, 2),
+                  (8, 512, 2, 1), (32, 128, 4, 1)]
+    return [GemmTiles(bn, bk, w, 1, split_k=sk) for bn, bk, w, sk in shapes]
+
+
+def gemv_phase2(best: GemmTiles, stage: str, smoke: bool) -> list[GemmTiles]:
+    """Warps (and down's K-split) around the GEMV phase-1 winner."""
+    if smoke:
+        return []
+    cands = [replace(best, num_warps=w) for w in (2, 4, 8) if w != best.num_warps]
+    if stage == "down":
+        cands += [replace(best, split_k=s) for s in (1, 2, 3, 5) if s != best.split_k]
+    return cands
 
 
 def phase1(t: int, smoke: bool) -> list[GemmTiles]:
@@ -125,34 +157,53 @@ def tune_stage(name, run, want, cands, t, bench, deadline) -> list[dict]:
     return sorted(rows, key=lambda r: r.get("us", float("inf")))
 
 
-def tune_block_m(t, bm, ctx, bench, deadline) -> dict:
+def tune_block_m(t, kernel, bm, ctx, bench, deadline) -> dict:
     x, ids, weights, w, k, act_ref, down_ref = ctx
-    sorted_ids, expert_ids, _ = moe_align_block_size(ids, w.num_experts, bm)
+    gemv = kernel == "gemv"
+    if gemv:
+        route = lambda: gemv_routing(ids, w.num_experts, bm)  # noqa: E731
+        gate_up, down = moe_gate_up_gemv, moe_down_gemv
+    else:
+        route = lambda: moe_align_block_size(ids, w.num_experts, bm)[:2]  # noqa: E731
+        gate_up, down = moe_gate_up, moe_down
+    sorted_ids, expert_ids = route()
     act = torch.empty(t * k, w.intermediate_size, dtype=x.dtype, device=x.device)
     act_in = act_ref.to(x.dtype)
-    per_slot = torch.empty(t * k, w.hidden_size, dtype=torch.float32, device=x.device)
+    per_split = {}  # split_k -> [T*k*split_k, H] fp32
     flat_w = weights.reshape(-1).contiguous()
+
+    def buf(splits):
+        if splits not in per_split:
+            per_split[splits] = torch.empty(t * k * splits, w.hidden_size, dtype=torch.float32,
+                                            device=x.device)
+        return per_split[splits]
 
     def run_gu(tiles, poison):
         if poison:
             act.fill_(float("nan"))
-        return moe_gate_up(x, sorted_ids, expert_ids, w, k, bm, tiles, act)
+        return gate_up(x, sorted_ids, expert_ids, w, k, bm, tiles, act)
 
     def run_dn(tiles, poison):
+        out = buf(tiles.split_k)
         if poison:
-            per_slot.fill_(float("nan"))
-        return moe_down(act_in, sorted_ids, expert_ids, flat_w, w, bm, tiles, per_slot)
+            out.fill_(float("nan"))
+        down(act_in, sorted_ids, expert_ids, flat_w, w, bm, tiles, out)
+        return out.view(t * k, tiles.split_k, -1).sum(1) if poison else out
 
-    out = {"block_m": bm, "align_us": bench(lambda: moe_align_block_size(ids, w.num_experts, bm))}
+    out = {"kernel": kernel, "block_m": bm, "align_us": bench(route) if gemv and bm > 1 or not gemv else 0.0}
+    p1 = (lambda name: gemv_phase1(name, bench.smoke)) if gemv else (lambda name: phase1(t, bench.smoke))
+    p2 = ((lambda best, name: gemv_phase2(best, name, bench.smoke)) if gemv
+          else (lambda best, name: phase2(best, t, bench.smoke)))
     for name, run, want in (("gate_up", run_gu, act_ref), ("down", run_dn, down_ref)):
-        rows = tune_stage(name, run, want, phase1(t, bench.smoke), t, bench, deadline)
+        rows = tune_stage(name, run, want, p1(name), t, bench, deadline)
         if rows and "us" in rows[0]:
-            rows = sorted(rows + tune_stage(name, run, want, phase2(GemmTiles(**rows[0]["tiles"]), t,
-                                                                     bench.smoke), t, bench, deadline),
+            rows = sorted(rows + tune_stage(name, run, want, p2(GemmTiles(**rows[0]["tiles"]), name),
+                                            t, bench, deadline),
                           key=lambda r: r.get("us", float("inf")))
         out[name] = rows
     sum_buf = torch.empty_like(x)
-    out["sum_us"] = bench(lambda: moe_sum(per_slot, sum_buf, k))
+    splits = out["down"][0]["tiles"]["split_k"] if out["down"] else 1
+    out["sum_us"] = bench(lambda: moe_sum(buf(splits), sum_buf, k * splits))
     best = [out[s][0] for s in ("gate_up", "down")]
     out["total_us"] = (out["align_us"] + out["sum_us"] + sum(r["us"] for r in best)
                        if all("us" in r for r in best) else float("inf"))
@@ -168,11 +219,11 @@ def tune_t(t, shapes, w, bench, deadline, gen) -> dict:
     act_ref, down_ref = stage_references(x, ids, weights, w, k)
     ctx = (x, ids, weights, w, k, act_ref, down_ref)
     res = {"T": t, "experts_hit": torch.unique(ids).numel(), "by_block_m": []}
-    for bm in block_ms(t, bench.smoke):
+    for kernel, bm in variants(t, bench.smoke):
         try:
-            res["by_block_m"].append(tune_block_m(t, bm, ctx, bench, deadline))
+            res["by_block_m"].append(tune_block_m(t, kernel, bm, ctx, bench, deadline))
         except Exception as exc:
-            res["by_block_m"].append({"block_m": bm, "total_us": float("inf"),
+            res["by_block_m"].append({"kernel": kernel, "block_m": bm, "total_us": float("inf"),
                                       "error": f"{type(exc).__name__}: {exc}"})
     best = min(res["by_block_m"], key=lambda r: r["total_us"])
     want = fused_moe_reference(x, ids, weights, w, torch.float32)
@@ -194,15 +245,16 @@ def _config(best: dict) -> MoeConfig | None:
     if best["total_us"] == float("inf"):
         return None
     gu, dn = (GemmTiles(**best[s][0]["tiles"]) for s in ("gate_up", "down"))
-    return MoeConfig(block_m=best["block_m"], **asdict(gu), down=dn)
+    return MoeConfig(block_m=best["block_m"], **asdict(gu), down=dn, kernel=best.get("kernel", "grouped"))
 
 
 def fmt_tiles(row: dict) -> str:
     if "us" not in row:
         return f"FAILED({row.get('error', 'bad err %.1e' % row.get('rel_err', float('nan')))[:60]})"
     t = row["tiles"]
+    split = f" k/{t['split_k']}" if t.get("split_k", 1) > 1 else ""
     return (f"{t['block_n']}x{t['block_k']} w{t['num_warps']} s{t['num_stages']} "
-            f"{t['decode'][:4]} {row['us']:.1f}us")
+            f"{t['decode'][:4]}{split} {row['us']:.1f}us")
 
 
 def report(res: dict, per_expert_bytes: int, copy_gbs: float) -> None:
@@ -218,10 +270,11 @@ def report(res: dict, per_expert_bytes: int, copy_gbs: float) -> None:
             line += f" | {label} FAILED {r.get('error', 'err %.1e' % r.get('rel_err', float('nan')))[:80]}"
     print(line)
     for bm in res["by_block_m"]:
+        kern = "gemv " if bm.get("kernel") == "gemv" else ""
         if "error" in bm:
-            print(f"    block_m={bm['block_m']}: FAILED {bm['error'][:100]}")
+            print(f"    {kern}block_m={bm['block_m']}: FAILED {bm['error'][:100]}")
             continue
-        print(f"    block_m={bm['block_m']:<3} sum-of-stages {bm['total_us']:8.1f} us "
+        print(f"    {kern}block_m={bm['block_m']:<3} sum-of-stages {bm['total_us']:8.1f} us "
               f"(align {bm['align_us']:.1f}, sum {bm['sum_us']:.1f})")
         for stage in ("gate_up", "down"):
             ok = [r for r in bm[stage] if "us" in r]
@@ -269,9 +322,10 @@ def main(argv: list[str] | None = None) -> int:
     bench = Bench(args.smoke)
     results = []
     tokens = shapes["tokens"]
+    share = [2.0 if t <= GEMV_MAX_T else 1.0 for t in tokens]  # GEMV + grouped candidates at small T
     for i, t in enumerate(tokens):
-        # each T gets an equal share of what is left, so a slow T cannot starve the later ones
-        deadline = time.time() + (start + budget - time.time()) / (len(tokens) - i)
+        # each T gets its share of what is left, so a slow T cannot starve the later ones
+        deadline = time.time() + (start + budget - time.time()) * share[i] / sum(share[i:])
         try:
             res = tune_t(t, shapes, w, bench, deadline, gen)
         except Exception as exc:

@@ -39,6 +39,12 @@ def _variants():
     for tiles in moe:
         yield moe_gemm.moe_gate_up_kernel, ptr, dict(TOP_K=4, HAS_BIAS=True, **tiles)
         yield moe_gemm.moe_down_kernel, {**ptr, "out_ptr": "*fp32"}, dict(HAS_BIAS=True, **tiles)
+    gemv = importlib.import_module("mini_vllm.ops.triton.moe_gemv")
+    gptr = {**ptr, "blk_ptr": "*i32"}  # MXFP4 blocks viewed as int32 words
+    for bm, bn, groups, split in ((1, 16, 8, 1), (1, 32, 4, 4), (4, 16, 8, 2)):
+        knobs = dict(HAS_BIAS=True, BLOCK_M=bm, BLOCK_N=bn, GROUPS=groups, DIRECT=bm == 1)
+        yield gemv.moe_gate_up_gemv_kernel, gptr, dict(TOP_K=4, **knobs)
+        yield gemv.moe_down_gemv_kernel, {**gptr, "out_ptr": "*fp32"}, dict(SPLIT_K=split, **knobs)
     yield moe_gemm.moe_sum_kernel, ptr, dict(TOP_K=4, BLOCK_N=1024)
     yield moe_align._moe_align_kernel, ptr, dict(E_P2=32, BLOCK_M=16, CHUNK=256)
     for block_t, splits in ((2, 1), (2, 8), (8, 1)):

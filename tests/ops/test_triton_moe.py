@@ -98,6 +98,36 @@ def test_fused_moe_matches_reference(t, e, h, i, k, cfg, dtype, tol):
     assert _rel(got, want) < tol
 
 
+GEMV_CASES = [  # (T, E, H, I, k, config): the decode kernel, T = 1..8
+    (1, 4, 64, 64, 2, MoeConfig(block_m=1, block_n=16, block_k=64, kernel="gemv")),
+    (2, 8, 96, 64, 4, MoeConfig(block_m=1, block_n=8, block_k=64, kernel="gemv",   # H=96: K tails
+                                down=GemmTiles(block_n=16, block_k=32, split_k=3))),
+    (5, 8, 64, 96, 4, MoeConfig(block_m=2, block_n=32, block_k=32, kernel="gemv",   # align grouping
+                                down=GemmTiles(block_n=32, block_k=64, split_k=2))),
+    (8, 8, 64, 64, 4, MoeConfig(block_m=4, block_n=16, block_k=128, kernel="gemv")),
+]
+
+
+@pytest.mark.parametrize("t,e,h,i,k,cfg", GEMV_CASES)
+@pytest.mark.parametrize("dtype,tol", [(torch.float32, 2e-5), (torch.float16, 3e-3)])
+def test_gemv_matches_reference(t, e, h, i, k, cfg, dtype, tol):
+    test_fused_moe_matches_reference(t, e, h, i, k, cfg, dtype, tol)
+
+
+def test_gemv_rejects_bad_tiles():
+    gen = torch.Generator().manual_seed(3)
+    w = random_moe_weights(4, 64, 64, generator=gen)
+    ids, weights = _route(2, 4, 2, gen)
+    x = torch.randn(2, 64)
+    with pytest.raises(ValueError, match="split_k"):
+        fused_moe_mxfp4(x, ids, weights, w, MoeConfig(block_m=1, block_n=16, block_k=64, kernel="gemv",
+                                                      split_k=2))
+    with pytest.raises(ValueError, match="block_k"):
+        fused_moe_mxfp4(x, ids, weights, w, MoeConfig(block_m=1, block_n=16, block_k=96, kernel="gemv"))
+    with pytest.raises(ValueError, match="kernel must be"):
+        MoeConfig.from_dict({"block_m": 1, "kernel": "magic"})
+
+
 def test_fused_moe_without_bias():
     """Biases are optional (HAS_BIAS=False path)."""
     gen = torch.Generator().manual_seed(5)
@@ -132,11 +162,14 @@ def test_config_table_is_data(tmp_path, monkeypatch):
     """A tuned table (the shape bench/device_tune_moe.py writes) is picked up without code changes."""
     cfg = MoeConfig(block_m=32, block_n=16, block_k=64, decode="bits",
                     down=GemmTiles(block_n=128, block_k=256, num_warps=8, num_stages=2))
-    table = {"buckets": [{"max_tokens": 2, **MoeConfig().to_dict()},
+    gemv = MoeConfig(block_m=1, block_n=16, block_k=256, kernel="gemv",
+                     down=GemmTiles(block_n=16, block_k=256, split_k=4))
+    table = {"buckets": [{"max_tokens": 1, **gemv.to_dict()}, {"max_tokens": 2, **MoeConfig().to_dict()},
                          {"max_tokens": 10**9, **cfg.to_dict()}]}
     path = tmp_path / "t.json"
     path.write_text(json.dumps(table))
     monkeypatch.setenv("MINI_VLLM_MOE_CONFIGS", str(path))
+    assert pick_config(1, 4, 32) == gemv and gemv.down_tiles().split_k == 4
     assert pick_config(2, 4, 32) == MoeConfig().from_dict(MoeConfig().to_dict())
     assert pick_config(3, 4, 32) == cfg
     path2 = tmp_path / "bad.json"

@@ -114,6 +114,16 @@ def moe_gate_up_kernel(x_ptr, blk_ptr, scl_ptr, bias_ptr, out_ptr, sorted_ids_pt
     acc = tl.zeros((BLOCK_M, 2 * BLOCK_N), dtype=tl.float32)
     acc = _mxfp4_gemm(acc, x_ptr, slots // TOP_K, row_ok, stride_x, eb, es, rows2, rows2_ok,
                       K, K_HALF, K_GROUPS, K_HALF, K_GROUPS, 2 * BLOCK_N, BLOCK_K, EVEN_K, DECODE)
+    gate_up_epilogue(acc, bias_ptr, out_ptr, expert, slots, row_ok, rows2, rows2_ok, I, stride_out,
+                     alpha, limit, HAS_BIAS, BLOCK_M, BLOCK_N)
+
+
+@triton.jit
+def gate_up_epilogue(acc, bias_ptr, out_ptr, expert, slots, row_ok, rows2, rows2_ok, I, stride_out,
+                     alpha, limit, HAS_BIAS: tl.constexpr, BLOCK_M: tl.constexpr,
+                     BLOCK_N: tl.constexpr):
+    """acc [BM, 2BN] (gate/linear interleaved) + bias -> clamped SwiGLU -> out[slot, n] (shared by
+    the grouped GEMM and the GEMV)."""
     if HAS_BIAS:
         acc += tl.load(bias_ptr + expert * (2 * I) + rows2, mask=rows2_ok, other=0.0).to(tl.float32)[None, :]
     gate, lin = tl.split(tl.reshape(acc, (BLOCK_M, BLOCK_N, 2)))
@@ -141,12 +151,21 @@ def moe_down_kernel(h_ptr, blk_ptr, scl_ptr, bias_ptr, w_ptr, out_ptr, sorted_id
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     acc = _mxfp4_gemm(acc, h_ptr, slots, row_ok, stride_h, eb, es, n, n_ok,
                       K, K_HALF, K_GROUPS, K_HALF, K_GROUPS, BLOCK_N, BLOCK_K, EVEN_K, DECODE)
+    down_epilogue(acc, bias_ptr, w_ptr, out_ptr, expert, slots, row_ok, slots, n, n_ok, N, stride_out,
+                  HAS_BIAS)
+
+
+@triton.jit
+def down_epilogue(acc, bias_ptr, w_ptr, out_ptr, expert, slots, row_ok, out_rows, n, n_ok, N,
+                  stride_out, HAS_BIAS: tl.constexpr):
+    """out[out_rows, n] = topk_weight[slot] * (acc + bias[n]), fp32; the bias is loaded where `n_ok`
+    (a K-split passes n_ok & (split == 0) so only one split adds it); the store masks n < N."""
     if HAS_BIAS:
         acc += tl.load(bias_ptr + expert * N + n, mask=n_ok, other=0.0).to(tl.float32)[None, :]
     rw = tl.load(w_ptr + slots, mask=row_ok, other=0.0).to(tl.float32)
     acc = acc * rw[:, None]
-    dst = out_ptr + slots.to(tl.int64)[:, None] * stride_out + n[None, :]
-    tl.store(dst, acc, mask=row_ok[:, None] & n_ok[None, :])
+    dst = out_ptr + out_rows.to(tl.int64)[:, None] * stride_out + n[None, :]
+    tl.store(dst, acc, mask=row_ok[:, None] & (n < N)[None, :])
 
 
 @triton.jit
