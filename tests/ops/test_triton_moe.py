@@ -153,9 +153,9 @@ def test_fused_moe_rejects_bad_shapes():
         fused_moe_mxfp4(torch.randn(3, 64), ids, weights, w)
 
 
-def test_pick_config_grows_tiles_with_tokens():
+def test_shipped_table_uses_gemv_for_decode_and_big_tiles_for_prefill():
     small, big = pick_config(1, 4, 32), pick_config(4096, 4, 32)
-    assert small.block_m == 16 and big.block_m > small.block_m
+    assert small.kernel == "gemv" and big.kernel == "grouped" and big.block_m >= 64
 
 
 def test_config_table_is_data(tmp_path, monkeypatch):
