@@ -10,19 +10,20 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
+from typing import BinaryIO, Callable
 
 CHUNK = 1 << 20
 
 
-def atomic_write_bytes(path: str | os.PathLike[str], data: bytes, mode: int = 0o644,
-                       fsync: bool = True) -> None:
-    """Write data to path so that readers see the old file or the whole new one, never a part."""
+def _replace_atomically(path: str | os.PathLike[str], fill: Callable[[BinaryIO], None], mode: int,
+                        fsync: bool) -> None:
+    """Write a temp file beside path with `fill`, then rename it over path; on any error, no trace."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
-            f.write(data)
+            fill(f)
             if fsync:
                 f.flush()
                 os.fsync(f.fileno())
@@ -33,20 +34,18 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes, mode: int = 0o
         raise
 
 
+def atomic_write_bytes(path: str | os.PathLike[str], data: bytes, mode: int = 0o644,
+                       fsync: bool = True) -> None:
+    """Write data to path so that readers see the old file or the whole new one, never a part."""
+    _replace_atomically(path, lambda f: f.write(data), mode, fsync)
+
+
 def atomic_copy(src: str | os.PathLike[str], dest: str | os.PathLike[str], mode: int = 0o644) -> None:
-    dest = Path(dest)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=dest.parent)
-    try:
-        with os.fdopen(fd, "wb") as out, open(src, "rb") as inp:
+    def fill(out: BinaryIO) -> None:
+        with open(src, "rb") as inp:
             shutil.copyfileobj(inp, out, CHUNK)
-            out.flush()
-            os.fsync(out.fileno())
-        os.chmod(tmp, mode)
-        os.replace(tmp, dest)
-    except BaseException:
-        unlink_quietly(tmp)
-        raise
+
+    _replace_atomically(dest, fill, mode, fsync=True)
 
 
 def unlink_quietly(p: str | os.PathLike[str]) -> None:

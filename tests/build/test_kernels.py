@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, Project, needs_nvcc
+from build_helpers import ROOT, Project, needs_nvcc
 
 pytestmark = [needs_nvcc, pytest.mark.needs_nvcc]
 
@@ -111,7 +111,7 @@ def test_toolchain_change_is_explained(project: Project, capsys: pytest.CaptureF
 
 def _build_cmd(proj: Project) -> list[str]:
     code = ("import sys, json; sys.path[:0] = [%r, %r]\n"
-            "from conftest import project_config\nfrom pathlib import Path\n"
+            "from build_helpers import project_config\nfrom pathlib import Path\n"
             "from minibuild.kernels import build_kernels\n"
             "sys.exit(0 if build_kernels(project_config(Path(%r), Path(%r)), jobs=2) else 1)\n"
             % (str(ROOT / "python"), str(Path(__file__).parent), str(proj.root), str(proj.store)))

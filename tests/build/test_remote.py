@@ -12,7 +12,7 @@ from typing import Iterator
 
 import pytest
 
-from conftest import make_project, needs_nvcc
+from build_helpers import make_project, needs_nvcc
 
 MOTO = Path(sys.executable).parent / "moto_server"
 

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from conftest import ROOT  # noqa: F401  (puts python/ on sys.path)
+from build_helpers import ROOT  # noqa: F401  (puts python/ on sys.path)
 from minibuild.archive import UnsafeArchive, extract_tar
 from minibuild.hashing import tree_hash
 from minibuild.sources import SourceError, candidates, fetch_all, pins
