@@ -2,7 +2,7 @@
 # The lead's one-call driver on the GPU machine (no internet; repo copied there, .carry/ carried in:
 # .carry/mirror = source mirror from bench/make_source_mirror.py, .carry/wheels = wheels the device
 # lacks, .carry/ext = modules from an earlier call). Steps are named on the command line:
-#   bash bench/device_run.sh env build check triton fa3peer engine
+#   bash bench/device_run.sh env build check triton moetune gptoss fa3peer tp
 # Logs and JSON go to $OUT (comes back to the lead's machine).
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -49,6 +49,10 @@ for s in "$@"; do
     moetune)
       step "MoE tuning sweep"
       timeout 300 python3 bench/device_tune_moe.py 2>&1 | tee "$OUT/moetune.log" ;;
+    tp)
+      step "tensor parallel: TP=1 vs TP=${TP_SIZES:-1,2} on the 20b-shaped checkpoint"
+      python3 bench/make_gptoss_shaped.py /tmp/gptoss-20b-shaped --layers 24
+      python3 bench/device_bench_tp.py --model /tmp/gptoss-20b-shaped --tp "${TP_SIZES:-1,2}" 2>&1 | tee "$OUT/tp.log" ;;
     fa3peer)
       step "peer: sample of the other FA3 sm90 units"
       bash bench/device_build_fa3.sh --mirror .carry/mirror --jobs 16 --sample 16 2>&1 | tee "$OUT/fa3peer.log" ;;
