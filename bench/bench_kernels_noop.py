@@ -89,7 +89,7 @@ def main() -> None:
     rows.append(("fresh checkout/build dir, unchanged sources", timed(invoke, fresh, env2), timed(make, peer, env)))
 
     print(f"\nset '{args.set}': {len(spec['sources'])} units, nvcc {spec['gencode'][0]}, {os.cpu_count()} cores")
-    print(f"| case | invoke kernels (s) | make -j2 (s) | ratio make/ours |")
+    print("| case | invoke kernels (s) | make -j2 (s) | ratio make/ours |")
     print("|---|---|---|---|")
     for name, a, b in rows:
         print(f"| {name} | {a:.2f} | {b:.2f} | {b / a:.2f}x |")

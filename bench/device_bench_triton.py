@@ -29,7 +29,8 @@ from triton.testing import do_bench, do_bench_cudagraph
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "python"))
 from mini_vllm.ops.triton.fused_moe import fused_moe_mxfp4, pick_config  # noqa: E402
-from mini_vllm.ops.triton.mxfp4 import dequant_mxfp4_reference, random_moe_weights  # noqa: E402
+from mini_vllm.ops.reference import dequant_mxfp4 as dequant_mxfp4_reference  # noqa: E402
+from mini_vllm.ops.triton.mxfp4 import random_moe_weights  # noqa: E402
 from mini_vllm.ops.triton.paged_attention import paged_attention  # noqa: E402
 from mini_vllm.ops.triton.reference import (fused_moe_reference,  # noqa: E402
                                             paged_attention_reference, swiglu_gpt_oss)

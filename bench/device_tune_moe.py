@@ -33,7 +33,8 @@ from mini_vllm.ops.triton.fused_moe import (GemmTiles, MoeConfig, fused_moe_mxfp
                                             gemv_routing, moe_down, moe_down_gemv, moe_gate_up,
                                             moe_gate_up_gemv, moe_sum, pick_config)
 from mini_vllm.ops.triton.moe_align import moe_align_block_size  # noqa: E402
-from mini_vllm.ops.triton.mxfp4 import dequant_mxfp4_reference, random_moe_weights  # noqa: E402
+from mini_vllm.ops.reference import dequant_mxfp4 as dequant_mxfp4_reference  # noqa: E402
+from mini_vllm.ops.triton.mxfp4 import random_moe_weights  # noqa: E402
 from mini_vllm.ops.triton.reference import fused_moe_reference, swiglu_gpt_oss  # noqa: E402
 
 TOL = 2e-2

@@ -13,8 +13,9 @@ from mini_vllm.ops.triton.fused_moe import (GemmTiles, MoeConfig, fused_moe_mxfp
                                             pick_config)
 from mini_vllm.ops.triton.interpret import interpreted  # noqa: E402
 from mini_vllm.ops.triton.moe_align import moe_align_block_size  # noqa: E402
-from mini_vllm.ops.triton.mxfp4 import (E2M1_VALUES, dequant_mxfp4_reference,  # noqa: E402
-                                        random_moe_weights)
+from mini_vllm.ops.reference import E2M1_VALUES  # noqa: E402
+from mini_vllm.ops.reference import dequant_mxfp4 as dequant_mxfp4_reference  # noqa: E402
+from mini_vllm.ops.triton.mxfp4 import random_moe_weights  # noqa: E402
 from mini_vllm.ops.triton.reference import fused_moe_reference  # noqa: E402
 
 pytestmark = pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarning")

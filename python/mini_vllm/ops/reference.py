@@ -61,7 +61,8 @@ def dequant_mxfp4(blocks: torch.Tensor, scales: torch.Tensor, dtype: torch.dtype
     """uint8 blocks [..., G, 16] + uint8 scales [..., G] -> [..., G*32] (no transpose, unlike transformers)."""
     if blocks.shape[:-1] != scales.shape or blocks.shape[-1] != 16:
         raise ValueError(f"blocks {tuple(blocks.shape)} and scales {tuple(scales.shape)} do not match [..., G, 16]/[..., G]")
-    lut = torch.tensor(E2M1_VALUES, dtype=torch.float32, device=blocks.device)
+    work = torch.float64 if dtype == torch.float64 else torch.float32   # fp32 is exact: 2 significant bits
+    lut = torch.tensor(E2M1_VALUES, dtype=work, device=blocks.device)
     b = blocks.to(torch.int64)
     vals = torch.stack((lut[b & 0xF], lut[b >> 4]), dim=-1).flatten(-2)        # [..., G, 32]
     vals = torch.ldexp(vals, scales.to(torch.int32)[..., None] - 127)

@@ -17,7 +17,6 @@ from dataclasses import dataclass
 
 import torch
 
-E2M1_VALUES = (0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0)
 BLOCK = 32  # e2m1 values per scale
 SWIGLU_ALPHA = 1.702  # GPT-OSS expert activation: g * sigmoid(alpha * g) * (l + 1)
 SWIGLU_LIMIT = 7.0  # gate clamped to <= limit, linear to [-limit, limit]
@@ -77,22 +76,6 @@ class MoeWeights:
             if t is not None:
                 total += t[0].numel() * t.element_size()
         return total
-
-
-def dequant_mxfp4_reference(blocks: torch.Tensor, scales: torch.Tensor,
-                            dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """Decode packed MXFP4 [..., N, K/32, 16] + scales [..., N, K/32] to a dense [..., N, K] tensor.
-
-    Works in float32 (exact: e2m1 x 2^k has 2 significant bits) unless float64 is asked for.
-    """
-    work = torch.float64 if dtype == torch.float64 else torch.float32
-    table = torch.tensor(E2M1_VALUES + tuple(-v for v in E2M1_VALUES), dtype=work,
-                         device=blocks.device)
-    lo = table[(blocks & 0x0F).long()]
-    hi = table[(blocks >> 4).long()]
-    vals = torch.stack((lo, hi), dim=-1).flatten(-2)  # [..., N, K/32, 32]
-    vals = vals * torch.exp2(scales.to(work) - 127.0).unsqueeze(-1)
-    return vals.flatten(-2).to(dtype)
 
 
 def random_moe_weights(num_experts: int, hidden: int, intermediate: int, *, device="cpu",

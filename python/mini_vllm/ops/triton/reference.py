@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import torch
 
-from .mxfp4 import SWIGLU_ALPHA, SWIGLU_LIMIT, MoeWeights, dequant_mxfp4_reference
+from ..reference import dequant_mxfp4 as dequant_mxfp4_reference
+from .mxfp4 import SWIGLU_ALPHA, SWIGLU_LIMIT, MoeWeights
 
 
 def swiglu_gpt_oss(gate_up: torch.Tensor) -> torch.Tensor:
