@@ -25,33 +25,12 @@ from safetensors.torch import save_file
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "python"))
 
-from mini_vllm.model.tiny import HARMONY_SPECIALS, build_tokenizer  # noqa: E402
+from mini_vllm.model.tiny import HARMONY_SPECIALS, build_tokenizer, model_config, write_tokenizer_files  # noqa: E402,E501
 
-SHAPE_20B = dict(hidden_size=2880, intermediate_size=2880, num_attention_heads=64, num_key_value_heads=8,
-                 head_dim=64, num_local_experts=32, num_experts_per_tok=4, vocab_size=201088,
-                 sliding_window=128, max_position_embeddings=131072)
-
-
-def config(layers: int, ids: dict[str, int]) -> dict:
-    s = SHAPE_20B
-    return {
-        "architectures": ["GptOssForCausalLM"], "model_type": "gpt_oss", "attention_bias": True,
-        "attention_dropout": 0.0, "eos_token_id": ids["<|return|>"], "pad_token_id": ids["<|endoftext|>"],
-        "experts_per_token": 4, "num_experts_per_tok": 4, "head_dim": 64, "hidden_act": "silu",
-        "hidden_size": s["hidden_size"], "initial_context_length": 4096, "initializer_range": 0.02,
-        "intermediate_size": s["intermediate_size"],
-        "layer_types": ["sliding_attention" if i % 2 == 0 else "full_attention" for i in range(layers)],
-        "max_position_embeddings": s["max_position_embeddings"], "num_attention_heads": 64,
-        "num_hidden_layers": layers, "num_key_value_heads": 8, "num_local_experts": 32,
-        "output_router_logits": False, "rms_norm_eps": 1e-05,
-        "rope_scaling": {"beta_fast": 32.0, "beta_slow": 1.0, "factor": 32.0,
-                         "original_max_position_embeddings": 4096, "rope_type": "yarn", "truncate": False},
-        "rope_theta": 150000, "router_aux_loss_coef": 0.9, "sliding_window": 128, "swiglu_limit": 7.0,
-        "tie_word_embeddings": False, "torch_dtype": "bfloat16", "transformers_version": "4.55.0",
-        "use_cache": True, "vocab_size": s["vocab_size"],
-        "quantization_config": {"quant_method": "mxfp4", "modules_to_not_convert": [
-            "model.layers.*.self_attn", "model.layers.*.mlp.router", "model.embed_tokens", "lm_head"]},
-    }
+SHAPE_20B = dict(hidden_size=2880, intermediate_size=2880, num_hidden_layers=24, num_attention_heads=64,
+                 num_key_value_heads=8, head_dim=64, num_local_experts=32, num_experts_per_tok=4,
+                 vocab_size=201088, sliding_window=128, max_position_embeddings=131072,
+                 original_max_position_embeddings=4096)
 
 
 def layer_weights(i: int, g: torch.Generator, dev: str) -> dict[str, torch.Tensor]:
@@ -120,14 +99,9 @@ def main() -> None:
         total += sum(t.numel() * t.element_size() for t in part.values())
     (out / "model.safetensors.index.json").write_text(json.dumps(
         {"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))}, indent=1))
-    (out / "config.json").write_text(json.dumps(config(args.layers, ids), indent=2, sort_keys=True))
-    tok.save(str(out / "tokenizer.json"))
-    (out / "tokenizer_config.json").write_text(json.dumps({
-        "bos_token": "<|startoftext|>", "eos_token": "<|return|>", "pad_token": "<|endoftext|>",
-        "model_max_length": s["max_position_embeddings"], "tokenizer_class": "PreTrainedTokenizerFast"}))
-    (out / "generation_config.json").write_text(json.dumps({
-        "bos_token_id": ids["<|startoftext|>"], "eos_token_id": [ids["<|return|>"], ids["<|endoftext|>"], ids["<|call|>"]],
-        "pad_token_id": ids["<|endoftext|>"]}))
+    shape = dict(s, num_hidden_layers=args.layers)
+    (out / "config.json").write_text(json.dumps(model_config(shape, s["vocab_size"], ids), indent=2, sort_keys=True))
+    write_tokenizer_files(out, tok, s["max_position_embeddings"])
     print(f"wrote {out}: {args.layers} layers, {total / 1e9:.2f} GB in {len(shards)} shards, "
           f"{time.perf_counter() - t0:.1f} s")
 

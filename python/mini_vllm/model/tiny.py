@@ -29,7 +29,7 @@ HARMONY_SPECIALS = [
 TINY_SHAPE = dict(
     hidden_size=128, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
     num_key_value_heads=2, head_dim=64, num_local_experts=8, num_experts_per_tok=4,
-    sliding_window=16, max_position_embeddings=4096,
+    sliding_window=16, max_position_embeddings=4096, original_max_position_embeddings=128,
 )
 BPE_VOCAB = 960
 
@@ -68,8 +68,9 @@ def build_tokenizer(vocab_size: int = BPE_VOCAB):
     return tok
 
 
-def _config(vocab: int, ids: dict[str, int], experts: str) -> dict:
-    s = TINY_SHAPE
+def model_config(shape: dict, vocab: int, ids: dict[str, int], experts: str = "mxfp4") -> dict:
+    """config.json as the published GPT-OSS checkpoints write it, for a model of `shape`."""
+    s = shape
     cfg = {
         "architectures": ["GptOssForCausalLM"],
         "attention_bias": True,
@@ -79,7 +80,7 @@ def _config(vocab: int, ids: dict[str, int], experts: str) -> dict:
         "head_dim": s["head_dim"],
         "hidden_act": "silu",
         "hidden_size": s["hidden_size"],
-        "initial_context_length": 128,
+        "initial_context_length": s["original_max_position_embeddings"],
         "initializer_range": 0.02,
         "intermediate_size": s["intermediate_size"],
         "layer_types": ["sliding_attention" if i % 2 == 0 else "full_attention"
@@ -95,7 +96,8 @@ def _config(vocab: int, ids: dict[str, int], experts: str) -> dict:
         "pad_token_id": ids["<|endoftext|>"],
         "rms_norm_eps": 1e-05,
         "rope_scaling": {"beta_fast": 32.0, "beta_slow": 1.0, "factor": 32.0,
-                         "original_max_position_embeddings": 128, "rope_type": "yarn", "truncate": False},
+                         "original_max_position_embeddings": s["original_max_position_embeddings"],
+                         "rope_type": "yarn", "truncate": False},
         "rope_theta": 150000,
         "router_aux_loss_coef": 0.9,
         "sliding_window": s["sliding_window"],
@@ -172,6 +174,22 @@ def _save_weights(w: dict[str, torch.Tensor], out: Path, shards: int) -> None:
     (out / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n")
 
 
+def write_tokenizer_files(out: Path, tok, max_len: int) -> None:
+    """tokenizer.json, tokenizer_config.json and generation_config.json (harmony stop ids) into out."""
+    ids = {t: tok.token_to_id(t) for t in HARMONY_SPECIALS}
+    tok.save(str(out / "tokenizer.json"))
+    added = {str(ids[t]): {"content": t, "lstrip": False, "normalized": False, "rstrip": False,
+                           "single_word": False, "special": True} for t in HARMONY_SPECIALS}
+    tok_cfg = {"added_tokens_decoder": added, "bos_token": "<|startoftext|>", "eos_token": "<|return|>",
+               "pad_token": "<|endoftext|>", "clean_up_tokenization_spaces": False,
+               "model_max_length": max_len, "tokenizer_class": "PreTrainedTokenizerFast"}
+    (out / "tokenizer_config.json").write_text(json.dumps(tok_cfg, indent=2, sort_keys=True) + "\n")
+    gen = {"bos_token_id": ids["<|startoftext|>"], "do_sample": True,
+           "eos_token_id": [ids["<|return|>"], ids["<|endoftext|>"], ids["<|call|>"]],
+           "pad_token_id": ids["<|endoftext|>"], "transformers_version": "4.55.0"}
+    (out / "generation_config.json").write_text(json.dumps(gen, indent=2, sort_keys=True) + "\n")
+
+
 def write_tiny_checkpoint(out_dir: Path, seed: int = 0, shards: int = 1, experts: str = "mxfp4") -> Path:
     """Write the tiny model to out_dir (replaced atomically) and return it.
 
@@ -187,20 +205,10 @@ def write_tiny_checkpoint(out_dir: Path, seed: int = 0, shards: int = 1, experts
     vocab = -(-tok.get_vocab_size() // 64) * 64          # padded like the real 201,088
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
     try:
-        (tmp / "config.json").write_text(json.dumps(_config(vocab, ids, experts), indent=2, sort_keys=True) + "\n")
+        (tmp / "config.json").write_text(json.dumps(model_config(TINY_SHAPE, vocab, ids, experts), indent=2,
+                                                    sort_keys=True) + "\n")
         _save_weights(_weights(vocab, tok.get_vocab_size(), seed, experts), tmp, shards)
-        tok.save(str(tmp / "tokenizer.json"))
-        added = {str(ids[t]): {"content": t, "lstrip": False, "normalized": False, "rstrip": False,
-                               "single_word": False, "special": True} for t in HARMONY_SPECIALS}
-        tok_cfg = {"added_tokens_decoder": added, "bos_token": "<|startoftext|>", "eos_token": "<|return|>",
-                   "pad_token": "<|endoftext|>", "clean_up_tokenization_spaces": False,
-                   "model_max_length": TINY_SHAPE["max_position_embeddings"],
-                   "tokenizer_class": "PreTrainedTokenizerFast"}
-        (tmp / "tokenizer_config.json").write_text(json.dumps(tok_cfg, indent=2, sort_keys=True) + "\n")
-        gen = {"bos_token_id": ids["<|startoftext|>"], "do_sample": True,
-               "eos_token_id": [ids["<|return|>"], ids["<|endoftext|>"], ids["<|call|>"]],
-               "pad_token_id": ids["<|endoftext|>"], "transformers_version": "4.55.0"}
-        (tmp / "generation_config.json").write_text(json.dumps(gen, indent=2, sort_keys=True) + "\n")
+        write_tokenizer_files(tmp, tok, TINY_SHAPE["max_position_embeddings"])
         for f in tmp.iterdir():
             os.chmod(f, 0o644)
         os.chmod(tmp, 0o755)
