@@ -66,25 +66,24 @@ class CudaStep:
         self.capture_s = 0.0
 
     # ---- inputs --------------------------------------------------------------------------------
-    def _inputs(self, inp, seqs: _Seqs, rows: int, max_seqlen_k: int) -> tuple[torch.Tensor, CudaAttnInputs]:
-        dev = self.device
+    def _host_inputs(self, inp, seqs: _Seqs, rows: int) -> dict[str, torch.Tensor]:
+        """A step's inputs as CPU tensors, padded to `rows` sequences (a pad: one key of block 0)."""
         t = len(inp.input_ids)
-        ids = torch.tensor(inp.input_ids, dtype=torch.long)
-        pos = torch.tensor(inp.positions, dtype=torch.long)
-        slots = torch.tensor(inp.slot_mapping, dtype=torch.long)
         cu = np.zeros(rows + 1, dtype=np.int32)
         cu[1:len(seqs.q_lens) + 1] = np.cumsum(seqs.q_lens)
         cu[len(seqs.q_lens) + 1:] = t
         used = np.ones(rows, dtype=np.int32)
         used[:len(seqs.ctx_lens)] = seqs.ctx_lens
         width = max(1, -(-max(seqs.ctx_lens) // self.block_size))
-        table = _table(seqs.tables, rows, width)
-        a = CudaAttnInputs(pos.to(dev, non_blocking=True), slots.to(dev, non_blocking=True),
-                           torch.from_numpy(cu).to(dev, non_blocking=True),
-                           torch.from_numpy(used).to(dev, non_blocking=True),
-                           torch.from_numpy(table).to(dev, non_blocking=True),
-                           max(seqs.q_lens), max_seqlen_k)
-        return ids.to(dev, non_blocking=True), a
+        return {"ids": torch.tensor(inp.input_ids, dtype=torch.long),
+                "pos": torch.tensor(inp.positions, dtype=torch.long),
+                "slots": torch.tensor(inp.slot_mapping, dtype=torch.long),
+                "cu": torch.from_numpy(cu), "used": torch.from_numpy(used),
+                "table": torch.from_numpy(_table(seqs.tables, rows, width))}
+
+    @staticmethod
+    def _attn(t: dict[str, torch.Tensor], max_seqlen_q: int, max_seqlen_k: int) -> CudaAttnInputs:
+        return CudaAttnInputs(t["pos"], t["slots"], t["cu"], t["used"], t["table"], max_seqlen_q, max_seqlen_k)
 
     # ---- running -------------------------------------------------------------------------------
     def execute(self, inp) -> torch.Tensor | None:
@@ -96,23 +95,23 @@ class CudaStep:
             bucket = next((b for b in self.buckets if b >= len(seqs.q_lens)), None)
             if bucket in self.graphs:
                 return self._replay(bucket, inp, seqs)[rows] if rows else None
-        ids, a = self._inputs(inp, seqs, len(seqs.q_lens), max(seqs.ctx_lens))
-        hidden = self.fwd.forward(ids, a, self.kv_caches)
+        host = self._host_inputs(inp, seqs, len(seqs.q_lens))
+        t = {k: v.to(self.device, non_blocking=True) for k, v in host.items()}
+        hidden = self.fwd.forward(t["ids"], self._attn(t, max(seqs.q_lens), max(seqs.ctx_lens)), self.kv_caches)
         if not rows:
             return None
         return F.linear(hidden[torch.tensor(rows, device=self.device)], self.lm_head).float()
 
     def _replay(self, bucket: int, inp, seqs: _Seqs) -> torch.Tensor:
+        """Copy the step's inputs straight into the graph's static buffers, replay, return its logits."""
         graph, buf = self.graphs[bucket]
         n = len(seqs.q_lens)
-        ids, a = self._inputs(inp, seqs, bucket, self.max_model_len)
-        buf["ids"][:n].copy_(ids)
-        buf["pos"][:n].copy_(a.positions)
-        buf["slots"][:n].copy_(a.slot_mapping)
-        buf["slots"][n:].fill_(-1)
-        buf["used"].copy_(a.seqused_k)
-        w = a.block_table.shape[1]
-        buf["table"][:, :w].copy_(a.block_table)
+        host = self._host_inputs(inp, seqs, bucket)
+        for k in ("ids", "pos", "slots"):
+            buf[k][:n].copy_(host[k], non_blocking=True)
+        buf["slots"][n:].fill_(-1)                  # pads write no KV ("cu" stays arange: one query each)
+        buf["used"].copy_(host["used"], non_blocking=True)
+        buf["table"][:, :host["table"].shape[1]].copy_(host["table"], non_blocking=True)
         graph.replay()
         return buf["logits"][:n]
 
@@ -134,6 +133,26 @@ class CudaStep:
             torch.cuda.synchronize(dev)
         return time.perf_counter() - t0
 
+    def _static_buffers(self, b: int) -> dict[str, torch.Tensor]:
+        """The inputs a decode graph of batch b reads, allocated once; `_replay` fills them."""
+        dev = self.device
+        return {"ids": torch.zeros(b, dtype=torch.long, device=dev),
+                "pos": torch.zeros(b, dtype=torch.long, device=dev),
+                "slots": torch.full((b,), -1, dtype=torch.long, device=dev),
+                "cu": torch.arange(b + 1, dtype=torch.int32, device=dev),
+                "used": torch.ones(b, dtype=torch.int32, device=dev),
+                "table": torch.zeros(b, self.max_blocks, dtype=torch.int32, device=dev)}
+
+    def _graph_body(self, buf: dict[str, torch.Tensor]):
+        """What a decode graph runs: forward + lm_head over the static buffers."""
+        a = self._attn(buf, 1, self.max_model_len)
+
+        def run() -> torch.Tensor:
+            h = self.fwd.forward(buf["ids"], a, self.kv_caches)
+            return F.linear(h, self.lm_head).float()
+
+        return run
+
     @torch.inference_mode()
     def capture(self) -> None:
         """Capture one decode graph per bucket (largest first, sharing one memory pool)."""
@@ -143,21 +162,8 @@ class CudaStep:
         dev = self.device
         pool = torch.cuda.graph_pool_handle()
         for b in sorted(self.buckets, reverse=True):
-            buf = {
-                "ids": torch.zeros(b, dtype=torch.long, device=dev),
-                "pos": torch.zeros(b, dtype=torch.long, device=dev),
-                "slots": torch.full((b,), -1, dtype=torch.long, device=dev),
-                "cu": torch.arange(b + 1, dtype=torch.int32, device=dev),
-                "used": torch.ones(b, dtype=torch.int32, device=dev),
-                "table": torch.zeros(b, self.max_blocks, dtype=torch.int32, device=dev),
-            }
-            a = CudaAttnInputs(buf["pos"], buf["slots"], buf["cu"], buf["used"], buf["table"], 1,
-                               self.max_model_len)
-
-            def run() -> torch.Tensor:
-                h = self.fwd.forward(buf["ids"], a, self.kv_caches)
-                return F.linear(h, self.lm_head).float()
-
+            buf = self._static_buffers(b)
+            run = self._graph_body(buf)
             stream = torch.cuda.Stream(dev)
             stream.wait_stream(torch.cuda.current_stream(dev))
             with torch.cuda.stream(stream):
