@@ -14,7 +14,6 @@ Results go to $OUT/gptoss_<part>.json and a table on stdout.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import os
 import statistics
@@ -30,6 +29,8 @@ sys.path.insert(0, str(ROOT / "python"))
 OUT = Path(os.environ.get("OUT", "/tmp/out"))
 CKPT = Path(os.environ.get("GPTOSS_DIR", "/tmp/gptoss-20b-shaped"))
 RESULTS: dict[str, object] = {}
+sys.path.insert(0, str(ROOT / "bench"))
+from device_http_load import part_http
 
 
 def sh(*args: str) -> None:
@@ -65,11 +66,10 @@ def engine(model: Path, **kw):
 
 # ---- check ---------------------------------------------------------------------------------------
 def part_check() -> None:
-    from transformers import GptOssForCausalLM, Mxfp4Config
-
     from mini_vllm.model.cuda_forward import CudaAttnInputs
     from mini_vllm.model.tiny import write_tiny_checkpoint
     from mini_vllm.sampling_params import SamplingParams
+    from transformers import GptOssForCausalLM, Mxfp4Config
 
     small = ensure_ckpt(Path("/tmp/gptoss-2l"), 2)
     eng = engine(small, max_model_len=4096, max_num_seqs=8, enforce_eager=True)
@@ -142,6 +142,58 @@ def decode_step_bytes(model) -> int:
     return int(total)
 
 
+def _timed(obj, name: str, acc: dict[str, float]) -> None:
+    """Wrap obj.name so that its wall time accumulates in acc[name]."""
+    f = getattr(obj, name)
+
+    def wrapper(*a, **k):
+        s = time.perf_counter()
+        try:
+            return f(*a, **k)
+        finally:
+            acc[name] = acc.get(name, 0.0) + time.perf_counter() - s
+
+    setattr(obj, name, wrapper)
+
+
+def graph_gpu_ms(step, bucket: int, context: int, reps: int = 20) -> float:
+    """GPU time of one replay of the decode graph of `bucket` rows, every row `context` keys deep."""
+    graph, buf = step.graphs[bucket]
+    nb = -(-context // step.block_size)
+    buf["used"].fill_(context)
+    buf["table"][:, :nb] = torch.arange(nb, dtype=torch.int32, device=buf["table"].device)
+    buf["slots"].fill_(-1)                          # write nothing
+    for _ in range(3):
+        graph.replay()
+    s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    s.record()
+    for _ in range(reps):
+        graph.replay()
+    e.record()
+    torch.cuda.synchronize()
+    return s.elapsed_time(e) / reps
+
+
+def offline(eng, batch: int, prompt_len: int, gen: int, seed: int) -> dict:
+    """`batch` fresh prompts at once through the offline engine: output tok/s and decode-step times."""
+    from mini_vllm.sampling_params import SamplingParams
+
+    g = torch.Generator().manual_seed(seed)
+    for i in range(batch):
+        eng.add_request(f"o{seed}-{batch}-{i}", torch.randint(0, 800, (prompt_len,), generator=g).tolist(),
+                        SamplingParams(temperature=0.0, max_tokens=gen, ignore_eos=True))
+    times = []
+    s = time.perf_counter()
+    while eng.has_unfinished():
+        t = time.perf_counter()
+        eng.step()
+        times.append(time.perf_counter() - t)
+    wall = time.perf_counter() - s
+    decode = sorted(times[-max(1, gen // 2):])       # the second half: pure decode steps
+    return {"batch": batch, "in": prompt_len, "out": gen, "output_tok_s": batch * gen / wall, "wall_s": wall,
+            "decode_step_ms_p50": 1e3 * decode[len(decode) // 2]}
+
+
 def part_decode(prompt_len: int = 1024, gen: int = 256) -> None:
     from mini_vllm.sampling_params import SamplingParams
 
@@ -158,6 +210,9 @@ def part_decode(prompt_len: int = 1024, gen: int = 256) -> None:
     prompt = torch.randint(0, 800, (prompt_len,), generator=g).tolist()
     p = SamplingParams(temperature=0.0, max_tokens=gen, ignore_eos=True)
     eng.generate([prompt[:64]], SamplingParams(temperature=0.0, max_tokens=8, ignore_eos=True))  # warm-up
+    phases: dict[str, float] = {}
+    _timed(eng.runner, "execute", phases)
+    _timed(eng, "sampler", phases)
     eng.add_request("single", prompt, p)
     times = []
     while eng.has_unfinished():
@@ -167,115 +222,24 @@ def part_decode(prompt_len: int = 1024, gen: int = 256) -> None:
         times.append(time.perf_counter() - s)
     step_s = statistics.median(times[2:])
     tok_s = 1 / step_s
+    n = len(times)
+    gpu_ms = graph_gpu_ms(eng.runner.cuda_step, 1, prompt_len + gen // 2)
+    split = {"step_ms": step_s * 1e3, "graph_gpu_ms": gpu_ms, "host_gap_ms": step_s * 1e3 - gpu_ms,
+             "execute_ms": phases["execute"] / n * 1e3, "sampler_incl_gpu_wait_ms": phases["sampler"] / n * 1e3}
     RESULTS["single_stream"] = {"copy_bw_GBps": bw, "weight_bytes_per_step": need, "kv_bytes_per_step": kv_bytes,
                                 "limit_tok_s": limit, "decode_tok_s": tok_s, "fraction_of_limit": tok_s / limit,
-                                "prefill_s": times[0], "engine_up_s": load_s}
+                                "prefill_s": times[0], "engine_up_s": load_s, "step_split": split}
     print(f"[decode] copy bandwidth {bw:.0f} GB/s; a step reads {need / 1e9:.3f} GB weights + "
           f"{kv_bytes / 1e6:.0f} MB KV -> limit {limit:.0f} tok/s; measured {tok_s:.1f} tok/s "
           f"({tok_s / limit:.1%} of the limit); prefill of {prompt_len} tokens {times[0] * 1e3:.0f} ms")
-    for batch in (16, 64):
-        eng.generate([prompt[:128]] * 2, SamplingParams(temperature=0.0, max_tokens=4, ignore_eos=True))
-        for i in range(batch):
-            eng.add_request(f"b{batch}-{i}", [(t + i) % 800 for t in prompt], SamplingParams(
-                temperature=0.0, max_tokens=128, ignore_eos=True))
-        s = time.perf_counter()
-        steps = 0
-        while eng.has_unfinished():
-            eng.step()
-            steps += 1
-        wall = time.perf_counter() - s
-        RESULTS[f"offline_batch{batch}"] = {"output_tok_s": batch * 128 / wall, "wall_s": wall}
-        print(f"[decode] offline batch {batch} x (1024 in, 128 out): {batch * 128 / wall:.0f} output tok/s")
-
-
-# ---- http ----------------------------------------------------------------------------------------
-async def _one(client, url: str, prompt: list[int], max_tokens: int) -> dict:
-    t0 = time.perf_counter()
-    first, last, gaps, n = None, None, [], 0
-    body = {"model": "bench", "prompt": prompt, "max_tokens": max_tokens, "ignore_eos": True, "stream": True,
-            "temperature": 0.0}
-    async with client.stream("POST", url + "/v1/completions", json=body) as r:
-        if r.status_code != 200:
-            raise RuntimeError(f"HTTP {r.status_code}: {(await r.aread()).decode()[:500]}")
-        buf = b""
-        async for piece in r.aiter_bytes():
-            buf += piece
-            *lines, buf = buf.split(b"\n")     # SSE lines end in \n only: never split on unicode breaks
-            for raw in lines:
-                line = raw.decode()
-                if not line.startswith("data: ") or line == "data: [DONE]":
-                    continue
-                now = time.perf_counter()
-                if not json.loads(line[6:]).get("choices"):
-                    continue
-                n += 1
-                if first is None:
-                    first = now - t0
-                elif last is not None:
-                    gaps.append(now - last)
-                last = now
-    return {"ttft": first, "gaps": gaps, "chunks": n, "e2e": time.perf_counter() - t0}
-
-
-async def _load(url: str, conc: int, prompt_len: int, max_tokens: int) -> dict:
-    import httpx
-
-    g = torch.Generator().manual_seed(conc * 100003 + max_tokens)   # fresh prompts per level: no prefix-cache hits
-    prompts = [torch.randint(0, 800, (prompt_len,), generator=g).tolist() for _ in range(conc)]
-    async with httpx.AsyncClient(timeout=None, limits=httpx.Limits(max_connections=conc + 8)) as client:
-        s = time.perf_counter()
-        res = await asyncio.gather(*[_one(client, url, p, max_tokens) for p in prompts])
-        wall = time.perf_counter() - s
-    ttft = sorted(r["ttft"] for r in res)
-    gaps = sorted(x for r in res for x in r["gaps"])
-
-    def pct(xs: list[float], q: float) -> float:
-        return xs[min(len(xs) - 1, int(q * len(xs)))] * 1e3 if xs else float("nan")
-
-    return {"concurrency": conc, "in": prompt_len, "out": max_tokens, "output_tok_s": conc * max_tokens / wall,
-            "wall_s": wall, "ttft_ms_p50": pct(ttft, .5), "ttft_ms_p99": pct(ttft, .99),
-            "itl_ms_p50": pct(gaps, .5), "itl_ms_p99": pct(gaps, .99)}
-
-
-def part_http(levels: str) -> None:
-    import httpx
-
-    ckpt = ensure_ckpt(CKPT, 24)
-    port = 8011
-    env = dict(os.environ, PYTHONPATH=str(ROOT / "python") + ":" + os.environ.get("PYTHONPATH", ""))
-    log = open(OUT / "server.log", "w")
-    t0 = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, "-m", "mini_vllm.cli", "serve", str(ckpt), "--port", str(port),
-                             "--host", "127.0.0.1", "--served-model-name", "bench", "--max-model-len", "4096",
-                             "--max-num-seqs", "256", "--max-num-batched-tokens", "8192",
-                             "--disable-uvicorn-access-log"], stdout=log, stderr=subprocess.STDOUT, env=env)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"server exited {proc.returncode}; see server.log")
-            try:
-                if httpx.get(url + "/health", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.5)
-        healthy = time.perf_counter() - t0
-        RESULTS["serve_to_healthy_s"] = healthy
-        print(f"[http] `mini-vllm serve` start -> healthy: {healthy:.1f} s")
-        asyncio.run(_load(url, 4, 1024, 16))   # warm-up (the server compiled its kernels at start-up)
-        rows = []
-        for spec in levels.split(","):
-            conc, out = (int(x) for x in spec.split("x"))
-            r = asyncio.run(_load(url, conc, 1024, out))
-            rows.append(r)
-            print(f"[http] conc {conc:4d}  1024 in / {out:4d} out: {r['output_tok_s']:8.0f} output tok/s  "
-                  f"TTFT p50/p99 {r['ttft_ms_p50']:.0f}/{r['ttft_ms_p99']:.0f} ms  "
-                  f"ITL p50/p99 {r['itl_ms_p50']:.1f}/{r['itl_ms_p99']:.1f} ms  ({r['wall_s']:.0f} s)", flush=True)
-        RESULTS["http"] = rows
-    finally:
-        proc.terminate()
-        proc.wait(30)
+    print("[decode] batch-1 step split (ms): " + ", ".join(f"{k} {v:.3f}" for k, v in split.items()))
+    for batch, n_in, n_out in ((1, 1024, 128), (16, 1024, 128), (64, 1024, 64), (64, 1024, 256), (256, 1024, 256)):
+        r = offline(eng, batch, n_in, n_out, seed=batch + n_out)
+        bucket = next(b for b in eng.runner.cuda_step.buckets if b >= batch)
+        r["graph_gpu_ms"] = graph_gpu_ms(eng.runner.cuda_step, bucket, n_in + n_out // 2)
+        RESULTS[f"offline_b{batch}_{n_in}x{n_out}"] = r
+        print(f"[decode] offline batch {batch:3d} x ({n_in} in, {n_out:3d} out): {r['output_tok_s']:7.0f} output tok/s; "
+              f"decode step p50 {r['decode_step_ms_p50']:.2f} ms, its graph alone {r['graph_gpu_ms']:.2f} ms GPU", flush=True)
 
 
 # ---- peer ----------------------------------------------------------------------------------------
@@ -288,8 +252,8 @@ def part_peer() -> None:
                                               quantization_config=Mxfp4Config(dequantize=True))
     print(f"[peer] transformers loaded in {time.perf_counter() - t0:.0f} s")
     g = torch.Generator().manual_seed(0)
-    for batch, new in ((1, 64), (64, 32)):
-        ids = torch.randint(0, 800, (batch, 128), generator=g).cuda()
+    for batch, new, n_in in ((1, 128, 1024), (64, 64, 1024), (64, 32, 128)):
+        ids = torch.randint(0, 800, (batch, n_in), generator=g).cuda()
         model.generate(ids[:, :16], max_new_tokens=2, do_sample=False)
         torch.cuda.synchronize()
         s = time.perf_counter()
@@ -297,16 +261,16 @@ def part_peer() -> None:
         torch.cuda.synchronize()
         wall = time.perf_counter() - s
         tok = batch * (out.shape[1] - ids.shape[1])
-        RESULTS[f"transformers_batch{batch}"] = {"output_tok_s": tok / wall, "in": 128, "out": new}
-        print(f"[peer] transformers batch {batch} (128 in, {new} out): {tok / wall:.1f} output tok/s")
+        RESULTS[f"transformers_b{batch}_{n_in}x{new}"] = {"output_tok_s": tok / wall, "in": n_in, "out": new}
+        print(f"[peer] transformers batch {batch} ({n_in} in, {new} out): {tok / wall:.1f} output tok/s", flush=True)
+        torch.cuda.empty_cache()
 
 
 # ---- profile -------------------------------------------------------------------------------------
 def part_profile(context: int = 1024) -> None:
     """Where a batch-1 decode step's GPU time goes: torch.profiler over eager forwards, top kernels."""
-    from torch.profiler import ProfilerActivity, profile
-
     from mini_vllm.model.cuda_forward import CudaAttnInputs
+    from torch.profiler import ProfilerActivity, profile
 
     ckpt = ensure_ckpt(CKPT, 24)
     eng = engine(ckpt, max_model_len=4096, max_num_seqs=8, enforce_eager=True)
@@ -339,10 +303,19 @@ def part_profile(context: int = 1024) -> None:
           f"(-> {1e6 / total_us:.0f} tok/s if the GPU never idled)")
 
 
+def part_http_ab(levels: str) -> None:
+    """The same short load against server variants named in $HTTP_AB ("name:ENV=V,ENV2=V;name2:...")."""
+    for spec in filter(None, os.environ.get("HTTP_AB", "default:").split(";")):
+        name, _, envs = spec.partition(":")
+        env = dict(kv.split("=", 1) for kv in envs.split(",") if kv)
+        part_http(levels, ensure_ckpt(CKPT, 24), OUT, RESULTS, env_extra=env, tag=f"ab-{name}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("parts", nargs="+", choices=["check", "decode", "http", "peer", "profile"])
+    ap.add_argument("parts", nargs="+", choices=["check", "decode", "http", "httpab", "peer", "profile"])
     ap.add_argument("--levels", default="1x1024,16x1024,64x1024,256x1024,64x256,256x256")
+    ap.add_argument("--ab-levels", default="256x128")
     args = ap.parse_args()
     OUT.mkdir(parents=True, exist_ok=True)
     print(f"device: {torch.cuda.get_device_name() if torch.cuda.is_available() else 'cpu'}, torch {torch.__version__}")
@@ -350,7 +323,8 @@ def main() -> None:
         t0 = time.perf_counter()
         try:
             {"check": part_check, "decode": part_decode, "peer": part_peer, "profile": part_profile,
-             "http": lambda: part_http(args.levels)}[part]()
+             "http": lambda: part_http(args.levels, ensure_ckpt(CKPT, 24), OUT, RESULTS),
+             "httpab": lambda: part_http_ab(args.ab_levels)}[part]()
         except Exception as e:  # noqa: BLE001 - report and go on with the next part
             import traceback
 

@@ -49,6 +49,20 @@ def _table(tables: list[list[int]], rows: int, width: int) -> np.ndarray:
     return arr
 
 
+class _Staging:
+    """Pinned host buffers a decode step's inputs are written into, so that the copies to the graph's
+    buffers are truly asynchronous (pageable memory would stage and block). Sized for the largest bucket;
+    `copied` marks when the last copies have read them (None on the CPU, where nothing is async)."""
+
+    def __init__(self, rows: int, max_blocks: int, device: torch.device):
+        pin = device.type == "cuda"
+        self.rows = rows
+        self.i64 = torch.zeros(3 * rows, dtype=torch.long, pin_memory=pin)
+        self.used = torch.ones(rows, dtype=torch.int32, pin_memory=pin)
+        self.table = torch.zeros(rows * max_blocks, dtype=torch.int32, pin_memory=pin)
+        self.copied = torch.cuda.Event() if pin else None
+
+
 class CudaStep:
     """Builds device inputs for a step and runs it, replaying a captured graph for pure decodes."""
 
@@ -64,6 +78,7 @@ class CudaStep:
         self.graphs: dict[int, tuple[torch.cuda.CUDAGraph, dict[str, torch.Tensor]]] = {}
         self.use_graphs = use_graphs
         self.capture_s = 0.0
+        self.staging: _Staging | None = None
 
     # ---- inputs --------------------------------------------------------------------------------
     def _host_inputs(self, inp, seqs: _Seqs, rows: int) -> dict[str, torch.Tensor]:
@@ -94,7 +109,11 @@ class CudaStep:
         if decode and self.graphs:
             bucket = next((b for b in self.buckets if b >= len(seqs.q_lens)), None)
             if bucket in self.graphs:
-                return self._replay(bucket, inp, seqs)[rows] if rows else None
+                logits = self._replay(bucket, inp, seqs)
+                if not rows:
+                    return None
+                # a pure decode samples every row in order: the graph's output as is, no gather
+                return logits if rows == list(range(len(logits))) else logits[rows]
         host = self._host_inputs(inp, seqs, len(seqs.q_lens))
         t = {k: v.to(self.device, non_blocking=True) for k, v in host.items()}
         hidden = self.fwd.forward(t["ids"], self._attn(t, max(seqs.q_lens), max(seqs.ctx_lens)), self.kv_caches)
@@ -103,17 +122,40 @@ class CudaStep:
         return F.linear(hidden[torch.tensor(rows, device=self.device)], self.lm_head).float()
 
     def _replay(self, bucket: int, inp, seqs: _Seqs) -> torch.Tensor:
-        """Copy the step's inputs straight into the graph's static buffers, replay, return its logits."""
+        """Write the step's inputs into pinned staging (numpy views), copy them into the graph's static
+        buffers with three async copies, replay, return the logits (a view of the graph's output)."""
         graph, buf = self.graphs[bucket]
+        st = self._staging_for(bucket)
         n = len(seqs.q_lens)
-        host = self._host_inputs(inp, seqs, bucket)
-        for k in ("ids", "pos", "slots"):
-            buf[k][:n].copy_(host[k], non_blocking=True)
-        buf["slots"][n:].fill_(-1)                  # pads write no KV ("cu" stays arange: one query each)
-        buf["used"].copy_(host["used"], non_blocking=True)
-        buf["table"][:, :host["table"].shape[1]].copy_(host["table"], non_blocking=True)
+        if st.copied is not None:
+            st.copied.synchronize()               # the previous step's copies have left the staging
+        i64 = st.i64[:3 * bucket].view(3, bucket)
+        a = i64.numpy()
+        a[0, :n], a[1, :n], a[2, :n] = inp.input_ids, inp.positions, inp.slot_mapping
+        a[:2, n:] = 0
+        a[2, n:] = -1                              # pads write no KV ("cu" stays arange: one query each)
+        used = st.used[:bucket]
+        u = used.numpy()
+        u[:n], u[n:] = seqs.ctx_lens, 1
+        width = max(1, -(-max(seqs.ctx_lens) // self.block_size))
+        table = st.table[:bucket * width].view(bucket, width)
+        t = table.numpy()
+        for i, bt in enumerate(seqs.tables):
+            m = min(len(bt), width)
+            t[i, :m] = bt[:m]
+        t[n:, 0] = 0                               # pads read one key of block 0
+        buf["i64"].copy_(i64, non_blocking=True)
+        buf["used"].copy_(used, non_blocking=True)
+        buf["table"][:, :width].copy_(table, non_blocking=True)
+        if st.copied is not None:
+            st.copied.record()
         graph.replay()
         return buf["logits"][:n]
+
+    def _staging_for(self, bucket: int) -> "_Staging":
+        if self.staging is None or self.staging.rows < bucket:
+            self.staging = _Staging(max(self.buckets + [bucket]), self.max_blocks, self.device)
+        return self.staging
 
     # ---- warm-up and capture --------------------------------------------------------------------
     @torch.inference_mode()
@@ -134,11 +176,12 @@ class CudaStep:
         return time.perf_counter() - t0
 
     def _static_buffers(self, b: int) -> dict[str, torch.Tensor]:
-        """The inputs a decode graph of batch b reads, allocated once; `_replay` fills them."""
+        """The inputs a decode graph of batch b reads, allocated once; `_replay` fills them. ids,
+        positions and slots are rows of one int64 [3, b] tensor so that one copy refreshes them."""
         dev = self.device
-        return {"ids": torch.zeros(b, dtype=torch.long, device=dev),
-                "pos": torch.zeros(b, dtype=torch.long, device=dev),
-                "slots": torch.full((b,), -1, dtype=torch.long, device=dev),
+        i64 = torch.zeros(3, b, dtype=torch.long, device=dev)
+        i64[2].fill_(-1)
+        return {"i64": i64, "ids": i64[0], "pos": i64[1], "slots": i64[2],
                 "cu": torch.arange(b + 1, dtype=torch.int32, device=dev),
                 "used": torch.ones(b, dtype=torch.int32, device=dev),
                 "table": torch.zeros(b, self.max_blocks, dtype=torch.int32, device=dev)}

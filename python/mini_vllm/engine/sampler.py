@@ -24,7 +24,15 @@ class SampleResult:
 
 class Sampler:
     def __init__(self, seed: int = 0):
-        self.generator = torch.Generator().manual_seed(seed)
+        self.seed = seed
+        self._generators: dict[torch.device, torch.Generator] = {}
+
+    def generator(self, device: torch.device) -> torch.Generator:
+        """The unseeded rows' generator, on the logits' device (a CUDA tensor needs a CUDA generator)."""
+        g = self._generators.get(device)
+        if g is None:
+            g = self._generators[device] = torch.Generator(device=device).manual_seed(self.seed)
+        return g
 
     def __call__(self, logits: torch.Tensor, seqs: list[Sequence]) -> SampleResult:
         params = [s.params for s in seqs]
@@ -78,11 +86,13 @@ class Sampler:
         unseeded = [i for i, s in enumerate(seqs) if s.generator is None]
         if unseeded:
             noise[unseeded] = torch.empty(len(unseeded), probs.shape[1], device=dev).exponential_(
-                generator=self.generator)
+                generator=self.generator(dev))
         for i, s in enumerate(seqs):
-            if s.generator is not None:
+            if s.generator is not None:     # drawn on the CPU: the same seed gives the same noise on any device
                 noise[i] = torch.empty(probs.shape[1]).exponential_(generator=s.generator).to(dev)
         sampled = (probs / noise).argmax(dim=-1)
-        greedy = torch.tensor([p.greedy for p in params], device=dev)
-        tokens = torch.where(greedy, logits.argmax(dim=-1), sampled)
+        greedy_rows = [p.greedy for p in params]
+        if not any(greedy_rows):
+            return sampled, scaled
+        tokens = torch.where(torch.tensor(greedy_rows, device=dev), logits.argmax(dim=-1), sampled)
         return tokens, scaled
