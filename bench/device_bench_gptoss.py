@@ -210,6 +210,11 @@ def part_decode(prompt_len: int = 1024, gen: int = 256) -> None:
     prompt = torch.randint(0, 800, (prompt_len,), generator=g).tolist()
     p = SamplingParams(temperature=0.0, max_tokens=gen, ignore_eos=True)
     eng.generate([prompt[:64]], SamplingParams(temperature=0.0, max_tokens=8, ignore_eos=True))  # warm-up
+    for seed in (None, 7):      # sampling on CUDA (unseeded: the device generator; seeded: per-sequence)
+        outs = eng.generate([prompt[:64]] * 3, SamplingParams(temperature=0.8, top_p=0.9, max_tokens=8,
+                                                               ignore_eos=True, seed=seed))
+        print(f"[decode] temperature 0.8 / top-p 0.9 sampling (seed {seed}): "
+              f"{[o.outputs[0].token_ids[:4] for o in outs]}")
     phases: dict[str, float] = {}
     _timed(eng.runner, "execute", phases)
     _timed(eng, "sampler", phases)
