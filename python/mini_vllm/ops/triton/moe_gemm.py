@@ -53,8 +53,9 @@ def _decode_tile(wb, ws, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
 def _mxfp4_gemm(acc, a_ptr, a_rows, row_ok, stride_a, w_ptr, s_ptr, n_rows, n_ok,
                 K, K_HALF, K_GROUPS, stride_wn, stride_sn,
                 BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, EVEN_K: tl.constexpr,
-                DECODE: tl.constexpr):
+                DECODE: tl.constexpr, SWAP: tl.constexpr = False):
     """acc[BM, BN] += A[a_rows, :K] @ W[n_rows, :K]^T, W packed MXFP4 (rows of K/2 bytes, K/32 scales).
+    SWAP (moe_gemm_swap.py): acc[BN, BM] += W @ A^T instead - weight rows are the MMA's M dimension.
 
     w_ptr/s_ptr point at this expert's bytes [N, K/2] and scales [N, K/32]; strides are in elements
     and passed as arguments so Triton's divisibility specialisation can vectorise the loads.
@@ -79,13 +80,17 @@ def _mxfp4_gemm(acc, a_ptr, a_rows, row_ok, stride_a, w_ptr, s_ptr, n_rows, n_ok
             ws = tl.load(s_base + k0 // 32, mask=n_ok[:, None] & (k0 // 32 + ks < K_GROUPS)[None, :],
                          other=127)
         if DECODE == 1:
-            if a_ptr.dtype.element_ty == tl.bfloat16:
-                acc = tl.dot_scaled(a, None, "bf16", tl.trans(wb), ws, "e2m1", acc=acc)
+            fmt: tl.constexpr = "bf16" if a_ptr.dtype.element_ty == tl.bfloat16 else "fp16"
+            if SWAP:
+                acc = tl.dot_scaled(wb, ws, "e2m1", tl.trans(a), None, fmt, acc=acc)
             else:
-                acc = tl.dot_scaled(a, None, "fp16", tl.trans(wb), ws, "e2m1", acc=acc)
+                acc = tl.dot_scaled(a, None, fmt, tl.trans(wb), ws, "e2m1", acc=acc)
         else:
             w = _decode_tile(wb, ws, BLOCK_N, BLOCK_K).to(a.dtype)
-            acc = tl.dot(a, tl.trans(w), acc=acc, out_dtype=tl.float32)
+            if SWAP:
+                acc = tl.dot(w, tl.trans(a), acc=acc, out_dtype=tl.float32)
+            else:
+                acc = tl.dot(a, tl.trans(w), acc=acc, out_dtype=tl.float32)
     return acc
 
 
