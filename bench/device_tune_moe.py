@@ -11,6 +11,8 @@ end to end against fused_moe_reference and timed next to the shipped table's con
 At T <= 8 the GEMV kernels (moe_gemv.py: block_n/block_k/warps, down's split_k; block_m = slots per
 program, 1 = no align) are tried first, then the grouped GEMM; the per-T winner (either kernel) goes
 into the table with its "kernel" field. T <= 8 get twice the time share of larger T.
+From T = 16 the swap-AB GEMM (moe_gemm_swap.py, "kernel": "swap") is tried before the grouped one;
+to time swap vs grouped at every T give it room: --tokens 16 32 64 128 256 512 1024 --budget 480.
 
     OUT=/some/dir python3 bench/device_tune_moe.py          # H100: table + moe_tune.json + moe_configs.json
     python3 bench/device_tune_moe.py --smoke                # CPU interpreter, tiny shapes (script check)
@@ -24,6 +26,7 @@ import sys
 import time
 import traceback
 from dataclasses import asdict, replace
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -48,9 +51,20 @@ def variants(t: int, smoke: bool) -> list[tuple[str, int]]:
     """(kernel, block_m) to tune at T, GEMV first (a budget cut drops the tail)."""
     gemv = [("gemv", 1)] + ([("gemv", 2)] if t == 2 else [("gemv", 4)] if t >= 4 else [])
     if smoke:
-        return (gemv if t <= GEMV_MAX_T else []) + [("grouped", 16)]
+        return (gemv if t <= GEMV_MAX_T else [("swap", 16)]) + [("grouped", 16)]
     grouped = [16] if t <= 32 else [16, 32, 64] if t <= 256 else [64, 128]
-    return (gemv if t <= GEMV_MAX_T else []) + [("grouped", bm) for bm in grouped]
+    swap = [] if t < 16 else [16] if t <= 64 else [16, 32] if t <= 128 else [32, 64] if t <= 512 else [64, 128]
+    return (gemv if t <= GEMV_MAX_T else []) + [("swap", bt) for bt in swap] + [("grouped", bm) for bm in grouped]
+
+
+def swap_phase1(stage: str, smoke: bool) -> list[GemmTiles]:
+    """Swap-AB candidates (moe_gemm_swap.py): weight rows per program = the MMA's M (gate_up's tile
+    is 2 x block_n interleaved rows), so 64/128-row tiles; block_m (routed rows = MMA N) from variants."""
+    if smoke:
+        return [GemmTiles(32, 64, 4, 2, d) for d in ("dot_scaled", "bits")]
+    shapes = ([(32, 128), (64, 128), (32, 256), (64, 256), (64, 64)] if stage == "gate_up"
+              else [(64, 128), (128, 128), (64, 256), (128, 256), (128, 64)])
+    return [GemmTiles(bn, bk, 4, 3, d) for bn, bk in shapes for d in ("dot_scaled", "bits")]
 
 
 def gemv_phase1(stage: str, smoke: bool) -> list[GemmTiles]:
@@ -166,7 +180,8 @@ def tune_block_m(t, kernel, bm, ctx, bench, deadline) -> dict:
         gate_up, down = moe_gate_up_gemv, moe_down_gemv
     else:
         route = lambda: moe_align_block_size(ids, w.num_experts, bm)[:2]  # noqa: E731
-        gate_up, down = moe_gate_up, moe_down
+        swap = kernel == "swap"
+        gate_up, down = partial(moe_gate_up, swap=swap), partial(moe_down, swap=swap)
     sorted_ids, expert_ids = route()
     act = torch.empty(t * k, w.intermediate_size, dtype=x.dtype, device=x.device)
     act_in = act_ref.to(x.dtype)
@@ -192,7 +207,9 @@ def tune_block_m(t, kernel, bm, ctx, bench, deadline) -> dict:
         return out.view(t * k, tiles.split_k, -1).sum(1) if poison else out
 
     out = {"kernel": kernel, "block_m": bm, "align_us": bench(route) if gemv and bm > 1 or not gemv else 0.0}
-    p1 = (lambda name: gemv_phase1(name, bench.smoke)) if gemv else (lambda name: phase1(t, bench.smoke))
+    p1 = ((lambda name: gemv_phase1(name, bench.smoke)) if gemv
+          else (lambda name: swap_phase1(name, bench.smoke)) if kernel == "swap"
+          else (lambda name: phase1(t, bench.smoke)))
     p2 = ((lambda best, name: gemv_phase2(best, name, bench.smoke)) if gemv
           else (lambda best, name: phase2(best, t, bench.smoke)))
     for name, run, want in (("gate_up", run_gu, act_ref), ("down", run_dn, down_ref)):
@@ -271,7 +288,7 @@ def report(res: dict, per_expert_bytes: int, copy_gbs: float) -> None:
             line += f" | {label} FAILED {r.get('error', 'err %.1e' % r.get('rel_err', float('nan')))[:80]}"
     print(line)
     for bm in res["by_block_m"]:
-        kern = "gemv " if bm.get("kernel") == "gemv" else ""
+        kern = "" if bm.get("kernel", "grouped") == "grouped" else bm["kernel"] + " "
         if "error" in bm:
             print(f"    {kern}block_m={bm['block_m']}: FAILED {bm['error'][:100]}")
             continue
