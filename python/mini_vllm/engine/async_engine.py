@@ -4,16 +4,19 @@ The LLMEngine runs on one background thread. The event loop never waits for a mo
 validates synchronously (so the API can answer 400/429 at once), then hands the request to the engine
 thread through a command queue and reads RequestOutputs from an asyncio.Queue the engine thread fills
 with loop.call_soon_threadsafe (one callback per step for all requests of that loop). When idle the
-thread sleeps on a condition variable: no spinning.
+thread sleeps on a condition variable: no spinning. A consumer that falls behind gets its queued
+outputs merged into one (engine/coalesce.py), so a backlog costs one SSE event, not one per step.
 """
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import threading
 from collections import deque
 from typing import AsyncIterator
 
+from mini_vllm.engine.coalesce import merge_outputs
 from mini_vllm.engine.llm_engine import LLMEngine
 from mini_vllm.engine.outputs import CompletionOutput, RequestOutput
 from mini_vllm.engine.stats import EngineStats, ModelInfo
@@ -22,6 +25,9 @@ from mini_vllm.model.tokenizer import Tokenizer
 from mini_vllm.sampling_params import SamplingParams
 
 log = logging.getLogger(__name__)
+
+# "0" turns stream coalescing off (the bench's peer); anything else, or unset, leaves it on
+COALESCE_ENV = "MINI_VLLM_STREAM_COALESCE"
 
 __all__ = ["AsyncEngine", "EngineStats", "QueueFullError", "EngineDeadError"]
 
@@ -57,6 +63,9 @@ class AsyncEngine:
         self._stop = False
         self._dead: BaseException | None = None
         self._stats = engine.stats()
+        # merge a stream's queued outputs into one (one SSE event for several tokens when the consumer
+        # is behind); see engine/coalesce.py
+        self.coalesce = os.environ.get(COALESCE_ENV, "1").strip() != "0"
 
     @classmethod
     def from_args(cls, args: EngineArgs) -> "AsyncEngine":
@@ -107,11 +116,15 @@ class AsyncEngine:
             self._commands.append(("add", (request_id, list(prompt_token_ids), params)))
             self._cv.notify()
         finished = False
+        queue, held = stream.queue, None
         try:
             while True:
-                item = await stream.queue.get()
+                item = held if held is not None else await queue.get()
+                held = None
                 if isinstance(item, BaseException):
                     raise item
+                if self.coalesce and not queue.empty() and not item.finished:
+                    item, held = _drain(item, queue)
                 if item.finished:
                     finished = True
                 yield item
@@ -190,6 +203,19 @@ class AsyncEngine:
     def _fail_all(self, exc: BaseException) -> None:
         for rid in list(self._streams):
             self._deliver_error(rid, exc)
+
+
+def _drain(first: RequestOutput, queue: "asyncio.Queue[RequestOutput | BaseException]"
+           ) -> tuple[RequestOutput, BaseException | None]:
+    """`first` merged with every output already queued behind it; an error found there is returned
+    (to raise after the merged output is delivered), never merged."""
+    batch = [first]
+    while not queue.empty() and not batch[-1].finished:
+        nxt = queue.get_nowait()
+        if isinstance(nxt, BaseException):
+            return merge_outputs(batch), nxt
+        batch.append(nxt)
+    return merge_outputs(batch), None
 
 
 def _put_all(items: list[tuple[_Stream, RequestOutput]]) -> None:
