@@ -19,14 +19,10 @@ __global__ void write_kv_kernel(const __nv_bfloat16* __restrict__ key, const __n
   const int64_t slot = slot_mapping[t];
   if (slot < 0) return;
   const int nvec = row_elems / 8;
-  const auto* kv = reinterpret_cast<const mv::Bf16x8*>(key + t * key_stride);
-  const auto* vv = reinterpret_cast<const mv::Bf16x8*>(value + t * value_stride);
-  auto* kc = reinterpret_cast<mv::Bf16x8*>(k_cache + slot * row_elems);
-  auto* vc = reinterpret_cast<mv::Bf16x8*>(v_cache + slot * row_elems);
-  for (int i = threadIdx.x; i < nvec; i += blockDim.x) {
-    kc[i] = kv[i];
-    vc[i] = vv[i];
-  }
+  mv::copy_vec16(reinterpret_cast<mv::Bf16x8*>(k_cache + slot * row_elems),
+                 reinterpret_cast<const mv::Bf16x8*>(key + t * key_stride), nvec);
+  mv::copy_vec16(reinterpret_cast<mv::Bf16x8*>(v_cache + slot * row_elems),
+                 reinterpret_cast<const mv::Bf16x8*>(value + t * value_stride), nvec);
 }
 
 }  // namespace

@@ -53,6 +53,11 @@ __device__ __forceinline__ float block_sum(float x, float* scratch) {
   return warp_sum(x);
 }
 
+// Block-strided copy of n 16-byte vectors (a KV-cache row: dst/src 16-byte aligned).
+__device__ __forceinline__ void copy_vec16(Bf16x8* __restrict__ dst, const Bf16x8* __restrict__ src, int n) {
+  for (int i = threadIdx.x; i < n; i += blockDim.x) dst[i] = src[i];
+}
+
 inline bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15u) == 0; }
 
 inline cudaStream_t as_stream(void* s) { return static_cast<cudaStream_t>(s); }

@@ -70,6 +70,18 @@ def test_cubins_are_sm90_and_ctypes_loads_them(kernels_so):
     assert mod.fn("mv_route_topk")(None, None, None, 1, 32, 9, None) == 1
     with pytest.raises(ext.KernelError, match="cudaErrorInvalidValue"):
         mod.call("mv_swiglu_clamped", None, None, 1, 6, 1.702, 7.0, None)
+    # the fused kernels: sizes they cannot take, and pointers off their 16-byte alignment
+    router = mod.fn("mv_router_topk")  # x, w, bias, ids, weights, T, x_stride, hidden, E, k, stream
+    assert router(16, 16, None, None, None, 0, 2880, 2880, 32, 4, None) == 0
+    assert router(16, 16, None, None, None, 1, 2884, 2884, 32, 4, None) == 1      # hidden % 8
+    assert router(16, 16, None, None, None, 1, 2880, 2880, 257, 4, None) == 1     # > 256 experts
+    assert router(16, 16, None, None, None, 1, 2880, 2880, 32, 9, None) == 1      # k > 8
+    assert router(8, 16, None, None, None, 1, 2880, 2880, 32, 4, None) == 716     # misaligned x
+    rope_kv = mod.fn("mv_rope_write_kv")  # q, k, v, kc, vc, pos, slots, cos_sin, T, hq, hk, d, qs, ks, vs, stream
+    assert rope_kv(16, 16, 16, 16, 16, None, None, None, 0, 64, 8, 64, 5120, 5120, 5120, None) == 0
+    assert rope_kv(16, 16, 16, 16, 16, None, None, None, 1, 64, 8, 64, 5120, 5120, 5124, None) == 1  # v stride
+    assert rope_kv(16, 16, 16, 16, 16, None, None, None, 1, 64, 8, 60, 5120, 5120, 5120, None) == 1  # head_dim % 8
+    assert rope_kv(16, 16, 8, 16, 16, None, None, None, 1, 64, 8, 64, 5120, 5120, 5120, None) == 716  # v misaligned
 
 
 def test_loader_rejects_foreign_arch_and_missing_module(kernels_so, tmp_path, monkeypatch):

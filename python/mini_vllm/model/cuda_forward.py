@@ -5,17 +5,19 @@ reference that tests compare with transformers; this one is written for an H100 
 capture - every shape is fixed by the number of tokens, attention metadata are device tensors (no
 Python lists, no host sync), and each layer is a short chain of fused launches:
 
-    fused add+RMSNorm (ours) -> qkv GEMM (cuBLAS) -> RoPE in place (ours) -> paged KV write (ours)
+    fused add+RMSNorm (ours) -> qkv GEMM (cuBLAS) -> RoPE + paged KV write, one launch (ours)
     -> FlashAttention-3 with sinks / sliding window (ours around the FA3 fork) or Triton paged attention
-    -> o_proj GEMM -> fused add+RMSNorm -> router GEMM -> top-4 routing (ours)
+    -> o_proj GEMM -> fused add+RMSNorm -> router GEMM + top-4 routing, one launch (ours)
     -> MXFP4 grouped MoE with in-kernel dequantisation and fused SwiGLU (Triton)
 
-`select_backends` decides once at start-up what can run (module built? kernel compiled for this GPU?)
-and says so; the engine prints the choice.
+`select_backends` decides once at start-up what can run (module built? kernel compiled for this GPU?
+fused kernels agreeing with their unfused two-launch paths on this GPU - ops/selfcheck.py) and says so;
+the engine prints the choice. MINI_VLLM_FUSED_OPS=0 keeps the unfused paths (for A/B runs).
 """
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass
 
 import torch
@@ -47,10 +49,39 @@ class Backends:
     attention: str                 # "fa3" | "triton"
     moe: str                       # "triton-mxfp4" | "torch"
     kernels: bool                  # our C-ABI kernels (norms, rope, kv write, routing)
+    router: str = "unfused"        # "fused": router GEMM + top-k in one kernel; "unfused": GEMM, then top-k
+    rope_kv: str = "unfused"       # "fused": RoPE + KV-cache write in one kernel; "unfused": two launches
 
     def describe(self) -> str:
         return (f"attention={self.attention}, moe={self.moe}, "
-                f"fused ops={'ours (CUDA)' if self.kernels else 'torch'}")
+                f"fused ops={'ours (CUDA)' if self.kernels else 'torch'}, "
+                f"router+top-k={self.router}, rope+kv-write={self.rope_kv}")
+
+
+FUSED_ENV = "MINI_VLLM_FUSED_OPS"
+
+
+def check_fused(model: GptOssModel) -> tuple[str, str]:
+    """(router, rope_kv) backends: "fused" where the fused kernel agrees with its unfused path here.
+
+    A disagreement or an error is logged as a warning and that op stays unfused.
+    """
+    from mini_vllm.ops import selfcheck
+
+    if os.environ.get(FUSED_ENV, "1") == "0":
+        log.info("%s=0: fused router/rope kernels off", FUSED_ENV)
+        return "unfused", "unfused"
+    lw, cfg = model.layers[0], model.cfg
+    problems = {
+        "router": selfcheck.router_topk_problem(lw.router_w, lw.router_b, cfg.num_experts_per_tok),
+        "rope_kv": selfcheck.rope_write_kv_problem(model.n_heads, model.n_kv, cfg.head_dim, model.dtype,
+                                                   model.device),
+    }
+    for name, problem in problems.items():
+        if problem:
+            log.warning("fused %s kernel disagrees with its unfused path on this GPU (%s): using the unfused "
+                        "path", name, problem)
+    return ("unfused" if problems["router"] else "fused"), ("unfused" if problems["rope_kv"] else "fused")
 
 
 def select_backends(model: GptOssModel, prefer: str = "auto") -> Backends:
@@ -64,8 +95,10 @@ def select_backends(model: GptOssModel, prefer: str = "auto") -> Backends:
         raise RuntimeError("attention backend fa3 requested but the FA3 module is not loadable here "
                            "(run `invoke kernels`; see mini_vllm.ops.ext.load_errors)")
     packed = all(lw.experts.packed is not None for lw in model.layers)
+    kernels = ops.kernels_available()
+    router, rope_kv = check_fused(model) if kernels else ("unfused", "unfused")
     return Backends(attention="fa3" if fa3_ok else "triton", moe="triton-mxfp4" if packed else "torch",
-                    kernels=ops.kernels_available())
+                    kernels=kernels, router=router, rope_kv=rope_kv)
 
 
 class CudaForward:
@@ -123,8 +156,8 @@ class CudaForward:
                              self.cfg.swiglu_limit, self.cfg.swiglu_alpha, m.expert_offset)
         from mini_vllm.ops.triton import fused_moe_mxfp4
 
-        logits = F.linear(x, lw.router_w, lw.router_b)
-        ids, weights = ops.route_topk(logits, self.cfg.num_experts_per_tok)
+        ids, weights = ops.router_topk(x, lw.router_w, lw.router_b, self.cfg.num_experts_per_tok,
+                                       fused=self.backends.router == "fused")
         if m.tp_size > 1:      # this rank's experts only: others contribute 0 (weight 0 on a local expert)
             local = ids.long() - m.expert_offset
             mine = (local >= 0) & (local < m.n_experts)
@@ -146,9 +179,9 @@ class CudaForward:
             q = qkv[:, :qd].view(-1, m.n_heads, d)
             k = qkv[:, qd:qd + kvd].view(-1, m.n_kv, d)
             v = qkv[:, qd + kvd:].view(-1, m.n_kv, d)
-            ops.apply_rope(q, k, a.positions, self.cos_sin)
             k_cache, v_cache = kv_caches[i]
-            ops.write_kv_cache(k, v, k_cache, v_cache, a.slot_mapping)
+            ops.rope_write_kv(q, k, v, k_cache, v_cache, a.positions, a.slot_mapping, self.cos_sin,
+                              fused=self.backends.rope_kv == "fused")
             attn = self._attention(i, q.contiguous(), k_cache, v_cache, a)
             o = m.all_reduce(F.linear(attn.view(-1, qd), lw.o_w, lw.o_b))
             x, residual = ops.fused_add_rms_norm(o, residual, self.ln2[i], eps)

@@ -9,15 +9,19 @@ Signatures and semantics are documented in docs/kernels.md.
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
 from . import reference
 from .ext import try_load
 from .rope import YarnConfig, cos_sin_cache
 
-__all__ = ["rms_norm", "fused_add_rms_norm", "apply_rope", "write_kv_cache", "swiglu_clamped", "dequant_mxfp4",
-           "route_topk", "cos_sin_cache", "YarnConfig", "kernels_available"]
+__all__ = ["rms_norm", "fused_add_rms_norm", "apply_rope", "write_kv_cache", "rope_write_kv", "swiglu_clamped",
+           "dequant_mxfp4", "route_topk", "router_topk", "cos_sin_cache", "YarnConfig", "kernels_available"]
 
 _MODULE = "mini_vllm_kernels"
+# Above this many tokens the fused router re-reads its weights too often (once per 8 tokens, from L2):
+# cuBLAS + route_topk is used instead (prefill). Decode batches are far below it.
+ROUTER_FUSED_MAX_TOKENS = 1024
 
 
 def _kernels(*tensors: torch.Tensor):
@@ -41,6 +45,26 @@ def _into(out: torch.Tensor | None, result: torch.Tensor) -> torch.Tensor:
 
 def _stream() -> int:
     return torch.cuda.current_stream().cuda_stream
+
+
+def _int64(t: torch.Tensor) -> torch.Tensor:
+    return t if t.dtype == torch.int64 and t.is_contiguous() else t.long().contiguous()
+
+
+def _rope_ok(q: torch.Tensor, k: torch.Tensor, cos_sin: torch.Tensor) -> bool:
+    """q/k bf16 [T, H, D] with contiguous heads and 8-byte token strides; cos_sin fp32 contiguous."""
+    return (q.dtype == k.dtype == torch.bfloat16 and cos_sin.dtype == torch.float32 and cos_sin.is_contiguous()
+            and q.stride(-1) == k.stride(-1) == 1 and q.stride(-2) == k.stride(-2) == q.shape[-1]
+            and q.stride(0) % 4 == 0 and k.stride(0) % 4 == 0 and q.shape[-1] % 8 == 0
+            and q.data_ptr() % 8 == 0 and k.data_ptr() % 8 == 0)
+
+
+def _kv_ok(key: torch.Tensor, value: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor) -> bool:
+    """key/value bf16 rows of 16-byte vectors at 16-byte token strides; caches bf16, contiguous, aligned."""
+    return (_bf16_rows(k_cache, v_cache) and key.dtype == value.dtype == torch.bfloat16
+            and key[0:1].is_contiguous() and value[0:1].is_contiguous() and key.stride(0) % 8 == 0
+            and value.stride(0) % 8 == 0 and (key.shape[1] * key.shape[2]) % 8 == 0
+            and key.data_ptr() % 16 == 0 and value.data_ptr() % 16 == 0)
 
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float = 1e-5, out: torch.Tensor | None = None) -> torch.Tensor:
@@ -72,13 +96,9 @@ def apply_rope(q: torch.Tensor, k: torch.Tensor, positions: torch.Tensor,
     positions: int [T]; cos_sin: fp32 [max_pos, D] from `cos_sin_cache`.
     """
     mod = _kernels(q, k, positions, cos_sin)
-    ok = (mod is not None and q.dtype == k.dtype == torch.bfloat16 and cos_sin.dtype == torch.float32
-          and cos_sin.is_contiguous() and q.stride(-1) == k.stride(-1) == 1 and q.stride(-2) == k.stride(-2) == q.shape[-1]
-          and q.stride(0) % 4 == 0 and k.stride(0) % 4 == 0 and q.shape[-1] % 8 == 0)
-    if not ok:
+    if mod is None or not _rope_ok(q, k, cos_sin):
         return reference.apply_rope(q, k, positions, cos_sin)
-    pos = positions if positions.dtype == torch.int64 and positions.is_contiguous() else positions.long().contiguous()
-    mod.call("mv_rope_neox", q.data_ptr(), k.data_ptr(), pos.data_ptr(), cos_sin.data_ptr(), q.shape[0], q.shape[1],
+    mod.call("mv_rope_neox", q.data_ptr(), k.data_ptr(), _int64(positions).data_ptr(), cos_sin.data_ptr(), q.shape[0], q.shape[1],
              k.shape[1], q.shape[2], q.stride(0), k.stride(0), _stream())
     return q, k
 
@@ -87,16 +107,29 @@ def write_kv_cache(key: torch.Tensor, value: torch.Tensor, k_cache: torch.Tensor
                    slot_mapping: torch.Tensor) -> None:
     """key/value [T, Hk, D] -> k_cache/v_cache [num_blocks, block_size, Hk, D] at slot_mapping (-1 = skip)."""
     mod = _kernels(key, value, k_cache, v_cache, slot_mapping)
-    row = key.shape[1] * key.shape[2]
-    ok = (mod is not None and _bf16_rows(k_cache, v_cache) and key.dtype == value.dtype == torch.bfloat16
-          and key[0:1].is_contiguous() and value[0:1].is_contiguous() and key.stride(0) % 8 == 0
-          and value.stride(0) % 8 == 0 and row % 8 == 0 and key.data_ptr() % 16 == 0 and value.data_ptr() % 16 == 0)
-    if not ok:
+    if mod is None or not _kv_ok(key, value, k_cache, v_cache):
         reference.write_kv_cache(key, value, k_cache, v_cache, slot_mapping)
         return
-    slots = slot_mapping if slot_mapping.dtype == torch.int64 and slot_mapping.is_contiguous() else slot_mapping.long()
     mod.call("mv_write_kv_cache", key.data_ptr(), value.data_ptr(), k_cache.data_ptr(), v_cache.data_ptr(),
-             slots.data_ptr(), key.shape[0], key.shape[1], key.shape[2], key.stride(0), value.stride(0), _stream())
+             _int64(slot_mapping).data_ptr(), key.shape[0], key.shape[1], key.shape[2], key.stride(0),
+             value.stride(0), _stream())
+
+
+def rope_write_kv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
+                  positions: torch.Tensor, slot_mapping: torch.Tensor, cos_sin: torch.Tensor,
+                  fused: bool = True) -> None:
+    """`apply_rope(q, k, positions, cos_sin)` then `write_kv_cache(k, v, k_cache, v_cache, slot_mapping)`.
+
+    One launch (mv_rope_write_kv) when `fused` and the inputs suit the kernel; else the two ops above.
+    """
+    mod = _kernels(q, k, v, k_cache, v_cache, positions, slot_mapping, cos_sin) if fused else None
+    if mod is None or not (_rope_ok(q, k, cos_sin) and _kv_ok(k, v, k_cache, v_cache)) or k.shape != v.shape:
+        apply_rope(q, k, positions, cos_sin)
+        write_kv_cache(k, v, k_cache, v_cache, slot_mapping)
+        return
+    mod.call("mv_rope_write_kv", q.data_ptr(), k.data_ptr(), v.data_ptr(), k_cache.data_ptr(), v_cache.data_ptr(),
+             _int64(positions).data_ptr(), _int64(slot_mapping).data_ptr(), cos_sin.data_ptr(), q.shape[0],
+             q.shape[1], k.shape[1], q.shape[2], q.stride(0), k.stride(0), v.stride(0), _stream())
 
 
 def swiglu_clamped(gate_up: torch.Tensor, alpha: float = 1.702, limit: float = 7.0,
@@ -137,10 +170,40 @@ def route_topk(logits: torch.Tensor, top_k: int = 4,
     if mod is None or logits.dtype != torch.bfloat16 or not logits.is_contiguous() or logits.shape[-1] > 256 or top_k > 8:
         idx, w = reference.route_topk(logits, top_k)
         return (out[0].copy_(idx), out[1].copy_(w)) if out is not None else (idx, w)
-    t = logits.shape[0]
-    idx, w = out if out is not None else (torch.empty(t, top_k, dtype=torch.int32, device=logits.device),
-                                          torch.empty(t, top_k, dtype=torch.float32, device=logits.device))
+    idx, w = _topk_out(logits.shape[0], top_k, logits.device, out)
+    mod.call("mv_route_topk", logits.data_ptr(), idx.data_ptr(), w.data_ptr(), logits.shape[0], logits.shape[1], top_k,
+             _stream())
+    return idx, w
+
+
+def _topk_out(t: int, top_k: int, device: torch.device,
+              out: tuple[torch.Tensor, torch.Tensor] | None) -> tuple[torch.Tensor, torch.Tensor]:
+    idx, w = out if out is not None else (torch.empty(t, top_k, dtype=torch.int32, device=device),
+                                          torch.empty(t, top_k, dtype=torch.float32, device=device))
     if idx.dtype != torch.int32 or w.dtype != torch.float32 or not (idx.is_contiguous() and w.is_contiguous()):
         raise ValueError("route_topk: out must be contiguous (int32 [T, k], float32 [T, k])")
-    mod.call("mv_route_topk", logits.data_ptr(), idx.data_ptr(), w.data_ptr(), t, logits.shape[1], top_k, _stream())
+    return idx, w
+
+
+def router_topk(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, top_k: int = 4,
+                out: tuple[torch.Tensor, torch.Tensor] | None = None,
+                fused: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """`route_topk(F.linear(x, weight, bias), top_k)`: x [T, H], weight [E, H], bias [E] -> (ids, weights).
+
+    One launch (mv_router_topk: GEMM with fp32 accumulation, logits rounded to x's dtype, top-k, softmax)
+    when `fused` and the inputs suit it (bf16, 16-byte aligned rows, E <= 256, k <= 8, T <=
+    ROUTER_FUSED_MAX_TOKENS); else the GEMM and route_topk as two ops.
+    """
+    mod = _kernels(x, weight) if fused else None
+    ok = (mod is not None and x.dim() == 2 and x.dtype == weight.dtype == torch.bfloat16 and x.stride(1) == 1
+          and x.stride(0) % 8 == 0 and x.data_ptr() % 16 == 0 and _bf16_rows(weight) and x.shape[1] % 8 == 0
+          and weight.shape[1] == x.shape[1] and weight.shape[0] <= 256 and top_k <= 8
+          and x.shape[0] <= ROUTER_FUSED_MAX_TOKENS
+          and (bias is None or (bias.dtype == torch.bfloat16 and bias.is_contiguous()
+                                and tuple(bias.shape) == (weight.shape[0],))))
+    if not ok:
+        return route_topk(F.linear(x, weight, bias), top_k, out)
+    idx, w = _topk_out(x.shape[0], top_k, x.device, out)
+    mod.call("mv_router_topk", x.data_ptr(), weight.data_ptr(), None if bias is None else bias.data_ptr(),
+             idx.data_ptr(), w.data_ptr(), x.shape[0], x.stride(0), x.shape[1], weight.shape[0], top_k, _stream())
     return idx, w

@@ -32,6 +32,11 @@ SIGNATURES: dict[str, dict[str, tuple[object, list[object]]]] = {
         "mv_swiglu_clamped": (_I32, [_P, _P, _I64, _I64, _F32, _F32, _P]),
         "mv_dequant_mxfp4": (_I32, [_P, _P, _P, _I64, _P]),
         "mv_route_topk": (_I32, [_P, _P, _P, _I64, _I32, _I32, _P]),
+        # x, w, bias, indices, weights, num_tokens, x_stride, hidden, num_experts, top_k, stream
+        "mv_router_topk": (_I32, [_P, _P, _P, _P, _P, _I64, _I64, _I32, _I32, _I32, _P]),
+        # q, k, v, k_cache, v_cache, positions, slot_mapping, cos_sin, num_tokens, hq, hk, head_dim,
+        # q_stride, k_stride, v_stride, stream
+        "mv_rope_write_kv": (_I32, [_P, _P, _P, _P, _P, _P, _P, _P, _I64, _I32, _I32, _I32, _I64, _I64, _I64, _P]),
     },
     "mini_vllm_fa3": {
         "mv_fa3_probe": (_I32, []),

@@ -1,0 +1,122 @@
+"""Start-up self-checks of the fused kernels against their unfused paths, on this GPU, before use.
+
+Why: the fused kernels (router GEMM + top-k in one launch; RoPE + paged KV write in one launch) are
+compiled on a machine without a GPU and first run on the H100. A wrong result there would silently
+corrupt every generated token, so `CudaForward`'s backend selection runs each fused op once on small
+random inputs against the two-op path it replaces; a disagreement beyond bf16 tolerance, or an
+exception, is reported as a string (None = agrees) and the caller keeps the unfused path.
+The comparisons live here, once, and bench/device_check_kernels.py uses the same ones.
+
+Routing is compared tie-tolerantly: bf16 logits from two GEMMs with different summation orders may
+differ by an ulp, which can swap two near-equal experts. A choice is accepted when every chosen expert's
+reference logit is within 2 bf16 ulps (of the row's largest |logit|) of the k-th largest, the ids are
+distinct and in range, and the weights equal the softmax of the reference logits at those ids.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from mini_vllm import ops
+from mini_vllm.ops.rope import YarnConfig, cos_sin_cache
+
+TOL = 1e-2                  # relative L2 error allowed for bf16 results
+_BF16_ULP = 2.0 ** -8
+
+
+def rel_l2(a: torch.Tensor, b: torch.Tensor) -> float:
+    """||a - b|| / ||b|| in fp32; inf when a has a NaN/inf."""
+    a, b = a.float(), b.float()
+    if not torch.isfinite(a).all():
+        return math.inf
+    return float((a - b).norm() / b.norm().clamp_min(1e-30))
+
+
+def routing_problem(ids: torch.Tensor, weights: torch.Tensor, ref_logits: torch.Tensor, top_k: int) -> str | None:
+    """None if (ids, weights) is a valid top-k routing of ref_logits [T, E] (see module doc), else why not."""
+    logits = ref_logits.float()
+    ids = ids.long()
+    if ids.shape != (logits.shape[0], top_k) or weights.shape != ids.shape:
+        return f"shapes ids {tuple(ids.shape)} weights {tuple(weights.shape)}, want ({logits.shape[0]}, {top_k})"
+    if bool(((ids < 0) | (ids >= logits.shape[1])).any()):
+        return "expert id out of range"
+    if top_k > 1 and bool((ids.sort(-1).values.diff(dim=-1) == 0).any()):
+        return "an expert chosen twice for one token"
+    chosen = logits.gather(1, ids)
+    kth = logits.topk(top_k, dim=-1).values[:, -1:]
+    atol = 2 * _BF16_ULP * logits.abs().amax(-1, keepdim=True) + 1e-6
+    if bool((chosen < kth - atol).any()):
+        return "chose an expert outside the top-k"
+    err = rel_l2(weights, torch.softmax(chosen, dim=-1))
+    return None if err <= TOL else f"weights differ from the softmax of the chosen logits (rel err {err:.2e})"
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)   # an asynchronous kernel fault surfaces here, inside the check
+
+
+def router_topk_problem(weight: torch.Tensor, bias: torch.Tensor | None, top_k: int,
+                        tokens: tuple[int, ...] = (1, 13), seed: int = 0) -> str | None:
+    """Fused `ops.router_topk` on random x vs F.linear + the tie-tolerant comparison; None = agrees."""
+    gen = torch.Generator(device=weight.device).manual_seed(seed)
+    for t in tokens:
+        x = torch.randn(t, weight.shape[1], generator=gen, device=weight.device).to(weight.dtype)
+        try:
+            ids, w = ops.router_topk(x, weight, bias, top_k, fused=True)
+            ref = F.linear(x, weight, bias)
+            _sync(weight.device)
+        except Exception as exc:  # noqa: BLE001 - any failure means: do not use the fused kernel
+            return f"T={t}: {type(exc).__name__}: {exc}"
+        problem = routing_problem(ids, w, ref, top_k)
+        if problem:
+            return f"T={t}: {problem}"
+    return None
+
+
+def rope_write_kv_problem(num_heads: int, num_kv_heads: int, head_dim: int, dtype: torch.dtype,
+                          device: torch.device, tokens: tuple[int, ...] = (1, 13), block_size: int = 16,
+                          seed: int = 0) -> str | None:
+    """Fused `ops.rope_write_kv` vs apply_rope + write_kv_cache on views of one random qkv buffer.
+
+    Slots are a random subset of 8 blocks, every third token from the second on at -1 (skipped); the
+    caches start as NaN, so a write to a wrong slot, a missed write or a skipped token's write shows up.
+    """
+    gen = torch.Generator(device=device).manual_seed(seed)
+    qd, kvd = num_heads * head_dim, num_kv_heads * head_dim
+    max_pos = 256
+    cos_sin = cos_sin_cache(max_pos, YarnConfig(head_dim=head_dim), device=device)
+    for t in tokens:
+        qkv = torch.randn(t, qd + 2 * kvd, generator=gen, device=device).to(dtype)
+        positions = torch.randint(0, max_pos, (t,), generator=gen, device=device)
+        slots = torch.randperm(8 * block_size, generator=gen, device=device)[:t]
+        slots[1::3] = -1
+        runs = []
+        for fused in (True, False):
+            buf = qkv.clone()
+            kc = torch.full((8, block_size, num_kv_heads, head_dim), float("nan"), dtype=dtype, device=device)
+            vc = kc.clone()
+            q, k, v = (buf[:, :qd].view(t, num_heads, head_dim), buf[:, qd:qd + kvd].view(t, num_kv_heads, head_dim),
+                       buf[:, qd + kvd:].view(t, num_kv_heads, head_dim))
+            try:
+                if fused:
+                    ops.rope_write_kv(q, k, v, kc, vc, positions, slots, cos_sin, fused=True)
+                else:
+                    ops.apply_rope(q, k, positions, cos_sin)
+                    ops.write_kv_cache(k, v, kc, vc, slots)
+                _sync(device)
+            except Exception as exc:  # noqa: BLE001
+                return f"T={t}: {type(exc).__name__}: {exc}"
+            runs.append((buf, kc, vc))
+        (buf, kc, vc), (rbuf, rkc, rvc) = runs
+        if not (torch.equal(kc.isnan(), rkc.isnan()) and torch.equal(vc.isnan(), rvc.isnan())):
+            return f"T={t}: cache slots written differ (wrong slot, missed write, or a -1 slot written)"
+        written = ~rkc.isnan()
+        errs = {"q/k/v": rel_l2(buf, rbuf), "k cache": rel_l2(kc[written], rkc[written]) if written.any() else 0.0,
+                "v cache": rel_l2(vc[written], rvc[written]) if written.any() else 0.0}
+        bad = {name: e for name, e in errs.items() if e > TOL}
+        if bad:
+            return f"T={t}: " + ", ".join(f"{name} rel err {e:.2e}" for name, e in bad.items())
+    return None
