@@ -19,16 +19,20 @@ def start(seq: Sequence) -> None:
 
 def append_token(seq: Sequence, token_id: int, tokenizer: Tokenizer, eos_ids: frozenset[int],
                  max_model_len: int) -> None:
-    """Add a sampled token: update the text and finish the sequence if a stop condition hits."""
+    """Add a sampled token: update the text and finish the sequence if a stop condition hits.
+
+    Runs once per sequence per step, so attributes are read once into locals."""
     p = seq.params
-    seq.token_ids.append(token_id)
+    ids = seq.token_ids
+    ids.append(token_id)
     piece = seq.decoder.step(tokenizer.raw, token_id) if token_id < tokenizer.vocab_size else None
     if piece:
         prev_len = len(seq.text)
         seq.text += piece
-        if p.stop:
-            tail_from = max(0, prev_len - max(len(s) for s in p.stop) + 1)
-            hit = _find_stop(seq.text, tail_from, p.stop)
+        stop = p.stop
+        if stop:
+            tail_from = max(0, prev_len - max(len(s) for s in stop) + 1)
+            hit = _find_stop(seq.text, tail_from, stop)
             if hit is not None:
                 pos, s = hit
                 seq.text = seq.text[:pos + len(s)] if p.include_stop_str_in_output else seq.text[:pos]
@@ -38,7 +42,7 @@ def append_token(seq: Sequence, token_id: int, tokenizer: Tokenizer, eos_ids: fr
         seq.finish("stop", token_id)
     elif not p.ignore_eos and token_id in eos_ids:
         seq.finish("stop", None)
-    elif seq.num_output_tokens >= seq.max_tokens or len(seq.token_ids) >= max_model_len:
+    elif len(ids) - seq.num_prompt_tokens >= seq.max_tokens or len(ids) >= max_model_len:
         seq.finish("length")
 
 

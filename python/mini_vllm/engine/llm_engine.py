@@ -15,7 +15,8 @@ from typing import Callable
 from mini_vllm.engine import detokenizer
 from mini_vllm.engine.block_manager import BlockManager
 from mini_vllm.engine.model_runner import ModelRunner, build_step_inputs
-from mini_vllm.engine.outputs import CompletionOutput, RequestOutput, TokenLogprob
+from mini_vllm.engine.output_builder import request_output
+from mini_vllm.engine.outputs import RequestOutput, TokenLogprob
 from mini_vllm.engine.sampler import Sampler
 from mini_vllm.engine.scheduler import Scheduler
 from mini_vllm.engine.sequence import Request, Sequence, Status
@@ -85,7 +86,7 @@ class LLMEngine:
             if seq.status is not Status.FINISHED:
                 self.scheduler.remove(seq)
                 seq.finish("abort")
-        return self._output(req)
+        return request_output(req)
 
     def has_unfinished(self) -> bool:
         return bool(self.requests)
@@ -104,10 +105,9 @@ class LLMEngine:
             for seq in batch.seqs:
                 self._fail(seq, f"model step failed: {type(e).__name__}: {e}", touched)
             return self._collect(touched)
-        sampled = [s for s, r in zip(batch.seqs, inputs.sample_rows) if r >= 0]
-        for seq, n in zip(batch.seqs, batch.num_new):
-            seq.num_computed_tokens += n
-            self.blocks.register_full_blocks(seq)
+        seqs = batch.seqs
+        sampled = seqs if inputs.sample_all else [s for s, r in zip(seqs, inputs.sample_rows) if r >= 0]
+        self._advance(batch)
         if sampled:
             try:
                 result = self.sampler(logits, sampled)
@@ -116,32 +116,57 @@ class LLMEngine:
                 for seq in sampled:
                     self._fail(seq, f"sampling failed: {type(e).__name__}: {e}", touched)
                 return self._collect(touched)
-            now = time.monotonic()
-            for i, seq in enumerate(sampled):
-                if seq.status is Status.FINISHED:
-                    continue
-                try:
-                    if self.fault_hook is not None:
-                        self.fault_hook(seq)
-                    self._accept(seq, result.token_ids[i], result.logprobs[i])
-                except Exception as e:  # noqa: BLE001 - this request fails alone
-                    log.warning("request %s failed: %s", seq.req.request_id, traceback.format_exc())
-                    self._fail(seq, f"{type(e).__name__}: {e}", touched)
-                    continue
-                if seq.req.first_token is None:
-                    seq.req.first_token = now
-                touched[seq.req.request_id] = seq.req
-                if seq.status is Status.FINISHED:
-                    self.scheduler.remove(seq)
+            self._accept_all(sampled, result.token_ids, result.logprobs, touched)
         return self._collect(touched)
 
-    def _accept(self, seq: Sequence, token: int, lp: tuple[float, list[tuple[int, float]]] | None) -> None:
-        if lp is not None and seq.logprobs is not None:
-            tok = self.tokenizer
-            seq.logprobs.append(TokenLogprob(token, tok.id_to_token(token) or "", lp[0],
-                                             [(i, tok.id_to_token(i) or "", v) for i, v in lp[1]]))
-        detokenizer.append_token(seq, token, self.tokenizer, self.eos_ids, self.model_config.max_model_len)
-        self.generation_tokens_total += 1
+    def _advance(self, batch) -> None:
+        """The batch's new tokens are in the KV cache: count them, register newly full blocks."""
+        blocks = self.blocks
+        register = blocks.register_full_blocks if blocks.enable_prefix_caching else None
+        bs = blocks.block_size
+        for seq, n in zip(batch.seqs, batch.num_new):
+            done = seq.num_computed_tokens + n
+            seq.num_computed_tokens = done
+            if register is not None and done // bs > seq.num_hashed_blocks:
+                register(seq)
+
+    def _accept_all(self, sampled: list[Sequence], tokens: list[int],
+                    logprobs: list[tuple[float, list[tuple[int, float]]] | None],
+                    touched: dict[str, Request]) -> None:
+        """Append each sampled token (detokenise, stop checks); a failure fails that request alone."""
+        now = time.monotonic()
+        tok, eos, limit = self.tokenizer, self.eos_ids, self.model_config.max_model_len
+        append, hook, finished_status = detokenizer.append_token, self.fault_hook, Status.FINISHED
+        done: list[Sequence] = []
+        accepted = 0
+        for seq, token, lp in zip(sampled, tokens, logprobs):
+            if seq.status is finished_status:
+                continue
+            try:
+                if hook is not None:
+                    hook(seq)
+                if lp is not None and seq.logprobs is not None:
+                    self._append_logprob(seq, token, lp)
+                append(seq, token, tok, eos, limit)
+            except Exception as e:  # noqa: BLE001 - this request fails alone
+                log.warning("request %s failed: %s", seq.req.request_id, traceback.format_exc())
+                self._fail(seq, f"{type(e).__name__}: {e}", touched)
+                continue
+            accepted += 1
+            req = seq.req
+            if req.first_token is None:
+                req.first_token = now
+            touched[req.request_id] = req
+            if seq.status is finished_status:
+                done.append(seq)
+        self.generation_tokens_total += accepted
+        if done:
+            self.scheduler.remove_finished(done)
+
+    def _append_logprob(self, seq: Sequence, token: int, lp: tuple[float, list[tuple[int, float]]]) -> None:
+        tok = self.tokenizer
+        seq.logprobs.append(TokenLogprob(token, tok.id_to_token(token) or "", lp[0],
+                                         [(i, tok.id_to_token(i) or "", v) for i, v in lp[1]]))
 
     def _fail(self, seq: Sequence, message: str, touched: dict[str, Request]) -> None:
         """Fail the whole request the sequence belongs to."""
@@ -155,34 +180,11 @@ class LLMEngine:
     def _collect(self, touched: dict[str, Request]) -> list[RequestOutput]:
         outs = []
         for rid, req in touched.items():
-            outs.append(self._output(req))
-            if req.finished:
+            out = request_output(req)
+            outs.append(out)
+            if out.finished:
                 self.requests.pop(rid, None)
         return outs
-
-    def _output(self, req: Request) -> RequestOutput:
-        outs = []
-        for seq in req.seqs:
-            vis = detokenizer.visible_text_len(seq)
-            delta_ids = seq.output_token_ids[seq.sent_tokens:]
-            co = CompletionOutput(index=seq.index, text=seq.text[:vis], token_ids=seq.output_token_ids,
-                                  text_delta=seq.text[seq.sent_text_len:vis], token_ids_delta=delta_ids,
-                                  finish_reason=seq.finish_reason, stop_reason=seq.stop_reason, error=seq.error)
-            if seq.logprobs is not None:
-                co.logprobs = list(seq.logprobs)
-                co.logprobs_delta = seq.logprobs[seq.sent_logprobs:]
-                seq.sent_logprobs = len(seq.logprobs)
-            seq.sent_text_len, seq.sent_tokens = vis, seq.num_output_tokens
-            outs.append(co)
-        finished = req.finished
-        if finished and req.finished_at is None:
-            req.finished_at = time.monotonic()
-        metrics = {"arrival": req.arrival}
-        if req.first_token is not None:
-            metrics["first_token"] = req.first_token
-        if req.finished_at is not None:
-            metrics["finished"] = req.finished_at
-        return RequestOutput(req.request_id, req.prompt_token_ids, outs, finished, req.num_cached_tokens, metrics)
 
     # ---- offline convenience -------------------------------------------------------------------
     def generate(self, prompts_token_ids: list[list[int]], params: SamplingParams | list[SamplingParams]

@@ -41,6 +41,10 @@ class StepInputs:
     slot_mapping: list[int]
     groups: list[GroupSpec] = field(default_factory=list)
     sample_rows: list[int] = field(default_factory=list)
+    # derived, set by build_step_inputs (False when unknown): every sequence has exactly one query token
+    # (a single group); every row is sampled, in order (sample_rows == range(len(input_ids)))
+    all_decode: bool = False
+    sample_all: bool = False
 
 
 def resolve_device_dtype(args: EngineArgs) -> tuple[torch.device, torch.dtype]:
@@ -60,35 +64,44 @@ def resolve_device_dtype(args: EngineArgs) -> tuple[torch.device, torch.dtype]:
 
 
 def build_step_inputs(batch: ScheduledBatch, block_size: int) -> StepInputs:
-    """Flatten a scheduled batch; decodes (1 new token) form one group, each prefill chunk its own."""
+    """Flatten a scheduled batch; decodes (1 new token) form one group, each prefill chunk its own.
+
+    Decodes (the common case, up to max_num_seqs of them a step) take a fast path: one token, one
+    position and one slot computed directly, the block table passed by reference (not copied)."""
     ids: list[int] = []
     pos: list[int] = []
     slots: list[int] = []
     sample_rows: list[int] = []
     groups: list[GroupSpec] = []
     decode = GroupSpec(0, [], [], [])
+    d_q, d_ctx, d_bt = decode.q_positions, decode.context_lens, decode.block_tables
     for seq, n in zip(batch.seqs, batch.num_new):
         start = seq.num_computed_tokens
-        end = start + n
         bt = seq.block_table
+        toks = seq.token_ids
+        if n == 1 and not groups:
+            row = len(ids)
+            ids.append(toks[start])
+            pos.append(start)
+            slots.append(bt[start // block_size] * block_size + start % block_size)
+            sample_rows.append(row if start + 1 == len(toks) else -1)
+            d_q.append([start])
+            d_ctx.append(start + 1)
+            d_bt.append(bt)
+            continue
+        end = start + n
         row0 = len(ids)
-        ids.extend(seq.token_ids[start:end])
+        ids.extend(toks[start:end])
         rng = range(start, end)
         pos.extend(rng)
         slots.extend(bt[p // block_size] * block_size + p % block_size for p in rng)
-        if end == len(seq.token_ids):
-            sample_rows.append(row0 + n - 1)
-        else:
-            sample_rows.append(-1)        # mid-prompt chunk: nothing to sample
-        if n == 1 and not groups:
-            decode.q_positions.append([start])
-            decode.context_lens.append(end)
-            decode.block_tables.append(bt)
-        else:
-            groups.append(GroupSpec(row0, [list(rng)], [end], [bt]))
-    if decode.context_lens:
+        sample_rows.append(row0 + n - 1 if end == len(toks) else -1)   # mid-prompt chunk: nothing to sample
+        groups.append(GroupSpec(row0, [list(rng)], [end], [bt]))
+    if d_ctx:
         groups.insert(0, decode)
-    return StepInputs(ids, pos, slots, groups, sample_rows)
+    all_decode = len(groups) == 1 and bool(d_ctx)
+    sample_all = all_decode and -1 not in sample_rows
+    return StepInputs(ids, pos, slots, groups, sample_rows, all_decode, sample_all)
 
 
 class ModelRunner:

@@ -52,22 +52,22 @@ class Scheduler:
         budget = self.max_tokens
         chosen: list[Sequence] = []
         counts: list[int] = []
+        bs = self.blocks.block_size
+        running = self.running
         i = 0
-        while i < len(self.running) and budget > 0:
-            seq = self.running[i]
-            n = min(seq.num_uncomputed, budget)
-            while not self.blocks.ensure(seq, seq.num_computed_tokens + n):
-                victim = self.running[-1]
-                self._preempt(victim)
-                if victim is seq:
-                    break
-            else:
-                chosen.append(seq)
-                counts.append(n)
-                budget -= n
-                i += 1
-                continue
-            break   # seq itself was preempted: nothing newer is left to run
+        while i < len(running) and budget > 0:
+            seq = running[i]
+            end = len(seq.token_ids)
+            if end - seq.num_computed_tokens > budget:
+                end = seq.num_computed_tokens + budget
+            # only a sequence crossing into a new block needs the block manager (most decodes do not)
+            if end > len(seq.block_table) * bs and not self._make_room(seq, end):
+                break   # seq itself was preempted: nothing newer is left to run
+            n = end - seq.num_computed_tokens
+            chosen.append(seq)
+            counts.append(n)
+            budget -= n
+            i += 1
         while self.waiting and budget > 0 and len(self.running) < self.max_num_seqs:
             seq = self.waiting[0]
             leader = seq.leader
@@ -83,8 +83,32 @@ class Scheduler:
             chosen.append(seq)
             counts.append(n)
             budget -= n
+        if _decodes_first(counts):
+            return ScheduledBatch(chosen, counts)
         order = sorted(range(len(chosen)), key=lambda k: counts[k] != 1)   # decodes first, stable
         return ScheduledBatch([chosen[k] for k in order], [counts[k] for k in order])
+
+    def _make_room(self, seq: Sequence, num_tokens: int) -> bool:
+        """Blocks for seq's first num_tokens tokens, preempting the newest running sequences as needed.
+        False when seq itself had to be preempted."""
+        while not self.blocks.ensure(seq, num_tokens):
+            victim = self.running[-1]
+            self._preempt(victim)
+            if victim is seq:
+                return False
+        return True
+
+    def remove_finished(self, seqs: list[Sequence]) -> None:
+        """`remove` for many sequences at once (one pass over `running`); blocks freed in `seqs` order."""
+        gone = {id(s) for s in seqs}
+        kept = [s for s in self.running if id(s) not in gone]
+        if len(kept) + len(seqs) != len(self.running):     # some were not running: the general path
+            for s in seqs:
+                self.remove(s)
+            return
+        self.running = kept
+        for s in seqs:
+            self.blocks.free_seq(s)
 
     def remove(self, seq: Sequence) -> None:
         """Drop a finished/aborted sequence and free its blocks now."""
@@ -96,3 +120,9 @@ class Scheduler:
                 self.waiting.remove(seq)
             except ValueError:
                 pass
+
+
+def _decodes_first(counts: list[int]) -> bool:
+    """True when no decode (1 token) follows a longer chunk, i.e. the batch is already in order."""
+    ones = counts.count(1)
+    return counts[:ones].count(1) == ones

@@ -36,13 +36,16 @@ class Request:
 
     @property
     def finished(self) -> bool:
-        return all(s.status is Status.FINISHED for s in self.seqs)
+        for s in self.seqs:          # a plain loop: called per request per step, cheaper than all(genexpr)
+            if s.status is not Status.FINISHED:
+                return False
+        return True
 
 
 class Sequence:
     __slots__ = ("req", "index", "seq_id", "token_ids", "num_prompt_tokens", "block_table", "num_computed_tokens",
                  "num_hashed_blocks", "status", "generator", "decoder", "text", "sent_text_len", "sent_tokens",
-                 "logprobs", "sent_logprobs", "finish_reason", "stop_reason", "error", "leader", "max_tokens")
+                 "logprobs", "sent_logprobs", "finish_reason", "stop_reason", "error", "leader", "max_tokens", "params")
 
     def __init__(self, req: Request, index: int, seq_id: int, max_tokens: int):
         self.req, self.index, self.seq_id = req, index, seq_id
@@ -52,6 +55,7 @@ class Sequence:
         self.num_computed_tokens = 0      # tokens whose KV is in the cache
         self.num_hashed_blocks = 0        # leading full blocks registered in the prefix cache
         self.status = Status.WAITING
+        self.params: SamplingParams = req.params   # a plain attribute: read on every step
         p = req.params
         self.generator: torch.Generator | None = None
         if p.seed is not None and not p.greedy:
@@ -70,10 +74,6 @@ class Sequence:
 
     def __len__(self) -> int:
         return len(self.token_ids)
-
-    @property
-    def params(self) -> SamplingParams:
-        return self.req.params
 
     @property
     def num_output_tokens(self) -> int:
