@@ -31,47 +31,48 @@ UNBIAS = tl.constexpr(2.0 ** 126)  # decoded nibbles are e2m1 x 2^-126
 
 
 @triton.jit
-def _nib(w, J: tl.constexpr):
-    """fp32 (x 2^-126) of nibble J (bits 4J..4J+3) of every int32 word in w."""
-    if J == 7:
-        v = w >> 6
-    else:
-        v = (w << (28 - 4 * J)) >> 6
-    return (v & SIGN_MAG).to(tl.float32, bitcast=True)
-
-
-@triton.jit
-def _word_dot(w, x_ptrs, x_ok, BLOCK_M: tl.constexpr, WORDS: tl.constexpr):
-    """sum_j nib_j(w[r, c]) * x[m, 8c + j] -> [BLOCK_M, R, WORDS]; x_ptrs [BM, 1, C] -> element 8c."""
-    acc = _nib(w, 0)[None, :, :] * tl.load(x_ptrs, mask=x_ok, other=0.0).to(tl.float32)
-    acc += _nib(w, 1)[None, :, :] * tl.load(x_ptrs + 1, mask=x_ok, other=0.0).to(tl.float32)
-    acc += _nib(w, 2)[None, :, :] * tl.load(x_ptrs + 2, mask=x_ok, other=0.0).to(tl.float32)
-    acc += _nib(w, 3)[None, :, :] * tl.load(x_ptrs + 3, mask=x_ok, other=0.0).to(tl.float32)
-    acc += _nib(w, 4)[None, :, :] * tl.load(x_ptrs + 4, mask=x_ok, other=0.0).to(tl.float32)
-    acc += _nib(w, 5)[None, :, :] * tl.load(x_ptrs + 5, mask=x_ok, other=0.0).to(tl.float32)
-    acc += _nib(w, 6)[None, :, :] * tl.load(x_ptrs + 6, mask=x_ok, other=0.0).to(tl.float32)
-    acc += _nib(w, 7)[None, :, :] * tl.load(x_ptrs + 7, mask=x_ok, other=0.0).to(tl.float32)
-    return acc
+def _group_dot(w_ptrs, s_ptrs, x_ptrs, w_ok, s_ok, x_ok):
+    """[BM, R] dot of one 32-value group per row: w_ptrs [1, R, 4, 1] -> the group's 4 int32 words
+    (one 16-byte vector per row), s_ptrs [1, R, 1] -> its scale byte, x_ptrs [BM, 1, 4, 8] -> the
+    32 activations (word q, nibble j = element 8q + j). Result x 2^126 is the true dot."""
+    wd = tl.load(w_ptrs, mask=w_ok, other=0)
+    sc = tl.load(s_ptrs, mask=s_ok, other=0)
+    xv = tl.load(x_ptrs, mask=x_ok, other=0.0).to(tl.float32)
+    up = 28 - 4 * tl.arange(0, 8)[None, None, None, :]  # nibble j -> bits 31..28
+    nib = (((wd << up) >> 6) & SIGN_MAG).to(tl.float32, bitcast=True)  # [1, R, 4, 8] e2m1 x 2^-126
+    words = tl.sum(nib * xv, axis=3)  # [BM, R, 4]
+    scale = (sc.to(tl.int32) << 23).to(tl.float32, bitcast=True)  # [1, R, 1]: 2^(s-127)
+    return tl.sum(words * scale, axis=2)
 
 
 @triton.jit
 def _gemv(acc, a_ptr, a_rows, row_ok, stride_a, w_ptr, s_ptr, n_rows, n_ok, g_lo, g_hi,
           K_WORDS, K_GROUPS, BLOCK_M: tl.constexpr, BLOCK_R: tl.constexpr, GROUPS: tl.constexpr):
-    """acc[BM, R] += A[a_rows, groups g_lo..g_hi) . W[n_rows, same]; W as int32 words [N, K/8]."""
-    WORDS: tl.constexpr = 4 * GROUPS
-    c = tl.arange(0, WORDS)
-    a_base = a_ptr + a_rows.to(tl.int64)[:, None, None] * stride_a + (8 * c)[None, None, :]
-    w_base = w_ptr + n_rows.to(tl.int64)[:, None] * K_WORDS + c[None, :]
-    s_base = s_ptr + n_rows.to(tl.int64)[:, None] * K_GROUPS + (c // 4)[None, :]
-    part = tl.zeros((BLOCK_M, BLOCK_R, WORDS), dtype=tl.float32)  # per word: reduced once, at the end
+    """acc[BM, R] += A[a_rows, groups g_lo..g_hi) . W[n_rows, same]; W as int32 words [N, K/8].
+
+    Layouts (no conversion in the K loop): the weight words load as a [1, R, 4, 1] tile (a thread
+    owns a row's 16-byte group), scales as [1, R, 1], activations as [BM, 1, 4, 8]; the activation
+    tile is smaller than the CTA, so Triton gives it the weight tile's layout family (each thread
+    reads the 32 values it needs: 4 x 16-byte loads, the same for all lanes). GROUPS groups per
+    iteration are separate tiles, unrolled: GROUPS 16-byte weight loads in flight per thread.
+    """
+    q = tl.arange(0, 4)
+    # K_WORDS = K/8 is a multiple of 4 (K % 32 == 0): rows start 16-byte aligned -> v4 word loads
+    w_rows = tl.multiple_of(n_rows.to(tl.int64) * K_WORDS, 4)
+    w_base = w_ptr + w_rows[None, :, None, None] + q[None, None, :, None]
+    w_ok = n_ok[None, :, None, None]
+    s_base = s_ptr + n_rows[None, :, None] * K_GROUPS
+    s_ok = n_ok[None, :, None]
+    x_base = (a_ptr + (a_rows.to(tl.int64) * stride_a)[:, None, None, None]
+              + (8 * q)[None, None, :, None] + tl.arange(0, 8)[None, None, None, :])
+    x_ok = row_ok[:, None, None, None]
+    part = tl.zeros((BLOCK_M, BLOCK_R), dtype=tl.float32)
     for g0 in range(g_lo, g_hi, GROUPS):
-        c_ok = g0 + c // 4 < g_hi
-        wd = tl.load(w_base + 4 * g0, mask=n_ok[:, None] & c_ok[None, :], other=0)
-        sc = tl.load(s_base + g0, mask=n_ok[:, None] & c_ok[None, :], other=0)
-        dot = _word_dot(wd, a_base + 32 * g0, row_ok[:, None, None] & c_ok[None, None, :],
-                        BLOCK_M, WORDS) * UNBIAS
-        part += dot * (sc.to(tl.int32) << 23).to(tl.float32, bitcast=True)[None, :, :]  # 2^(s-127)
-    return acc + tl.sum(part, axis=2)
+        for u in tl.static_range(GROUPS):
+            g_ok = tl.full((1, 1, 1, 1), g0 + u, tl.int32) < g_hi  # a tensor: the interpreter wants one
+            part += _group_dot(w_base + 4 * (g0 + u), s_base + (g0 + u), x_base + 32 * (g0 + u),
+                               w_ok & g_ok, s_ok & tl.reshape(g_ok, (1, 1, 1)), x_ok & g_ok)
+    return acc + part * UNBIAS
 
 
 @triton.jit
