@@ -29,21 +29,16 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "python"))
 
 import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
 
 from mini_vllm import ops  # noqa: E402
-from mini_vllm.ops import attention_fa3, ext, reference  # noqa: E402
+from mini_vllm.ops import attention_fa3, ext, reference, selfcheck  # noqa: E402
 from mini_vllm.ops.paged_attention import paged_attention as paged_reference  # noqa: E402
 
 DEV = "cuda"
-TOL = 1e-2
+TOL = selfcheck.TOL
 ROWS: list[dict] = []
-
-
-def rel_l2(a: torch.Tensor, b: torch.Tensor) -> float:
-    a, b = a.float(), b.float()
-    if not torch.isfinite(a).all():
-        return math.inf
-    return float((a - b).norm() / b.norm().clamp_min(1e-30))
+rel_l2 = selfcheck.rel_l2
 
 
 def bench(fn: Callable[[], object], iters: int) -> float:
@@ -62,15 +57,30 @@ def bench(fn: Callable[[], object], iters: int) -> float:
     return statistics.median(times)
 
 
+def bench_graph(fn: Callable[[], object], iters: int, calls: int = 20) -> float:
+    """Median microseconds per call, `calls` calls captured in one CUDA graph (launch latency as in decode)."""
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        fn()                                   # warm-up outside capture (lazy init, cuBLAS handles)
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        for _ in range(calls):
+            fn()
+    return bench(graph.replay, iters) / calls
+
+
 def check(op: str, case: str, run: Callable[[], float], time_ours: Callable[[], object] | None,
-          time_ref: Callable[[], object] | None, iters: int, tol: float = TOL) -> None:
+          time_ref: Callable[[], object] | None, iters: int, tol: float = TOL,
+          timer: Callable[[Callable[[], object], int], float] = bench) -> None:
     row = {"op": op, "case": case}
     try:
         err = run()
         row.update(err=err, ok=err <= tol)
         if time_ours is not None and DEV == "cuda":
-            row["us_ours"] = bench(time_ours, iters)
-            row["us_ref"] = bench(time_ref, iters)
+            row["us_ours"] = timer(time_ours, iters)
+            row["us_ref"] = timer(time_ref, iters)
             row["speedup"] = row["us_ref"] / row["us_ours"]
     except Exception as exc:  # noqa: BLE001 - one op's failure must not stop the others
         row.update(ok=False, error=f"{type(exc).__name__}: {exc}")
@@ -195,6 +205,70 @@ def check_routing(iters: int) -> None:
               lambda: reference.route_topk(logits, 4), iters)
 
 
+def check_router_fused(iters: int) -> None:
+    """Fused router GEMM + top-k vs F.linear + reference top-k; timed (in CUDA graphs) vs GEMM + route_topk."""
+    for t, e in [(1, 32), (16, 32), (64, 32), (256, 32), (1024, 32), (1, 128), (64, 128)]:
+        hidden = 2880
+        x, w, b = bf(t, hidden), bf(e, hidden, scale=hidden ** -0.5), bf(e, scale=0.5)
+        out = (torch.full((t, 4), -1, dtype=torch.int32, device=DEV), torch.full((t, 4), float("nan"), device=DEV))
+        ref_out = (torch.empty_like(out[0]), torch.empty_like(out[1]))
+
+        def run() -> float:
+            if DEV == "cuda" and not (ops.kernels_available() and ops.router_fused_ok(x, w, b, 4)):
+                raise RuntimeError("the fused kernel would not be used for these inputs")
+            idx, wt = ops.router_topk(x, w, b, 4, out=out, fused=True)
+            logits = F.linear(x, w, b)
+            problem = selfcheck.routing_problem(idx, wt, logits, 4)
+            if problem:
+                raise AssertionError(problem)
+            return rel_l2(wt, torch.softmax(logits.float().gather(1, idx.long()), -1))
+        check("router_topk fused", f"T={t} E={e} H={hidden} k=4", run,
+              lambda: ops.router_topk(x, w, b, 4, out=out, fused=True),
+              lambda: ops.router_topk(x, w, b, 4, out=ref_out, fused=False), iters, timer=bench_graph)
+
+
+def check_rope_kv_fused(iters: int) -> None:
+    """Fused RoPE + KV write vs the torch references; timed (in CUDA graphs) vs apply_rope + write_kv_cache."""
+    cache = ops.cos_sin_cache(131072, device=DEV)
+    hq, hk, d, bs, blocks = 64, 8, 64, 16, 4096
+    for t in (1, 64, 256, 2048):
+        qkv = bf(t, (hq + 2 * hk) * d)
+        positions = torch.randint(0, 131072, (t,), device=DEV)
+        slots = torch.randperm(blocks * bs, device=DEV)[:t]
+        slots[1::7] = -1
+
+        def views(buf):
+            return (buf[:, :hq * d].view(t, hq, d), buf[:, hq * d:(hq + hk) * d].view(t, hk, d),
+                    buf[:, (hq + hk) * d:].view(t, hk, d))
+
+        def run() -> float:
+            a, r = qkv.clone(), qkv.clone()
+            kc = torch.full((blocks, bs, hk, d), float("nan"), device=DEV, dtype=torch.bfloat16)
+            vc, kr, vr = kc.clone(), kc.clone(), kc.clone()
+            qa, ka, va = views(a)
+            if DEV == "cuda" and not (ops.kernels_available() and ops.rope_write_kv_fused_ok(qa, ka, va, kc, vc, cache)):
+                raise RuntimeError("the fused kernel would not be used for these inputs")
+            ops.rope_write_kv(qa, ka, va, kc, vc, positions, slots, cache, fused=True)
+            qr, kr_, vr_ = views(r)
+            reference.apply_rope(qr, kr_, positions, cache)
+            reference.write_kv_cache(kr_, vr_, kr, vr, slots)
+            if not (torch.equal(kc.isnan(), kr.isnan()) and torch.equal(vc.isnan(), vr.isnan())):
+                raise AssertionError("cache slots written differ (wrong slot, missed write, or a -1 slot written)")
+            written = ~kr.isnan()
+            return max(rel_l2(a, r), rel_l2(kc[written], kr[written]), rel_l2(vc[written], vr[written]))
+        buf = qkv.clone()
+        q, k, v = views(buf)
+        kc = torch.zeros(blocks, bs, hk, d, device=DEV, dtype=torch.bfloat16)
+        vc = kc.clone()
+
+        def unfused() -> None:
+            ops.apply_rope(q, k, positions, cache)
+            ops.write_kv_cache(k, v, kc, vc, slots)
+        check("rope_write_kv fused", f"T={t} 64q/8kv page16", run,
+              lambda: ops.rope_write_kv(q, k, v, kc, vc, positions, slots, cache, fused=True), unfused, iters,
+              timer=bench_graph)
+
+
 def _paged_batch(lens_q: list[int], lens_k: list[int], hq: int, hk: int, page: int):
     d = 64
     max_pages = max((n + page - 1) // page for n in lens_k)
@@ -252,7 +326,8 @@ def main() -> int:
     ap.add_argument("--ext-dir", help="directory holding mini_vllm_kernels.so / mini_vllm_fa3.so")
     ap.add_argument("--iters", type=int, default=50)
     ap.add_argument("--json", help="write the rows here")
-    ap.add_argument("--only", default="", help="comma-separated groups: norms,rope,kv,swiglu,mxfp4,routing,fa3")
+    ap.add_argument("--only", default="",
+                    help="comma-separated groups: norms,rope,kv,swiglu,mxfp4,routing,router_fused,rope_kv_fused,fa3")
     ap.add_argument("--cpu-dry-run", action="store_true",
                     help="exercise the script's logic on CPU (references vs themselves, no timing)")
     args = ap.parse_args()
@@ -276,7 +351,8 @@ def main() -> int:
     if not ops.kernels_available():
         print(f"kernels module not usable: {ext.load_errors.get('mini_vllm_kernels', 'no CUDA device')}")
     groups = {"norms": check_norms, "rope": check_rope, "kv": check_kv_cache, "swiglu": check_swiglu,
-              "mxfp4": check_mxfp4, "routing": check_routing, "fa3": check_fa3}
+              "mxfp4": check_mxfp4, "routing": check_routing, "router_fused": check_router_fused,
+              "rope_kv_fused": check_rope_kv_fused, "fa3": check_fa3}
     wanted = [g for g in args.only.split(",") if g] or list(groups)
     for g in wanted:
         try:

@@ -123,7 +123,7 @@ def rope_write_kv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, k_cache: to
     One launch (mv_rope_write_kv) when `fused` and the inputs suit the kernel; else the two ops above.
     """
     mod = _kernels(q, k, v, k_cache, v_cache, positions, slot_mapping, cos_sin) if fused else None
-    if mod is None or not (_rope_ok(q, k, cos_sin) and _kv_ok(k, v, k_cache, v_cache)) or k.shape != v.shape:
+    if mod is None or not rope_write_kv_fused_ok(q, k, v, k_cache, v_cache, cos_sin):
         apply_rope(q, k, positions, cos_sin)
         write_kv_cache(k, v, k_cache, v_cache, slot_mapping)
         return
@@ -185,6 +185,22 @@ def _topk_out(t: int, top_k: int, device: torch.device,
     return idx, w
 
 
+def router_fused_ok(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, top_k: int) -> bool:
+    """Whether mv_router_topk takes these inputs (device aside): see `router_topk`."""
+    return (x.dim() == 2 and x.dtype == weight.dtype == torch.bfloat16 and x.stride(1) == 1
+            and x.stride(0) % 8 == 0 and x.data_ptr() % 16 == 0 and _bf16_rows(weight) and x.shape[1] % 8 == 0
+            and weight.shape[1] == x.shape[1] and weight.shape[0] <= 256 and top_k <= min(8, weight.shape[0])
+            and x.shape[0] <= ROUTER_FUSED_MAX_TOKENS
+            and (bias is None or (bias.dtype == torch.bfloat16 and bias.is_contiguous()
+                                  and tuple(bias.shape) == (weight.shape[0],))))
+
+
+def rope_write_kv_fused_ok(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor,
+                           v_cache: torch.Tensor, cos_sin: torch.Tensor) -> bool:
+    """Whether mv_rope_write_kv takes these inputs (device aside): see `rope_write_kv`."""
+    return _rope_ok(q, k, cos_sin) and _kv_ok(k, v, k_cache, v_cache) and k.shape == v.shape
+
+
 def router_topk(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, top_k: int = 4,
                 out: tuple[torch.Tensor, torch.Tensor] | None = None,
                 fused: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
@@ -195,13 +211,7 @@ def router_topk(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
     ROUTER_FUSED_MAX_TOKENS); else the GEMM and route_topk as two ops.
     """
     mod = _kernels(x, weight) if fused else None
-    ok = (mod is not None and x.dim() == 2 and x.dtype == weight.dtype == torch.bfloat16 and x.stride(1) == 1
-          and x.stride(0) % 8 == 0 and x.data_ptr() % 16 == 0 and _bf16_rows(weight) and x.shape[1] % 8 == 0
-          and weight.shape[1] == x.shape[1] and weight.shape[0] <= 256 and top_k <= 8
-          and x.shape[0] <= ROUTER_FUSED_MAX_TOKENS
-          and (bias is None or (bias.dtype == torch.bfloat16 and bias.is_contiguous()
-                                and tuple(bias.shape) == (weight.shape[0],))))
-    if not ok:
+    if mod is None or not router_fused_ok(x, weight, bias, top_k):
         return route_topk(F.linear(x, weight, bias), top_k, out)
     idx, w = _topk_out(x.shape[0], top_k, x.device, out)
     mod.call("mv_router_topk", x.data_ptr(), weight.data_ptr(), None if bias is None else bias.data_ptr(),

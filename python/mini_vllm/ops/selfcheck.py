@@ -62,8 +62,11 @@ def router_topk_problem(weight: torch.Tensor, bias: torch.Tensor | None, top_k: 
                         tokens: tuple[int, ...] = (1, 13), seed: int = 0) -> str | None:
     """Fused `ops.router_topk` on random x vs F.linear + the tie-tolerant comparison; None = agrees."""
     gen = torch.Generator(device=weight.device).manual_seed(seed)
+    # x scaled so that the logits (before bias) are ~N(0, 1): no single expert dominates the softmax,
+    # so weights from a wrong normalisation (e.g. over all experts) stand out
+    scale = 1.0 / float(weight.float().norm(dim=1).mean().clamp_min(1e-6))
     for t in tokens:
-        x = torch.randn(t, weight.shape[1], generator=gen, device=weight.device).to(weight.dtype)
+        x = (torch.randn(t, weight.shape[1], generator=gen, device=weight.device) * scale).to(weight.dtype)
         try:
             ids, w = ops.router_topk(x, weight, bias, top_k, fused=True)
             ref = F.linear(x, weight, bias)
