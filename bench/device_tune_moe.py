@@ -8,7 +8,8 @@ candidate first checked against a torch reference of its own stage (fresh random
 NaN-poisoned outputs, rel L2 < 2e-2), then timed as a CUDA graph (do_bench_cudagraph median).
 A failing candidate is recorded and the rest still run. The combined winner per T is re-checked
 end to end against fused_moe_reference and timed next to the shipped table's config.
-At T <= 8 the GEMV kernels (moe_gemv.py: block_n/block_k/warps, down's split_k; block_m = slots per
+At T <= 8 the GEMV kernels (moe_gemv.py: block_n rows, block_k = 32 x 16-byte loads in flight per
+thread, warps, down's split_k - within gemv_rows_ok's layout rules; block_m = slots per
 program, 1 = no align) are tried first, then the grouped GEMM; the per-T winner (either kernel) goes
 into the table with its "kernel" field. T <= 8 get twice the time share of larger T.
 From T = 16 the swap-AB GEMM (moe_gemm_swap.py, "kernel": "swap") is tried before the grouped one;
@@ -67,28 +68,43 @@ def swap_phase1(stage: str, smoke: bool) -> list[GemmTiles]:
     return [GemmTiles(bn, bk, 4, 3, d) for bn, bk in shapes for d in ("dot_scaled", "bits")]
 
 
-def gemv_phase1(stage: str, smoke: bool) -> list[GemmTiles]:
-    """GEMV candidates: (block_n, block_k, warps[, split_k]) - output rows per program, K per step."""
+def gemv_rows_ok(tiles: GemmTiles, stage: str, block_m: int) -> bool:
+    """moe_gemv's layout rules: a thread per weight row (rows >= 32 x warps; gate_up has 2 rows per
+    output column) and an activation tile smaller than the CTA (block_m < warps), else Triton adds
+    shared-memory layout conversions (bench/moe_gemv_ptx.py shows them)."""
+    rows = tiles.block_n * (2 if stage == "gate_up" else 1)
+    return rows >= 32 * tiles.num_warps and block_m < tiles.num_warps
+
+
+def gemv_phase1(stage: str, block_m: int, smoke: bool) -> list[GemmTiles]:
+    """GEMV candidates (block_n, block_k = 32 x groups unrolled per step = 16-byte loads in flight per
+    thread, warps[, split_k]); at block_m > 1 the warps grow so the activation tile stays small."""
     if smoke:
         return [GemmTiles(16, 64, 4, 1, split_k=1)] + ([GemmTiles(32, 32, 2, 1, split_k=3)]
                                                         if stage == "down" else [])
     if stage == "gate_up":
-        shapes = [(16, 256, 4, 1), (8, 256, 4, 1), (32, 256, 4, 1), (16, 512, 4, 1), (8, 512, 2, 1),
-                  (16, 128, 2, 1), (32, 128, 8, 1)]
+        shapes = [(32, 128, 2, 1), (32, 64, 2, 1), (64, 128, 4, 1), (64, 64, 4, 1), (32, 32, 2, 1),
+                  (64, 128, 2, 1), (128, 64, 8, 1)]
     else:
-        shapes = [(16, 256, 4, 1), (16, 256, 4, 2), (8, 256, 4, 1), (32, 256, 4, 3), (16, 512, 4, 2),
-                  (8, 512, 2, 1), (32, 128, 4, 1)]
-    return [GemmTiles(bn, bk, w, 1, split_k=sk) for bn, bk, w, sk in shapes]
+        shapes = [(64, 128, 2, 2), (64, 128, 2, 1), (64, 64, 2, 3), (128, 128, 4, 2), (64, 256, 2, 2),
+                  (128, 64, 4, 1), (256, 64, 8, 2)]
+    warps_min = 2 * block_m  # block_m < warps
+    cands = []
+    for bn, bk, w, sk in shapes:
+        grow = max(1, warps_min // w)
+        cands.append(GemmTiles(bn * grow, bk, w * grow, 1, split_k=sk))
+    return [c for c in dict.fromkeys(cands) if gemv_rows_ok(c, stage, block_m)]
 
 
-def gemv_phase2(best: GemmTiles, stage: str, smoke: bool) -> list[GemmTiles]:
-    """Warps (and down's K-split) around the GEMV phase-1 winner."""
+def gemv_phase2(best: GemmTiles, stage: str, block_m: int, smoke: bool) -> list[GemmTiles]:
+    """Loads in flight (block_k), rows per thread (block_n) and down's K-split around the winner."""
     if smoke:
         return []
-    cands = [replace(best, num_warps=w) for w in (2, 4, 8) if w != best.num_warps]
+    cands = [replace(best, block_k=bk) for bk in (32, 64, 128, 256) if bk != best.block_k]
+    cands += [replace(best, block_n=bn) for bn in (best.block_n // 2, best.block_n * 2)]
     if stage == "down":
         cands += [replace(best, split_k=s) for s in (1, 2, 3, 5) if s != best.split_k]
-    return cands
+    return [c for c in cands if gemv_rows_ok(c, stage, block_m)]
 
 
 def phase1(t: int, smoke: bool) -> list[GemmTiles]:
@@ -207,10 +223,10 @@ def tune_block_m(t, kernel, bm, ctx, bench, deadline) -> dict:
         return out.view(t * k, tiles.split_k, -1).sum(1) if poison else out
 
     out = {"kernel": kernel, "block_m": bm, "align_us": bench(route) if gemv and bm > 1 or not gemv else 0.0}
-    p1 = ((lambda name: gemv_phase1(name, bench.smoke)) if gemv
+    p1 = ((lambda name: gemv_phase1(name, bm, bench.smoke)) if gemv
           else (lambda name: swap_phase1(name, bench.smoke)) if kernel == "swap"
           else (lambda name: phase1(t, bench.smoke)))
-    p2 = ((lambda best, name: gemv_phase2(best, name, bench.smoke)) if gemv
+    p2 = ((lambda best, name: gemv_phase2(best, name, bm, bench.smoke)) if gemv
           else (lambda best, name: phase2(best, t, bench.smoke)))
     for name, run, want in (("gate_up", run_gu, act_ref), ("down", run_dn, down_ref)):
         rows = tune_stage(name, run, want, p1(name), t, bench, deadline)

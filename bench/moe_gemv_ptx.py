@@ -7,7 +7,7 @@ the way a real launch at gpt-oss shapes specialises it (pointers 16-byte aligned
 marked divisible by 16 only when its value is, exactly as Triton's JIT does: K_WORDS = 2880/8 = 360 is
 not) and counts instructions inside the K loop's body in the PTX.
 
-    python3 bench/moe_gemv_ptx.py                    # table for the shipped GEMV configs + candidates
+    python3 bench/moe_gemv_ptx.py [--json]           # table (or JSON) for typical GEMV configs
     PYTHONPATH=/path/to/triton-3.6 python3 bench/moe_gemv_ptx.py   # the device's Triton version
 
 tests/ops/test_triton_compile.py asserts the same properties (no conversion in the loop, v4 loads).
@@ -102,18 +102,29 @@ CASES = [  # (stage, BLOCK_M, BLOCK_N, BLOCK_K, warps, split_k, T): rows per pro
 ]
 
 
-def main() -> None:
+def case_stats(stage: str, bm: int, bn: int, bk: int, warps: int, split: int, t: int) -> dict:
+    """K-loop counts of one GEMV launch configuration at gpt-oss shapes."""
+    consts = dict(HAS_BIAS=True, BLOCK_M=bm, BLOCK_N=bn, GROUPS=bk // 32, DIRECT=bm == 1)
+    consts.update(TOP_K=4) if stage == "gate_up" else consts.update(SPLIT_K=split)
+    ptx = compile_gemv(stage, consts, launch_ints(stage, 4 * t, split), warps)
+    name = f"{stage} m{bm} {bn}x{bk} w{warps}" + (f" k/{split}" if split > 1 else "")
+    return {"case": name, "groups": bk // 32, **k_loop_stats(ptx)}
+
+
+def main(argv: list[str]) -> None:
+    import json
+
     import triton
+    rows = [case_stats(*case) for case in CASES]
+    if "--json" in argv:
+        print(json.dumps(rows))
+        return
     print(f"triton {triton.__version__}, sm_90a, gpt-oss shapes (H = I = {H}); counts inside the K loop")
     print(f"{'case':34} " + " ".join(f"{k:>12}" for k in COUNTED) + "  kernel bar.sync")
-    for stage, bm, bn, bk, warps, split, t in CASES:
-        consts = dict(HAS_BIAS=True, BLOCK_M=bm, BLOCK_N=bn, GROUPS=bk // 32, DIRECT=bm == 1)
-        consts.update(TOP_K=4) if stage == "gate_up" else consts.update(SPLIT_K=split)
-        ptx = compile_gemv(stage, consts, launch_ints(stage, 4 * t, split), warps)
-        s = k_loop_stats(ptx)
-        name = f"{stage} m{bm} {bn}x{bk} w{warps}" + (f" k/{split}" if split > 1 else "")
-        print(f"{name:34} " + " ".join(f"{s[k]:>12}" for k in COUNTED) + f"  {s['kernel_bar_sync']:>6}")
+    for s in rows:
+        print(f"{s['case']:34} " + " ".join(f"{s[k]:>12}" for k in COUNTED)
+              + f"  {s['kernel_bar_sync']:>6}")
 
 
 if __name__ == "__main__":
-    main()
+    main(sys.argv[1:])

@@ -4,16 +4,19 @@ Why: at T <= 8 tokens (<= 32 routed slots) the grouped GEMM's 16-row MMA tile ho
 it pays for tile staging and the MMA while the weight stream - the only thing that matters - has too
 few bytes in flight. Here a program = BLOCK_M routed slots of ONE expert (BLOCK_M = 1: slot = program,
 no align launch) x BLOCK_N output features x one K-split, and everything is sized for HBM:
-  - weights load as int32 words, four words = one 16-byte MXFP4 block per thread-vector, rows
-    contiguous along K (the checkpoint layout viewed as int32: no repacking);
-  - word q of a 32-value group holds elements 8q..8q+7 (nibble j = element 8q+j), so the matching
-    activations are 8 contiguous values: x loads as [C, 8] vectors and is split in registers;
+  - a thread owns a weight row: per 32-value group it loads the group's 4 int32 words as ONE 16-byte
+    vector (the checkpoint layout viewed as int32, no repacking; `tl.multiple_of` tells Triton rows
+    start 16-byte aligned, which it cannot infer from K/8 = 360) and its scale byte;
+  - word q of a group holds elements 8q..8q+7 (nibble j = element 8q+j): the activations load as a
+    [BM, 1, 4, 8] tile - smaller than the CTA, so Triton gives it the weight tile's layout family and
+    every lane reads the same 32 values (broadcast, L1) - and the product [BM, R, 4, 8] needs NO
+    layout conversion (no shared memory, no bar.sync in the K loop; bench/moe_gemv_ptx.py counts it);
   - nibble -> fp32 in 3 integer ops: shift the nibble to bits 31..28, arithmetic-shift right by 6
     (sign stays in bit 31, e1 e0 m land in bits 24..22), mask 0x81C00000. That is e2m1 x 2^-126
-    exactly (code 1 = 0.5 becomes the fp32 denormal 2^-127; sm_90 FMAs keep fp32 denormals), so a
-    group's dot is multiplied by 2^126 and then by its scale 2^(s-127) (exponent bits), once per 32
-    values;
-  - fp32 FMA reductions along K, per 32-value group then across groups (no tl.dot);
+    exactly (code 1 = 0.5 becomes the fp32 denormal 2^-127; sm_90 FMAs keep fp32 denormals); a
+    word's dot is multiplied by 2^126, then by its group's scale 2^(s-127) (exponent bits);
+  - GROUPS groups per loop iteration, unrolled: GROUPS independent 16-byte loads in flight per
+    thread; block_n >= 32 x num_warps rows (gate_up: 2 x block_n) keeps every thread on its own row;
   - down may split K (SPLIT_K programs per tile): each split writes its own fp32 row
     (slot * SPLIT_K + split) and the existing per-token sum adds k * SPLIT_K rows - deterministic,
     no atomics, no zeroed buffer, grid fixed by the shapes (CUDA-graph capturable).
@@ -34,13 +37,13 @@ UNBIAS = tl.constexpr(2.0 ** 126)  # decoded nibbles are e2m1 x 2^-126
 def _group_dot(w_ptrs, s_ptrs, x_ptrs, w_ok, s_ok, x_ok):
     """[BM, R] dot of one 32-value group per row: w_ptrs [1, R, 4, 1] -> the group's 4 int32 words
     (one 16-byte vector per row), s_ptrs [1, R, 1] -> its scale byte, x_ptrs [BM, 1, 4, 8] -> the
-    32 activations (word q, nibble j = element 8q + j). Result x 2^126 is the true dot."""
+    32 activations (word q, nibble j = element 8q + j)."""
     wd = tl.load(w_ptrs, mask=w_ok, other=0)
     sc = tl.load(s_ptrs, mask=s_ok, other=0)
     xv = tl.load(x_ptrs, mask=x_ok, other=0.0).to(tl.float32)
     up = 28 - 4 * tl.arange(0, 8)[None, None, None, :]  # nibble j -> bits 31..28
     nib = (((wd << up) >> 6) & SIGN_MAG).to(tl.float32, bitcast=True)  # [1, R, 4, 8] e2m1 x 2^-126
-    words = tl.sum(nib * xv, axis=3)  # [BM, R, 4]
+    words = tl.sum(nib * xv, axis=3) * UNBIAS  # [BM, R, 4]; back to e2m1 scale before 2^(s-127)
     scale = (sc.to(tl.int32) << 23).to(tl.float32, bitcast=True)  # [1, R, 1]: 2^(s-127)
     return tl.sum(words * scale, axis=2)
 
@@ -72,7 +75,7 @@ def _gemv(acc, a_ptr, a_rows, row_ok, stride_a, w_ptr, s_ptr, n_rows, n_ok, g_lo
             g_ok = tl.full((1, 1, 1, 1), g0 + u, tl.int32) < g_hi  # a tensor: the interpreter wants one
             part += _group_dot(w_base + 4 * (g0 + u), s_base + (g0 + u), x_base + 32 * (g0 + u),
                                w_ok & g_ok, s_ok & tl.reshape(g_ok, (1, 1, 1)), x_ok & g_ok)
-    return acc + part * UNBIAS
+    return acc + part
 
 
 @triton.jit
