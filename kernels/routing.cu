@@ -85,6 +85,7 @@ __global__ void route_topk_kernel(const __nv_bfloat16* __restrict__ logits, int3
 // ---- fused router GEMM + top-k ---------------------------------------------------------------------
 constexpr int kCluster = 8;        // blocks per token group (portable cluster size on sm_90)
 constexpr int kRouterTokens = 8;   // tokens per cluster: each router weight load feeds 8 dot products
+constexpr int kVecPerLane = 12;    // 16-byte weight vectors a lane holds at once: 3072 of hidden per pass
 
 __global__ void __cluster_dims__(kCluster, 1, 1) __launch_bounds__(32 * kWarpsPerBlock)
     router_topk_kernel(const __nv_bfloat16* __restrict__ x, const __nv_bfloat16* __restrict__ w,
@@ -106,17 +107,29 @@ __global__ void __cluster_dims__(kCluster, 1, 1) __launch_bounds__(32 * kWarpsPe
     float acc[kRouterTokens];
 #pragma unroll
     for (int t = 0; t < kRouterTokens; ++t) acc[t] = 0.f;
-#pragma unroll 2
-    for (int i = lane; i < nvec; i += 32) {
-      float wf[8];
-      mv::unpack8(wrow[i], wf);
+    for (int base = 0; base < nvec; base += 32 * kVecPerLane) {
+      // the lane's slice of the weight row is loaded before any use: one memory round trip per chunk
+      // (the router weights are cold in L2 at decode - each step streams the whole model through it)
+      mv::Bf16x8 wv[kVecPerLane];
+#pragma unroll
+      for (int j = 0; j < kVecPerLane; ++j) {
+        const int i = base + j * 32 + lane;
+        if (i < nvec) wv[j] = mv::ldg16(wrow + i);
+      }
 #pragma unroll
       for (int t = 0; t < kRouterTokens; ++t) {
-        if (t < nt) {
-          float xf[8];
-          mv::unpack8(reinterpret_cast<const mv::Bf16x8*>(x + (t0 + t) * x_stride)[i], xf);
+        if (t >= nt) continue;
+        const auto* xrow = reinterpret_cast<const mv::Bf16x8*>(x + (t0 + t) * x_stride);
 #pragma unroll
-          for (int j = 0; j < 8; ++j) acc[t] = fmaf(wf[j], xf[j], acc[t]);
+        for (int j = 0; j < kVecPerLane; ++j) {
+          const int i = base + j * 32 + lane;
+          if (i < nvec) {
+            float wf[8], xf[8];
+            mv::unpack8(wv[j], wf);
+            mv::unpack8(mv::ldg16(xrow + i), xf);
+#pragma unroll
+            for (int q = 0; q < 8; ++q) acc[t] = fmaf(wf[q], xf[q], acc[t]);
+          }
         }
       }
     }

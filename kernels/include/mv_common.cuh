@@ -19,6 +19,12 @@ struct alignas(16) Bf16x8 {
   __nv_bfloat162 h[4];
 };
 
+// One 128-bit read-only load (a struct copy of Bf16x8 may compile to four 32-bit loads).
+__device__ __forceinline__ Bf16x8 ldg16(const Bf16x8* p) {
+  const uint4 raw = __ldg(reinterpret_cast<const uint4*>(p));
+  return *reinterpret_cast<const Bf16x8*>(&raw);
+}
+
 __device__ __forceinline__ void unpack8(const Bf16x8& v, float (&f)[8]) {
 #pragma unroll
   for (int i = 0; i < 4; ++i) {
@@ -54,8 +60,10 @@ __device__ __forceinline__ float block_sum(float x, float* scratch) {
 }
 
 // Block-strided copy of n 16-byte vectors (a KV-cache row: dst/src 16-byte aligned).
+// src must not be written by the running kernel (read-only cache path).
 __device__ __forceinline__ void copy_vec16(Bf16x8* __restrict__ dst, const Bf16x8* __restrict__ src, int n) {
-  for (int i = threadIdx.x; i < n; i += blockDim.x) dst[i] = src[i];
+  for (int i = threadIdx.x; i < n; i += blockDim.x)
+    reinterpret_cast<uint4*>(dst)[i] = __ldg(reinterpret_cast<const uint4*>(src) + i);
 }
 
 inline bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15u) == 0; }
