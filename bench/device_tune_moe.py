@@ -65,7 +65,19 @@ def swap_phase1(stage: str, smoke: bool) -> list[GemmTiles]:
         return [GemmTiles(32, 64, 4, 2, d) for d in ("dot_scaled", "bits")]
     shapes = ([(32, 128), (64, 128), (32, 256), (64, 256), (64, 64)] if stage == "gate_up"
               else [(64, 128), (128, 128), (64, 256), (128, 256), (128, 64)])
-    return [GemmTiles(bn, bk, 4, 3, d) for bn, bk in shapes for d in ("dot_scaled", "bits")]
+    # bits first: that is what swapping changes at the MMA (sm_90 PTX: the grouped bits GEMM issues
+    # mma.sync m16n8k16, swap wgmma m64nT; Triton already lowers the grouped dot_scaled to wgmma m64nT)
+    return [GemmTiles(bn, bk, 4, 3, d) for bn, bk in shapes for d in ("bits", "dot_scaled")]
+
+
+def swap_phase2(best: GemmTiles, smoke: bool) -> list[GemmTiles]:
+    """Launch knobs around the swap winner; num_stages 1 loads weights as 16-byte ld.global.v4 (with
+    2+ stages Triton's cp.async takes the packed bytes 4 (dot_scaled) or 8 (bits) bytes at a time)."""
+    if smoke:
+        return []
+    knobs = [(4, 1), (8, 1), (4, 2), (8, 3), (4, 4)]
+    return [replace(best, num_warps=w, num_stages=s) for w, s in knobs
+            if (w, s) != (best.num_warps, best.num_stages)]
 
 
 def gemv_rows_ok(tiles: GemmTiles, stage: str, block_m: int) -> bool:
@@ -227,6 +239,7 @@ def tune_block_m(t, kernel, bm, ctx, bench, deadline) -> dict:
           else (lambda name: swap_phase1(name, bench.smoke)) if kernel == "swap"
           else (lambda name: phase1(t, bench.smoke)))
     p2 = ((lambda best, name: gemv_phase2(best, name, bm, bench.smoke)) if gemv
+          else (lambda best, name: swap_phase2(best, bench.smoke)) if kernel == "swap"
           else (lambda best, name: phase2(best, t, bench.smoke)))
     for name, run, want in (("gate_up", run_gu, act_ref), ("down", run_dn, down_ref)):
         rows = tune_stage(name, run, want, p1(name), t, bench, deadline)
