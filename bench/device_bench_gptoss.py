@@ -156,6 +156,7 @@ def _timed(obj, name: str, acc: dict[str, float]) -> None:
     setattr(obj, name, wrapper)
 
 
+@torch.inference_mode()
 def graph_gpu_ms(step, bucket: int, context: int, reps: int = 20) -> float:
     """GPU time of one replay of the decode graph of `bucket` rows, every row `context` keys deep."""
     graph, buf = step.graphs[bucket]
@@ -316,27 +317,44 @@ def part_http_ab(levels: str) -> None:
         part_http(levels, ensure_ckpt(CKPT, 24), OUT, RESULTS, env_extra=env, tag=f"ab-{name}")
 
 
+PARTS = {"check": part_check, "decode": part_decode, "peer": part_peer, "profile": part_profile}
+
+
+def run_part(part: str, args: argparse.Namespace) -> None:
+    """One part in this process; its results go to $OUT/gptoss_<part>.json."""
+    fns = dict(PARTS, http=lambda: part_http(args.levels, ensure_ckpt(CKPT, 24), OUT, RESULTS),
+               httpab=lambda: part_http_ab(args.ab_levels))
+    t0 = time.perf_counter()
+    try:
+        fns[part]()
+    finally:
+        print(f"[{part}] done in {time.perf_counter() - t0:.0f} s", flush=True)
+        (OUT / f"gptoss_{part}.json").write_text(json.dumps(RESULTS, indent=1, default=str))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("parts", nargs="+", choices=["check", "decode", "http", "httpab", "peer", "profile"])
+    ap.add_argument("parts", nargs="+", choices=[*PARTS, "http", "httpab"])
     ap.add_argument("--levels", default="1x1024,16x1024,64x1024,256x1024,64x256,256x256")
     ap.add_argument("--ab-levels", default="256x128")
+    ap.add_argument("--in-process", action="store_true", help="run the parts here, not one subprocess each")
     args = ap.parse_args()
     OUT.mkdir(parents=True, exist_ok=True)
-    print(f"device: {torch.cuda.get_device_name() if torch.cuda.is_available() else 'cpu'}, torch {torch.__version__}")
+    if args.in_process or len(args.parts) == 1:
+        print(f"device: {torch.cuda.get_device_name() if torch.cuda.is_available() else 'cpu'}, torch {torch.__version__}")
+        for part in args.parts:
+            run_part(part, args)
+        return
+    # one process per part: a failing part cannot leave the GPU full of the previous part's engine
+    merged: dict[str, object] = {}
     for part in args.parts:
-        t0 = time.perf_counter()
-        try:
-            {"check": part_check, "decode": part_decode, "peer": part_peer, "profile": part_profile,
-             "http": lambda: part_http(args.levels, ensure_ckpt(CKPT, 24), OUT, RESULTS),
-             "httpab": lambda: part_http_ab(args.ab_levels)}[part]()
-        except Exception as e:  # noqa: BLE001 - report and go on with the next part
-            import traceback
-
-            traceback.print_exc()
-            RESULTS[f"{part}_error"] = f"{type(e).__name__}: {e}"
-        print(f"[{part}] done in {time.perf_counter() - t0:.0f} s", flush=True)
-        (OUT / "gptoss_results.json").write_text(json.dumps(RESULTS, indent=1, default=str))
+        cmd = [sys.executable, __file__, part, "--levels", args.levels, "--ab-levels", args.ab_levels]
+        rc = subprocess.run(cmd).returncode
+        f = OUT / f"gptoss_{part}.json"
+        merged.update(json.loads(f.read_text()) if f.exists() else {})
+        if rc != 0:
+            merged[f"{part}_error"] = f"exit {rc} (traceback above)"
+        (OUT / "gptoss_results.json").write_text(json.dumps(merged, indent=1, default=str))
 
 
 if __name__ == "__main__":

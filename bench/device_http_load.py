@@ -85,9 +85,14 @@ def part_http(levels: str, ckpt: Path, out: Path, results: dict, extra_args: tup
         while True:
             if proc.poll() is not None:
                 raise RuntimeError(f"server exited {proc.returncode}; see server-{tag}.log")
+            if time.perf_counter() - t0 > 300:
+                raise RuntimeError(f"server not healthy after 300 s; see server-{tag}.log")
             try:
-                if httpx.get(url + "/health", timeout=2).status_code == 200:
+                h = httpx.get(url + "/health", timeout=2)
+                if h.status_code == 200:
                     break
+                if "failed to load" in h.text:
+                    raise RuntimeError(f"server: {h.text[:300]}")
             except httpx.HTTPError:
                 pass
             time.sleep(0.5)
