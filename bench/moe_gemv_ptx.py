@@ -61,7 +61,7 @@ def compile_gemv(stage: str, consts: dict, ints: dict[str, int], num_warps: int,
             attrs[(i,)] = [["tt.divisibility", 16]]
     src = ASTSource(kernel, sig, constexprs=consts, attrs=attrs)
     out = triton.compile(src, target=GPUTarget("cuda", 90, 32),
-                         options={"num_warps": num_warps, "num_stages": 1})
+                         options={"num_warps": num_warps, "num_stages": int(os.environ.get("GEMV_STAGES", "1"))})
     return out.asm[ir]
 
 

@@ -34,18 +34,32 @@ UNBIAS = tl.constexpr(2.0 ** 126)  # decoded nibbles are e2m1 x 2^-126
 
 
 @triton.jit
-def _group_dot(w_ptrs, s_ptrs, x_ptrs, w_ok, s_ok, x_ok):
-    """[BM, R] dot of one 32-value group per row: w_ptrs [1, R, 4, 1] -> the group's 4 int32 words
-    (one 16-byte vector per row), s_ptrs [1, R, 1] -> its scale byte, x_ptrs [BM, 1, 4, 8] -> the
-    32 activations (word q, nibble j = element 8q + j)."""
+def _nib(w, J: tl.constexpr):
+    """fp32 (x 2^-126) of nibble J (bits 4J..4J+3) of every int32 word in w: 3 integer ops."""
+    if J == 7:
+        v = w >> 6
+    else:
+        v = (w << (28 - 4 * J)) >> 6
+    return (v & SIGN_MAG).to(tl.float32, bitcast=True)
+
+
+@triton.jit
+def _group_dot(w_ptrs, s_ptrs, x_ptrs, w_ok, s_ok):
+    """[BM, R] dot of one 32-value group per row: w_ptrs [1, R, 4] -> the group's 4 int32 words
+    (one 16-byte vector per row), s_ptrs [1, R, 1] -> its scale byte, x_ptrs [BM, 1, 4] -> element
+    8q of word q's 8 activations (nibble j = element 8q + j; always in bounds, so unmasked)."""
     wd = tl.load(w_ptrs, mask=w_ok, other=0)
     sc = tl.load(s_ptrs, mask=s_ok, other=0)
-    xv = tl.load(x_ptrs, mask=x_ok, other=0.0).to(tl.float32)
-    up = 28 - 4 * tl.arange(0, 8)[None, None, None, :]  # nibble j -> bits 31..28
-    nib = (((wd << up) >> 6) & SIGN_MAG).to(tl.float32, bitcast=True)  # [1, R, 4, 8] e2m1 x 2^-126
-    words = tl.sum(nib * xv, axis=3) * UNBIAS  # [BM, R, 4]; back to e2m1 scale before 2^(s-127)
+    words = _nib(wd, 0) * tl.load(x_ptrs).to(tl.float32)  # [BM, R, 4]: one FMA chain per word
+    words += _nib(wd, 1) * tl.load(x_ptrs + 1).to(tl.float32)
+    words += _nib(wd, 2) * tl.load(x_ptrs + 2).to(tl.float32)
+    words += _nib(wd, 3) * tl.load(x_ptrs + 3).to(tl.float32)
+    words += _nib(wd, 4) * tl.load(x_ptrs + 4).to(tl.float32)
+    words += _nib(wd, 5) * tl.load(x_ptrs + 5).to(tl.float32)
+    words += _nib(wd, 6) * tl.load(x_ptrs + 6).to(tl.float32)
+    words += _nib(wd, 7) * tl.load(x_ptrs + 7).to(tl.float32)
     scale = (sc.to(tl.int32) << 23).to(tl.float32, bitcast=True)  # [1, R, 1]: 2^(s-127)
-    return tl.sum(words * scale, axis=2)
+    return tl.sum(words * UNBIAS * scale, axis=2)  # 2^126 first: no denormal partials
 
 
 @triton.jit
@@ -53,28 +67,29 @@ def _gemv(acc, a_ptr, a_rows, row_ok, stride_a, w_ptr, s_ptr, n_rows, n_ok, g_lo
           K_WORDS, K_GROUPS, BLOCK_M: tl.constexpr, BLOCK_R: tl.constexpr, GROUPS: tl.constexpr):
     """acc[BM, R] += A[a_rows, groups g_lo..g_hi) . W[n_rows, same]; W as int32 words [N, K/8].
 
-    Layouts (no conversion in the K loop): the weight words load as a [1, R, 4, 1] tile (a thread
-    owns a row's 16-byte group), scales as [1, R, 1], activations as [BM, 1, 4, 8]; the activation
-    tile is smaller than the CTA, so Triton gives it the weight tile's layout family (each thread
-    reads the 32 values it needs: 4 x 16-byte loads, the same for all lanes). GROUPS groups per
-    iteration are separate tiles, unrolled: GROUPS 16-byte weight loads in flight per thread.
+    Layouts (no conversion in the K loop): the weight words load as a [1, R, 4] tile (a thread owns
+    a row's 16-byte group), scales as [1, R, 1], activations per nibble as [BM, 1, 4]; the
+    activation tiles are smaller than the CTA, so Triton gives them the weight tile's layout family
+    (every lane of a warp reads the same values: broadcast L1 hits). GROUPS groups per iteration
+    are separate tiles, unrolled: GROUPS 16-byte weight loads in flight per thread. Rows past the
+    slots (row_ok false) and groups past g_hi read valid activations (row 0, group g_hi - 1) and
+    contribute nothing: their weights load as 0 or their rows are never stored.
     """
     q = tl.arange(0, 4)
     # K_WORDS = K/8 is a multiple of 4 (K % 32 == 0): rows start 16-byte aligned -> v4 word loads
     w_rows = tl.multiple_of(n_rows.to(tl.int64) * K_WORDS, 4)
-    w_base = w_ptr + w_rows[None, :, None, None] + q[None, None, :, None]
-    w_ok = n_ok[None, :, None, None]
+    w_base = w_ptr + w_rows[None, :, None] + q[None, None, :]
+    w_ok = n_ok[None, :, None]
     s_base = s_ptr + n_rows[None, :, None] * K_GROUPS
-    s_ok = n_ok[None, :, None]
-    x_base = (a_ptr + (a_rows.to(tl.int64) * stride_a)[:, None, None, None]
-              + (8 * q)[None, None, :, None] + tl.arange(0, 8)[None, None, None, :])
-    x_ok = row_ok[:, None, None, None]
+    x_rows = tl.where(row_ok, a_rows, 0).to(tl.int64) * stride_a
+    x_base = a_ptr + x_rows[:, None, None] + (8 * q)[None, None, :]
     part = tl.zeros((BLOCK_M, BLOCK_R), dtype=tl.float32)
     for g0 in range(g_lo, g_hi, GROUPS):
         for u in tl.static_range(GROUPS):
-            g_ok = tl.full((1, 1, 1, 1), g0 + u, tl.int32) < g_hi  # a tensor: the interpreter wants one
-            part += _group_dot(w_base + 4 * (g0 + u), s_base + (g0 + u), x_base + 32 * (g0 + u),
-                               w_ok & g_ok, s_ok & tl.reshape(g_ok, (1, 1, 1)), x_ok & g_ok)
+            g_ok = tl.full((1, 1, 1), g0 + u, tl.int32) < g_hi  # a tensor: the interpreter wants one
+            g_x = tl.minimum(g0 + u, g_hi - 1)
+            part += _group_dot(w_base + 4 * (g0 + u), s_base + (g0 + u), x_base + 32 * g_x,
+                               w_ok & g_ok, w_ok & g_ok)
     return acc + part
 
 
