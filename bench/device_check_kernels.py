@@ -228,7 +228,8 @@ def check_router_fused(iters: int) -> None:
 
 
 def check_rope_kv_fused(iters: int) -> None:
-    """Fused RoPE + KV write vs the torch references; timed (in CUDA graphs) vs apply_rope + write_kv_cache."""
+    """Fused RoPE + KV write (rotated q into a contiguous buffer, as the forward uses it) vs the torch
+    references; timed (in CUDA graphs) vs what it replaces: apply_rope + write_kv_cache + q.contiguous()."""
     cache = ops.cos_sin_cache(131072, device=DEV)
     hq, hk, d, bs, blocks = 64, 8, 64, 16, 4096
     for t in (1, 64, 256, 2048):
@@ -246,27 +247,34 @@ def check_rope_kv_fused(iters: int) -> None:
             kc = torch.full((blocks, bs, hk, d), float("nan"), device=DEV, dtype=torch.bfloat16)
             vc, kr, vr = kc.clone(), kc.clone(), kc.clone()
             qa, ka, va = views(a)
-            if DEV == "cuda" and not (ops.kernels_available() and ops.rope_write_kv_fused_ok(qa, ka, va, kc, vc, cache)):
+            q_out = torch.full(qa.shape, float("nan"), device=DEV, dtype=torch.bfloat16)
+            if DEV == "cuda" and not (ops.kernels_available()
+                                      and ops.rope_write_kv_fused_ok(qa, ka, va, kc, vc, cache, q_out)):
                 raise RuntimeError("the fused kernel would not be used for these inputs")
-            ops.rope_write_kv(qa, ka, va, kc, vc, positions, slots, cache, fused=True)
+            ops.rope_write_kv(qa, ka, va, kc, vc, positions, slots, cache, fused=True, q_out=q_out)
             qr, kr_, vr_ = views(r)
             reference.apply_rope(qr, kr_, positions, cache)
             reference.write_kv_cache(kr_, vr_, kr, vr, slots)
             if not (torch.equal(kc.isnan(), kr.isnan()) and torch.equal(vc.isnan(), vr.isnan())):
                 raise AssertionError("cache slots written differ (wrong slot, missed write, or a -1 slot written)")
+            if not torch.equal(a[:, :hq * d], qkv[:, :hq * d]):
+                raise AssertionError("q modified although q_out was given")
             written = ~kr.isnan()
-            return max(rel_l2(a, r), rel_l2(kc[written], kr[written]), rel_l2(vc[written], vr[written]))
+            return max(rel_l2(q_out, qr), rel_l2(a[:, hq * d:], r[:, hq * d:]), rel_l2(kc[written], kr[written]),
+                       rel_l2(vc[written], vr[written]))
         buf = qkv.clone()
         q, k, v = views(buf)
         kc = torch.zeros(blocks, bs, hk, d, device=DEV, dtype=torch.bfloat16)
         vc = kc.clone()
+        q_out = torch.empty(q.shape, device=DEV, dtype=torch.bfloat16)
 
         def unfused() -> None:
             ops.apply_rope(q, k, positions, cache)
             ops.write_kv_cache(k, v, kc, vc, slots)
-        check("rope_write_kv fused", f"T={t} 64q/8kv page16", run,
-              lambda: ops.rope_write_kv(q, k, v, kc, vc, positions, slots, cache, fused=True), unfused, iters,
-              timer=bench_graph)
+            q_out.copy_(q)
+        check("rope_write_kv fused", f"T={t} 64q/8kv page16 q_out", run,
+              lambda: ops.rope_write_kv(q, k, v, kc, vc, positions, slots, cache, fused=True, q_out=q_out), unfused,
+              iters, timer=bench_graph)
 
 
 def _paged_batch(lens_q: list[int], lens_k: list[int], hq: int, hk: int, page: int):

@@ -44,7 +44,8 @@ def _qkv_views(buf: torch.Tensor, hq: int, hk: int, d: int):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_rope_write_kv_equals_rope_then_write(dtype):
+@pytest.mark.parametrize("into_q_out", [False, True])
+def test_rope_write_kv_equals_rope_then_write(dtype, into_q_out):
     torch.manual_seed(7)
     hq, hk, d, t = 8, 2, 64, 9
     cos_sin = ops.cos_sin_cache(512)
@@ -55,12 +56,17 @@ def test_rope_write_kv_equals_rope_then_write(dtype):
     ka, va = torch.full((4, 16, hk, d), float("nan"), dtype=dtype), torch.full((4, 16, hk, d), float("nan"), dtype=dtype)
     kb, vb = ka.clone(), va.clone()
     qa_, ka_, va_ = _qkv_views(a, hq, hk, d)
-    ops.rope_write_kv(qa_, ka_, va_, ka, va, pos, slots, cos_sin)
+    q_out = torch.full((t, hq, d), float("nan"), dtype=dtype) if into_q_out else None
+    q_rot = ops.rope_write_kv(qa_, ka_, va_, ka, va, pos, slots, cos_sin, q_out=q_out)
     qb_, kb_, vb_ = _qkv_views(b, hq, hk, d)
     reference.apply_rope(qb_, kb_, pos, cos_sin)
     reference.write_kv_cache(kb_, vb_, kb, vb, slots)
-    assert torch.equal(a, b)                                     # q and k rotated in place, v untouched
-    assert torch.equal(a[:, (hq + hk) * d:], qkv[:, (hq + hk) * d:])
+    assert q_rot is (q_out if into_q_out else qa_) and torch.equal(q_rot, qb_)
+    if into_q_out:                                               # q left as it was, k rotated in place
+        assert torch.equal(a[:, :hq * d], qkv[:, :hq * d]) and torch.equal(a[:, hq * d:], b[:, hq * d:])
+    else:                                                        # q and k rotated in place
+        assert torch.equal(a, b)
+    assert torch.equal(a[:, (hq + hk) * d:], qkv[:, (hq + hk) * d:])   # v untouched
     assert torch.equal(ka.nan_to_num(3.0), kb.nan_to_num(3.0)) and torch.equal(va.nan_to_num(3.0), vb.nan_to_num(3.0))
     assert int((~ka.isnan()).any(-1).any(-1).sum()) == 7          # two -1 slots written nowhere
 
@@ -122,23 +128,31 @@ def test_router_self_check_refuses_wrong_fused_results(monkeypatch):
 def test_rope_kv_self_check_refuses_wrong_fused_results(monkeypatch):
     assert selfcheck.rope_write_kv_problem(8, 2, 64, torch.bfloat16, torch.device("cpu")) is None
 
-    def write_then_rotate(q, k, v, kc, vc, pos, slots, cos_sin, fused=True):   # caches get unrotated k
-        ops.write_kv_cache(k, v, kc, vc, slots)
-        ops.apply_rope(q, k, pos, cos_sin)
+    real = ops.rope_write_kv
 
-    def writes_minus_one(q, k, v, kc, vc, pos, slots, cos_sin, fused=True):   # -1 wraps to the last slot
-        ops.apply_rope(q, k, pos, cos_sin)
+    def q_dest(q, q_out):   # where the rotated q goes, as the real op does it
+        return q if q_out is None else q_out.copy_(q)
+
+    def write_then_rotate(q, k, v, kc, vc, pos, slots, cos_sin, fused=True, q_out=None):   # unrotated k cached
+        ops.write_kv_cache(k, v, kc, vc, slots)
+        return ops.apply_rope(q_dest(q, q_out), k, pos, cos_sin)[0]
+
+    def writes_minus_one(q, k, v, kc, vc, pos, slots, cos_sin, fused=True, q_out=None):   # -1: the last slot
+        q, _ = ops.apply_rope(q_dest(q, q_out), k, pos, cos_sin)
         kc.view(-1, *kc.shape[2:])[slots] = k
         vc.view(-1, *vc.shape[2:])[slots] = v
+        return q
 
-    def q_not_rotated(q, k, v, kc, vc, pos, slots, cos_sin, fused=True):
+    def q_not_rotated(q, k, v, kc, vc, pos, slots, cos_sin, fused=True, q_out=None):
         q0 = q.clone()
-        ops.apply_rope(q, k, pos, cos_sin)
-        q.copy_(q0)
-        ops.write_kv_cache(k, v, kc, vc, slots)
+        real(q, k, v, kc, vc, pos, slots, cos_sin)
+        return q0
+
+    def ignores_q_out(q, k, v, kc, vc, pos, slots, cos_sin, fused=True, q_out=None):   # rotates q in place
+        return real(q, k, v, kc, vc, pos, slots, cos_sin)
 
     for fake, expect in [(write_then_rotate, "k cache"), (writes_minus_one, "slots written differ"),
-                         (q_not_rotated, "q/k/v")]:
+                         (q_not_rotated, "rotated q"), (ignores_q_out, "q_out")]:
         monkeypatch.setattr(ops, "rope_write_kv", fake)
         problem = selfcheck.rope_write_kv_problem(8, 2, 64, torch.bfloat16, torch.device("cpu"))
         assert problem is not None and expect in problem, (fake.__name__, problem)

@@ -77,11 +77,14 @@ def test_cubins_are_sm90_and_ctypes_loads_them(kernels_so):
     assert router(16, 16, None, None, None, 1, 2880, 2880, 257, 4, None) == 1     # > 256 experts
     assert router(16, 16, None, None, None, 1, 2880, 2880, 32, 9, None) == 1      # k > 8
     assert router(8, 16, None, None, None, 1, 2880, 2880, 32, 4, None) == 716     # misaligned x
-    rope_kv = mod.fn("mv_rope_write_kv")  # q, k, v, kc, vc, pos, slots, cos_sin, T, hq, hk, d, qs, ks, vs, stream
-    assert rope_kv(16, 16, 16, 16, 16, None, None, None, 0, 64, 8, 64, 5120, 5120, 5120, None) == 0
-    assert rope_kv(16, 16, 16, 16, 16, None, None, None, 1, 64, 8, 64, 5120, 5120, 5124, None) == 1  # v stride
-    assert rope_kv(16, 16, 16, 16, 16, None, None, None, 1, 64, 8, 60, 5120, 5120, 5120, None) == 1  # head_dim % 8
-    assert rope_kv(16, 16, 8, 16, 16, None, None, None, 1, 64, 8, 64, 5120, 5120, 5120, None) == 716  # v misaligned
+    rope_kv = mod.fn("mv_rope_write_kv")  # q, k, v, q_out, kc, vc, pos, slots, cos_sin, T, hq, hk, d, strides x4
+    ptrs, shape = (16, 16, 16, 16, 16, 16, None, None, None), (64, 8, 64)
+    assert rope_kv(*ptrs, 0, *shape, 5120, 5120, 5120, 4096, None) == 0
+    assert rope_kv(*ptrs, 1, *shape, 5120, 5120, 5124, 4096, None) == 1                       # v stride % 8
+    assert rope_kv(*ptrs, 1, *shape, 5120, 5120, 5120, 4098, None) == 1                       # q_out stride % 4
+    assert rope_kv(*ptrs, 1, 64, 8, 60, 5120, 5120, 5120, 4096, None) == 1                    # head_dim % 8
+    assert rope_kv(16, 16, 8, *ptrs[3:], 1, *shape, 5120, 5120, 5120, 4096, None) == 716      # v misaligned
+    assert rope_kv(*ptrs[:3], 4, *ptrs[4:], 1, *shape, 5120, 5120, 5120, 4096, None) == 716   # q_out misaligned
 
 
 def test_loader_rejects_foreign_arch_and_missing_module(kernels_so, tmp_path, monkeypatch):

@@ -180,9 +180,11 @@ class CudaForward:
             k = qkv[:, qd:qd + kvd].view(-1, m.n_kv, d)
             v = qkv[:, qd + kvd:].view(-1, m.n_kv, d)
             k_cache, v_cache = kv_caches[i]
-            ops.rope_write_kv(q, k, v, k_cache, v_cache, a.positions, a.slot_mapping, self.cos_sin,
-                              fused=self.backends.rope_kv == "fused")
-            attn = self._attention(i, q.contiguous(), k_cache, v_cache, a)
+            # the rotated q lands in a contiguous buffer, as attention wants it (no separate copy)
+            q = ops.rope_write_kv(q, k, v, k_cache, v_cache, a.positions, a.slot_mapping, self.cos_sin,
+                                  fused=self.backends.rope_kv == "fused",
+                                  q_out=torch.empty(q.shape, dtype=q.dtype, device=q.device))
+            attn = self._attention(i, q, k_cache, v_cache, a)
             o = m.all_reduce(F.linear(attn.view(-1, qd), lw.o_w, lw.o_b))
             x, residual = ops.fused_add_rms_norm(o, residual, self.ln2[i], eps)
             y = m.all_reduce(self._moe(i, x))

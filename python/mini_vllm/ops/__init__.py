@@ -117,19 +117,26 @@ def write_kv_cache(key: torch.Tensor, value: torch.Tensor, k_cache: torch.Tensor
 
 def rope_write_kv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
                   positions: torch.Tensor, slot_mapping: torch.Tensor, cos_sin: torch.Tensor,
-                  fused: bool = True) -> None:
+                  fused: bool = True, q_out: torch.Tensor | None = None) -> torch.Tensor:
     """`apply_rope(q, k, positions, cos_sin)` then `write_kv_cache(k, v, k_cache, v_cache, slot_mapping)`.
 
-    One launch (mv_rope_write_kv) when `fused` and the inputs suit the kernel; else the two ops above.
+    Returns the rotated q: q itself (rotated in place) or, when given, q_out (same shape; q is then left
+    as it was) - e.g. a contiguous buffer for attention when q is a strided view of the qkv output.
+    One launch (mv_rope_write_kv) when `fused` and the inputs suit the kernel; else the ops above.
     """
-    mod = _kernels(q, k, v, k_cache, v_cache, positions, slot_mapping, cos_sin) if fused else None
-    if mod is None or not rope_write_kv_fused_ok(q, k, v, k_cache, v_cache, cos_sin):
-        apply_rope(q, k, positions, cos_sin)
+    out = q if q_out is None else q_out
+    mod = _kernels(q, k, v, k_cache, v_cache, positions, slot_mapping, cos_sin, out) if fused else None
+    if mod is None or not rope_write_kv_fused_ok(q, k, v, k_cache, v_cache, cos_sin, out):
+        if q_out is not None:
+            q_out.copy_(q)
+        apply_rope(out, k, positions, cos_sin)
         write_kv_cache(k, v, k_cache, v_cache, slot_mapping)
-        return
-    mod.call("mv_rope_write_kv", q.data_ptr(), k.data_ptr(), v.data_ptr(), k_cache.data_ptr(), v_cache.data_ptr(),
-             _int64(positions).data_ptr(), _int64(slot_mapping).data_ptr(), cos_sin.data_ptr(), q.shape[0],
-             q.shape[1], k.shape[1], q.shape[2], q.stride(0), k.stride(0), v.stride(0), _stream())
+        return out
+    mod.call("mv_rope_write_kv", q.data_ptr(), k.data_ptr(), v.data_ptr(), out.data_ptr(), k_cache.data_ptr(),
+             v_cache.data_ptr(), _int64(positions).data_ptr(), _int64(slot_mapping).data_ptr(), cos_sin.data_ptr(),
+             q.shape[0], q.shape[1], k.shape[1], q.shape[2], q.stride(0), k.stride(0), v.stride(0), out.stride(0),
+             _stream())
+    return out
 
 
 def swiglu_clamped(gate_up: torch.Tensor, alpha: float = 1.702, limit: float = 7.0,
@@ -196,9 +203,11 @@ def router_fused_ok(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | 
 
 
 def rope_write_kv_fused_ok(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor,
-                           v_cache: torch.Tensor, cos_sin: torch.Tensor) -> bool:
+                           v_cache: torch.Tensor, cos_sin: torch.Tensor, q_out: torch.Tensor | None = None) -> bool:
     """Whether mv_rope_write_kv takes these inputs (device aside): see `rope_write_kv`."""
-    return _rope_ok(q, k, cos_sin) and _kv_ok(k, v, k_cache, v_cache) and k.shape == v.shape
+    out = q if q_out is None else q_out
+    return (_rope_ok(q, k, cos_sin) and _rope_ok(out, k, cos_sin) and out.shape == q.shape
+            and _kv_ok(k, v, k_cache, v_cache) and k.shape == v.shape)
 
 
 def router_topk(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, top_k: int = 4,

@@ -34,9 +34,10 @@ SIGNATURES: dict[str, dict[str, tuple[object, list[object]]]] = {
         "mv_route_topk": (_I32, [_P, _P, _P, _I64, _I32, _I32, _P]),
         # x, w, bias, indices, weights, num_tokens, x_stride, hidden, num_experts, top_k, stream
         "mv_router_topk": (_I32, [_P, _P, _P, _P, _P, _I64, _I64, _I32, _I32, _I32, _P]),
-        # q, k, v, k_cache, v_cache, positions, slot_mapping, cos_sin, num_tokens, hq, hk, head_dim,
-        # q_stride, k_stride, v_stride, stream
-        "mv_rope_write_kv": (_I32, [_P, _P, _P, _P, _P, _P, _P, _P, _I64, _I32, _I32, _I32, _I64, _I64, _I64, _P]),
+        # q, k, v, q_out, k_cache, v_cache, positions, slot_mapping, cos_sin, num_tokens, hq, hk, head_dim,
+        # q_stride, k_stride, v_stride, q_out_stride, stream
+        "mv_rope_write_kv": (_I32, [_P, _P, _P, _P, _P, _P, _P, _P, _P, _I64, _I32, _I32, _I32, _I64, _I64, _I64,
+                                    _I64, _P]),
     },
     "mini_vllm_fa3": {
         "mv_fa3_probe": (_I32, []),

@@ -82,44 +82,53 @@ def router_topk_problem(weight: torch.Tensor, bias: torch.Tensor | None, top_k: 
 def rope_write_kv_problem(num_heads: int, num_kv_heads: int, head_dim: int, dtype: torch.dtype,
                           device: torch.device, tokens: tuple[int, ...] = (1, 13), block_size: int = 16,
                           seed: int = 0) -> str | None:
-    """Fused `ops.rope_write_kv` vs apply_rope + write_kv_cache on views of one random qkv buffer.
+    """Fused `ops.rope_write_kv` (q rotated in place, and into q_out) vs apply_rope + write_kv_cache.
 
-    Slots are a random subset of 8 blocks, every third token from the second on at -1 (skipped); the
-    caches start as NaN, so a write to a wrong slot, a missed write or a skipped token's write shows up.
+    Inputs are views of one random qkv buffer. Slots are a random subset of 8 blocks, every third token
+    from the second on at -1 (skipped); the caches start as NaN, so a write to a wrong slot, a missed
+    write or a skipped token's write shows up.
     """
     gen = torch.Generator(device=device).manual_seed(seed)
     qd, kvd = num_heads * head_dim, num_kv_heads * head_dim
     max_pos = 256
     cos_sin = cos_sin_cache(max_pos, YarnConfig(head_dim=head_dim), device=device)
+
+    def run(qkv, positions, slots, mode: str):
+        t = qkv.shape[0]
+        buf = qkv.clone()
+        kc = torch.full((8, block_size, num_kv_heads, head_dim), float("nan"), dtype=dtype, device=device)
+        vc = kc.clone()
+        q, k, v = (buf[:, :qd].view(t, num_heads, head_dim), buf[:, qd:qd + kvd].view(t, num_kv_heads, head_dim),
+                   buf[:, qd + kvd:].view(t, num_kv_heads, head_dim))
+        if mode == "unfused":
+            q_rot, _ = ops.apply_rope(q, k, positions, cos_sin)
+            ops.write_kv_cache(k, v, kc, vc, slots)
+        else:
+            q_out = torch.full(q.shape, float("nan"), dtype=dtype, device=device) if mode == "q_out" else None
+            q_rot = ops.rope_write_kv(q, k, v, kc, vc, positions, slots, cos_sin, fused=True, q_out=q_out)
+        _sync(device)
+        return q_rot, buf, kc, vc
+
     for t in tokens:
         qkv = torch.randn(t, qd + 2 * kvd, generator=gen, device=device).to(dtype)
         positions = torch.randint(0, max_pos, (t,), generator=gen, device=device)
         slots = torch.randperm(8 * block_size, generator=gen, device=device)[:t]
         slots[1::3] = -1
-        runs = []
-        for fused in (True, False):
-            buf = qkv.clone()
-            kc = torch.full((8, block_size, num_kv_heads, head_dim), float("nan"), dtype=dtype, device=device)
-            vc = kc.clone()
-            q, k, v = (buf[:, :qd].view(t, num_heads, head_dim), buf[:, qd:qd + kvd].view(t, num_kv_heads, head_dim),
-                       buf[:, qd + kvd:].view(t, num_kv_heads, head_dim))
-            try:
-                if fused:
-                    ops.rope_write_kv(q, k, v, kc, vc, positions, slots, cos_sin, fused=True)
-                else:
-                    ops.apply_rope(q, k, positions, cos_sin)
-                    ops.write_kv_cache(k, v, kc, vc, slots)
-                _sync(device)
-            except Exception as exc:  # noqa: BLE001
-                return f"T={t}: {type(exc).__name__}: {exc}"
-            runs.append((buf, kc, vc))
-        (buf, kc, vc), (rbuf, rkc, rvc) = runs
-        if not (torch.equal(kc.isnan(), rkc.isnan()) and torch.equal(vc.isnan(), rvc.isnan())):
-            return f"T={t}: cache slots written differ (wrong slot, missed write, or a -1 slot written)"
+        rq, rbuf, rkc, rvc = run(qkv, positions, slots, "unfused")
         written = ~rkc.isnan()
-        errs = {"q/k/v": rel_l2(buf, rbuf), "k cache": rel_l2(kc[written], rkc[written]) if written.any() else 0.0,
-                "v cache": rel_l2(vc[written], rvc[written]) if written.any() else 0.0}
-        bad = {name: e for name, e in errs.items() if e > TOL}
-        if bad:
-            return f"T={t}: " + ", ".join(f"{name} rel err {e:.2e}" for name, e in bad.items())
+        for mode in ("in place", "q_out"):
+            try:
+                q_rot, buf, kc, vc = run(qkv, positions, slots, mode)
+            except Exception as exc:  # noqa: BLE001 - any failure means: do not use the fused kernel
+                return f"T={t} ({mode}): {type(exc).__name__}: {exc}"
+            if not (torch.equal(kc.isnan(), rkc.isnan()) and torch.equal(vc.isnan(), rvc.isnan())):
+                return f"T={t} ({mode}): cache slots written differ (wrong slot, missed write, or a -1 slot written)"
+            if mode == "q_out" and not torch.equal(buf[:, :qd], qkv[:, :qd]):
+                return f"T={t} ({mode}): q was modified although q_out was given"
+            errs = {"rotated q": rel_l2(q_rot, rq), "k/v": rel_l2(buf[:, qd:], rbuf[:, qd:]),
+                    "k cache": rel_l2(kc[written], rkc[written]) if written.any() else 0.0,
+                    "v cache": rel_l2(vc[written], rvc[written]) if written.any() else 0.0}
+            bad = {name: e for name, e in errs.items() if e > TOL}
+            if bad:
+                return f"T={t} ({mode}): " + ", ".join(f"{name} rel err {e:.2e}" for name, e in bad.items())
     return None
