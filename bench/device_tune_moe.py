@@ -95,11 +95,11 @@ def gemv_phase1(stage: str, block_m: int, smoke: bool) -> list[GemmTiles]:
         return [GemmTiles(16, 64, 4, 1, split_k=1)] + ([GemmTiles(32, 32, 2, 1, split_k=3)]
                                                         if stage == "down" else [])
     if stage == "gate_up":
-        shapes = [(32, 128, 2, 1), (32, 64, 2, 1), (64, 128, 4, 1), (64, 64, 4, 1), (32, 32, 2, 1),
-                  (64, 128, 2, 1), (128, 64, 8, 1)]
+        shapes = [(64, 128, 2, 1), (32, 128, 2, 1), (128, 128, 2, 1), (64, 256, 2, 1), (64, 64, 2, 1),
+                  (128, 64, 4, 1), (32, 256, 2, 1)]  # rows/thread = 2 x block_n / (32 x warps)
     else:
-        shapes = [(64, 128, 2, 2), (64, 128, 2, 1), (64, 64, 2, 3), (128, 128, 4, 2), (64, 256, 2, 2),
-                  (128, 64, 4, 1), (256, 64, 8, 2)]
+        shapes = [(128, 128, 2, 2), (64, 128, 2, 2), (128, 128, 2, 3), (256, 128, 2, 2), (128, 256, 2, 1),
+                  (128, 64, 2, 4), (64, 128, 2, 4)]  # rows/thread = block_n / (32 x warps)
     warps_min = 2 * block_m  # block_m < warps
     cands = []
     for bn, bk, w, sk in shapes:

@@ -41,8 +41,8 @@ def launch_ints(stage: str, num_slots: int, split_k: int = 1) -> dict[str, int]:
                 stride_out=H)
 
 
-def compile_gemv(stage: str, consts: dict, ints: dict[str, int], num_warps: int, ir: str = "ptx") -> str:
-    """PTX (or `ir`: "ttgir", ...) of one GEMV kernel specialised like Triton's JIT would."""
+def compile_gemv(stage: str, consts: dict, ints: dict[str, int], num_warps: int, ir: str = "ptx"):
+    """PTX (or `ir`: "ttgir", "cubin", ...) of one GEMV kernel specialised like Triton's JIT would."""
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
@@ -61,7 +61,7 @@ def compile_gemv(stage: str, consts: dict, ints: dict[str, int], num_warps: int,
             attrs[(i,)] = [["tt.divisibility", 16]]
     src = ASTSource(kernel, sig, constexprs=consts, attrs=attrs)
     out = triton.compile(src, target=GPUTarget("cuda", 90, 32),
-                         options={"num_warps": num_warps, "num_stages": int(os.environ.get("GEMV_STAGES", "1"))})
+                         options={"num_warps": num_warps, "num_stages": 1})
     return out.asm[ir]
 
 
@@ -94,9 +94,32 @@ def k_loop_stats(ptx: str) -> dict[str, int]:
     return stats
 
 
+def sass_loop_instructions(cubin: bytes) -> int:
+    """Instructions in the largest loop of the SASS (nvdisasm from Triton's bundle); -1 if absent."""
+    import subprocess
+    import tempfile
+
+    import triton
+    nvdisasm = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "nvdisasm"
+    if not nvdisasm.exists():
+        return -1
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
+        f.write(cubin)
+        f.flush()
+        sass = subprocess.run([str(nvdisasm), "-c", f.name], capture_output=True, text=True,
+                              check=True).stdout.splitlines()
+    labels = {m.group(1): i for i, ln in enumerate(sass) if (m := re.match(r"\s*(\.L_x_\d+):", ln))}
+    spans = [(labels[m.group(1)], i) for i, ln in enumerate(sass)
+             if (m := re.search(r"BRA\s+`?\(?(\.L_x_\d+)", ln)) and labels.get(m.group(1), i) < i]
+    if not spans:
+        return -1
+    lo, hi = max(spans, key=lambda sp: sp[1] - sp[0])
+    return sum(bool(re.search(r"/\*[0-9a-f]{4}\*/\s+\S", ln)) for ln in sass[lo:hi + 1])
+
+
 CASES = [  # (stage, BLOCK_M, BLOCK_N, BLOCK_K, warps, split_k, T): rows per program >= threads
-    ("gate_up", 1, 32, 128, 2, 1, 1), ("gate_up", 1, 64, 64, 4, 1, 1), ("gate_up", 1, 32, 64, 2, 1, 1),
-    ("down", 1, 64, 128, 2, 2, 1), ("down", 1, 128, 64, 4, 1, 1),
+    ("gate_up", 1, 32, 64, 2, 1, 1), ("gate_up", 1, 32, 128, 2, 1, 1), ("gate_up", 1, 64, 128, 2, 1, 1),
+    ("gate_up", 1, 64, 64, 4, 1, 1), ("down", 1, 64, 128, 2, 2, 1), ("down", 1, 128, 128, 2, 2, 1),
     ("gate_up", 2, 64, 64, 4, 1, 2), ("down", 2, 128, 64, 4, 1, 2),
     ("gate_up", 4, 128, 64, 8, 1, 8), ("down", 4, 256, 64, 8, 1, 8),
 ]
@@ -107,8 +130,13 @@ def case_stats(stage: str, bm: int, bn: int, bk: int, warps: int, split: int, t:
     consts = dict(HAS_BIAS=True, BLOCK_M=bm, BLOCK_N=bn, GROUPS=bk // 32, DIRECT=bm == 1)
     consts.update(TOP_K=4) if stage == "gate_up" else consts.update(SPLIT_K=split)
     ptx = compile_gemv(stage, consts, launch_ints(stage, 4 * t, split), warps)
+    sass = sass_loop_instructions(compile_gemv(stage, consts, launch_ints(stage, 4 * t, split), warps,
+                                               "cubin"))
+    rows = bn * (2 if stage == "gate_up" else 1)
+    group_rows = bk // 32 * max(1, rows // (32 * warps))  # 16-byte groups one thread handles per step
     name = f"{stage} m{bm} {bn}x{bk} w{warps}" + (f" k/{split}" if split > 1 else "")
-    return {"case": name, "groups": bk // 32, **k_loop_stats(ptx)}
+    return {"case": name, "groups": bk // 32, **k_loop_stats(ptx), "sass": sass,
+            "sass_per_group_row": round(sass / group_rows, 1) if sass > 0 else -1}
 
 
 def main(argv: list[str]) -> None:
@@ -120,10 +148,10 @@ def main(argv: list[str]) -> None:
         print(json.dumps(rows))
         return
     print(f"triton {triton.__version__}, sm_90a, gpt-oss shapes (H = I = {H}); counts inside the K loop")
-    print(f"{'case':34} " + " ".join(f"{k:>12}" for k in COUNTED) + "  kernel bar.sync")
+    print(f"{'case':28} " + " ".join(f"{k:>12}" for k in COUNTED) + "  kernel-bar.sync  SASS  per-group-row")
     for s in rows:
-        print(f"{s['case']:34} " + " ".join(f"{s[k]:>12}" for k in COUNTED)
-              + f"  {s['kernel_bar_sync']:>6}")
+        print(f"{s['case']:28} " + " ".join(f"{s[k]:>12}" for k in COUNTED)
+              + f"  {s['kernel_bar_sync']:>15}  {s['sass']:>4}  {s['sass_per_group_row']:>13}")
 
 
 if __name__ == "__main__":
