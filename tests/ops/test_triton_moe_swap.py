@@ -1,5 +1,6 @@
 """Swap-AB MXFP4 MoE GEMM (moe_gemm_swap.py): interpreter runs against the float64 reference, and an
-sm_90a compile that checks the PTX really issues wgmma with the weight tile as the MMA's M operand."""
+sm_90a compile that checks the PTX really issues wgmma with the weight tile as the MMA's M operand
+and copies the packed weights 16 bytes at a time."""
 from __future__ import annotations
 
 import inspect
@@ -115,6 +116,7 @@ def test_swap_is_a_config_kernel():
     assert cfg.kernel == "swap" and cfg.block_m == 32 and cfg.down_tiles().block_n == 128
 
 
+DIVISIBLE = {"K", "K_HALF", "I", "N", "stride_x", "stride_h", "stride_out"}
 VARIANTS = [  # (BLOCK_M = routed rows = MMA N, BLOCK_N, BLOCK_K, DECODE, num_warps)
     (16, 32, 128, 1, 4), (32, 64, 128, 1, 4), (64, 64, 256, 1, 8), (32, 64, 128, 0, 4)]
 
@@ -126,7 +128,7 @@ def compile_swap() -> list[str]:
     from triton.compiler import ASTSource
 
     from mini_vllm.ops.triton import moe_gemm_swap as swap
-    ptr = {"x_ptr": "*bf16", "h_ptr": "*bf16", "out_ptr": "*bf16", "bias_ptr": "*bf16", "blk_ptr": "*u8",
+    ptr = {"x_ptr": "*bf16", "h_ptr": "*bf16", "out_ptr": "*bf16", "bias_ptr": "*bf16", "blk_ptr": "*i32",
            "scl_ptr": "*u8", "w_ptr": "*fp32", "sorted_ids_ptr": "*i32", "expert_ids_ptr": "*i32",
            "alpha": "fp32", "limit": "fp32"}
     lines = []
@@ -137,13 +139,19 @@ def compile_swap() -> list[str]:
                           DECODE=decode, **extra)
             sig = {n: "constexpr" if n in consts else types.get(n, "i32")
                    for n in inspect.signature(kernel.fn).parameters}
-            out = triton.compile(ASTSource(kernel, sig, constexprs=consts),
+            # what Triton's launcher marks at gpt-oss shapes (H = I = 2880: K_GROUPS = 90 is not)
+            attrs = {(j,): [["tt.divisibility", 16]] for j, n in enumerate(sig)
+                     if n.endswith("_ptr") or n in DIVISIBLE}
+            out = triton.compile(ASTSource(kernel, sig, constexprs=consts, attrs=attrs),
                                  target=GPUTarget("cuda", 90, 32),
                                  options={"num_warps": warps, "num_stages": 3})
             mma = sorted(set(re.findall(r"(wgmma\.mma_async\.sync\.aligned\.m\d+n\d+k\d+|mma\.sync)",
                                         out.asm["ptx"])))
+            copies = sorted(set(re.findall(r"cp\.async\.c[ag]\.shared\.global[^,]*,[^,]*, (0x\w+)",
+                                           out.asm["ptx"])))
             lines.append(f"{kernel.fn.__name__} bm={bm} bn={bn} bk={bk} decode={decode}: "
-                         f"mma={','.join(mma) or 'none'} shared={out.metadata.shared}")
+                         f"mma={','.join(mma) or 'none'} cp.async={','.join(copies)} "
+                         f"shared={out.metadata.shared}")
     return lines
 
 
@@ -162,6 +170,7 @@ def test_swap_compiles_for_sm90a_with_wgmma(tmp_path):
         # back to mma.sync - the tuner's swap candidates keep >= 64.
         rows = 2 * bn if "gate_up" in line else bn
         n = re.findall(r"wgmma\.mma_async\.sync\.aligned\.m64n(\d+)k16", line)
+        assert "cp.async=0x10 " in line, line  # weights (int32 words) and x: 16-byte copies only
         if rows >= 64:
             assert n and all(bm % int(v) == 0 for v in n) and "mma.sync" not in line, line
         else:

@@ -59,26 +59,37 @@ def _mxfp4_gemm(acc, a_ptr, a_rows, row_ok, stride_a, w_ptr, s_ptr, n_rows, n_ok
 
     w_ptr/s_ptr point at this expert's bytes [N, K/2] and scales [N, K/32]; strides are in elements
     and passed as arguments so Triton's divisibility specialisation can vectorise the loads.
+    An int32 w_ptr (the bytes viewed as words, stride_wn in words) gets 16-byte cp.async copies of
+    the weight tile where bytes get 4 (sm_90 PTX); the words are split back into bytes in registers.
     """
     HALF: tl.constexpr = BLOCK_K // 2
     GROUPS: tl.constexpr = BLOCK_K // 32
+    WORDS: tl.constexpr = w_ptr.dtype.element_ty == tl.int32
+    W_STEP: tl.constexpr = HALF // 4 if WORDS else HALF  # weight elements per K-step
     ka = tl.arange(0, BLOCK_K)
-    kb = tl.arange(0, HALF)
+    kw = tl.arange(0, W_STEP)
     ks = tl.arange(0, GROUPS)
     a_base = a_ptr + a_rows.to(tl.int64)[:, None] * stride_a + ka[None, :]
-    w_base = w_ptr + n_rows.to(tl.int64)[:, None] * stride_wn + kb[None, :]
+    w_rows = n_rows.to(tl.int64) * stride_wn
+    if WORDS:
+        w_rows = tl.multiple_of(w_rows, 4)  # a row is K/32 16-byte blocks: 16-byte aligned
+    w_base = w_ptr + w_rows[:, None] + kw[None, :]
     s_base = s_ptr + n_rows.to(tl.int64)[:, None] * stride_sn + ks[None, :]
     for k0 in range(0, K, BLOCK_K):
+        kw0 = k0 // (8 if WORDS else 2)
         if EVEN_K:
             a = tl.load(a_base + k0, mask=row_ok[:, None], other=0.0)
-            wb = tl.load(w_base + k0 // 2, mask=n_ok[:, None], other=0)
+            wb = tl.load(w_base + kw0, mask=n_ok[:, None], other=0)
             ws = tl.load(s_base + k0 // 32, mask=n_ok[:, None], other=127)
         else:
             a = tl.load(a_base + k0, mask=row_ok[:, None] & (k0 + ka < K)[None, :], other=0.0)
-            wb = tl.load(w_base + k0 // 2, mask=n_ok[:, None] & (k0 // 2 + kb < K_HALF)[None, :],
+            wb = tl.load(w_base + kw0, mask=n_ok[:, None] & (kw0 + kw < K_HALF // (4 if WORDS else 1))[None, :],
                          other=0)
             ws = tl.load(s_base + k0 // 32, mask=n_ok[:, None] & (k0 // 32 + ks < K_GROUPS)[None, :],
                          other=127)
+        if WORDS:  # words -> bytes in K order (little-endian: byte j of a word = bits 8j..8j+7)
+            wb = tl.join(tl.join(wb & 255, (wb >> 8) & 255), tl.join((wb >> 16) & 255, (wb >> 24) & 255))
+            wb = tl.reshape(tl.permute(wb, (0, 1, 3, 2)), (BLOCK_N, HALF)).to(tl.uint8)
         if DECODE == 1:
             fmt: tl.constexpr = "bf16" if a_ptr.dtype.element_ty == tl.bfloat16 else "fp16"
             if SWAP:

@@ -38,11 +38,11 @@ def moe_gate_up_swap_kernel(x_ptr, blk_ptr, scl_ptr, bias_ptr, out_ptr, sorted_i
         return
     rows2 = tl.program_id(1) * (2 * BLOCK_N) + tl.arange(0, 2 * BLOCK_N)  # gate/linear interleaved
     rows2_ok = rows2 < 2 * I
-    eb = blk_ptr + expert * (2 * I) * K_HALF
+    eb = blk_ptr + expert * (2 * I) * (K_HALF // 4)  # int32 words
     es = scl_ptr + expert * (2 * I) * K_GROUPS
     acc = tl.zeros((2 * BLOCK_N, BLOCK_M), dtype=tl.float32)
     acc = _mxfp4_gemm(acc, x_ptr, slots // TOP_K, row_ok, stride_x, eb, es, rows2, rows2_ok,
-                      K, K_HALF, K_GROUPS, K_HALF, K_GROUPS, 2 * BLOCK_N, BLOCK_K, EVEN_K, DECODE,
+                      K, K_HALF, K_GROUPS, K_HALF // 4, K_GROUPS, 2 * BLOCK_N, BLOCK_K, EVEN_K, DECODE,
                       SWAP=True)
     gate_up_epilogue(tl.trans(acc), bias_ptr, out_ptr, expert, slots, row_ok, rows2, rows2_ok, I,
                      stride_out, alpha, limit, HAS_BIAS, BLOCK_M, BLOCK_N)
@@ -59,11 +59,11 @@ def moe_down_swap_kernel(h_ptr, blk_ptr, scl_ptr, bias_ptr, w_ptr, out_ptr, sort
         return
     n = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
     n_ok = n < N
-    eb = blk_ptr + expert * N * K_HALF
+    eb = blk_ptr + expert * N * (K_HALF // 4)  # int32 words
     es = scl_ptr + expert * N * K_GROUPS
     acc = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)
     acc = _mxfp4_gemm(acc, h_ptr, slots, row_ok, stride_h, eb, es, n, n_ok,
-                      K, K_HALF, K_GROUPS, K_HALF, K_GROUPS, BLOCK_N, BLOCK_K, EVEN_K, DECODE,
+                      K, K_HALF, K_GROUPS, K_HALF // 4, K_GROUPS, BLOCK_N, BLOCK_K, EVEN_K, DECODE,
                       SWAP=True)
     down_epilogue(tl.trans(acc), bias_ptr, w_ptr, out_ptr, expert, slots, row_ok, slots, n, n_ok, N,
                   stride_out, HAS_BIAS)
