@@ -158,10 +158,10 @@ def test_rope_kv_self_check_refuses_wrong_fused_results(monkeypatch):
         assert problem is not None and expect in problem, (fake.__name__, problem)
 
 
-def _fake_model():
+def _fake_model(dtype: torch.dtype = torch.bfloat16):
     w, b = _router()
-    return SimpleNamespace(layers=[SimpleNamespace(router_w=w, router_b=b)], n_heads=8, n_kv=2,
-                           dtype=torch.bfloat16, device=torch.device("cpu"),
+    return SimpleNamespace(layers=[SimpleNamespace(router_w=w.to(dtype), router_b=b.to(dtype))], n_heads=8, n_kv=2,
+                           dtype=dtype, device=torch.device("cpu"),
                            cfg=SimpleNamespace(num_experts_per_tok=4, head_dim=64))
 
 
@@ -178,3 +178,9 @@ def test_check_fused_picks_unfused_with_a_warning_when_a_kernel_disagrees(monkey
     monkeypatch.setenv(cuda_forward.FUSED_ENV, "0")
     monkeypatch.setattr(selfcheck, "rope_write_kv_problem", lambda *a, **k: pytest.fail("no check when turned off"))
     assert cuda_forward.check_fused(model) == ("unfused", "unfused")
+
+
+def test_check_fused_does_not_claim_fused_for_inputs_the_kernels_do_not_take(caplog):
+    with caplog.at_level(logging.WARNING, logger=cuda_forward.__name__):
+        assert cuda_forward.check_fused(_fake_model(torch.float32)) == ("unfused", "unfused")
+    assert caplog.text.count("does not take these inputs") == 2

@@ -67,6 +67,8 @@ def router_topk_problem(weight: torch.Tensor, bias: torch.Tensor | None, top_k: 
     scale = 1.0 / float(weight.float().norm(dim=1).mean().clamp_min(1e-6))
     for t in tokens:
         x = (torch.randn(t, weight.shape[1], generator=gen, device=weight.device) * scale).to(weight.dtype)
+        if not ops.router_fused_ok(x, weight, bias, top_k):   # else "fused" would silently mean the two ops
+            return f"the fused kernel does not take these inputs (router {weight.dtype} {tuple(weight.shape)})"
         try:
             ids, w = ops.router_topk(x, weight, bias, top_k, fused=True)
             ref = F.linear(x, weight, bias)
@@ -105,6 +107,9 @@ def rope_write_kv_problem(num_heads: int, num_kv_heads: int, head_dim: int, dtyp
             ops.write_kv_cache(k, v, kc, vc, slots)
         else:
             q_out = torch.full(q.shape, float("nan"), dtype=dtype, device=device) if mode == "q_out" else None
+            if not ops.rope_write_kv_fused_ok(q, k, v, kc, vc, cos_sin, q_out):
+                raise ValueError(f"the fused kernel does not take these inputs ({dtype}, {num_heads}/{num_kv_heads} "
+                                 f"heads of {head_dim})")
             q_rot = ops.rope_write_kv(q, k, v, kc, vc, positions, slots, cos_sin, fused=True, q_out=q_out)
         _sync(device)
         return q_rot, buf, kc, vc
