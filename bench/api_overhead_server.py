@@ -5,8 +5,9 @@ Why: at 256 concurrent streams on the H100 the GPU needs ~20 ms per decode step 
 ~53 ms between tokens; the gap is host work around the model (AsyncEngine's thread hand-off, the
 per-token SSE generators, uvicorn, the GIL). `BenchFakeStepEngine` replaces LLMEngine behind the
 real AsyncEngine: its step() returns one token for every running request at once (optionally after
-sleeping `--step-ms` with the GIL released, in `--gil-releases` pieces, as a CUDA step's torch calls
-and final device sync release it), so everything measured is the API path. It is NOT a model.
+spending `--host-ms` of CPU time holding the GIL, in `--gil-releases` pieces each ended by a GIL
+release as a small device copy does, and sleeping `--step-ms` with the GIL released half-way through, as the
+device sync does), so everything measured is the API path. It is NOT a model.
 
 The server is started through `mini_vllm.cli.main(["serve", ...])` - the exact code `mini-vllm serve`
 runs - with only `load_engine` swapped, plus one bench route, GET /bench/stats, that reports the
@@ -21,7 +22,7 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "python"))
@@ -57,15 +58,16 @@ class _Req:
 class BenchFakeStepEngine:
     """Bench-only stand-in for LLMEngine (n=1, no logprobs): one token per running request per step."""
 
-    def __init__(self, args: EngineArgs, step_s: float, gil_releases: int) -> None:
+    def __init__(self, args: EngineArgs, step_s: float, gil_releases: int, host_s: float = 0.0) -> None:
         from mini_vllm.model.tokenizer import Tokenizer
         self.args = args
         self.tokenizer = Tokenizer.from_pretrained(args.model)
         self.model_config = _FakeInfo(args.served_model_name or "bench", args.max_model_len or 4096,
                                       int(self.tokenizer.vocab_size))
-        self.step_s, self.gil_releases = step_s, max(1, gil_releases)
+        self.step_s, self.gil_releases, self.host_s = step_s, max(1, gil_releases), host_s
         self.requests: dict[str, _Req] = {}
         self.generated = 0
+        self.gpu_wait_hook: Callable[[], None] | None = None   # set by AsyncEngine (see async_engine.py)
         self._lock = threading.Lock()
         self.reset_stats()
 
@@ -101,11 +103,17 @@ class BenchFakeStepEngine:
         return EngineStats(num_requests_running=len(self.requests), generation_tokens_total=self.generated)
 
     def step(self) -> list[RequestOutput]:
-        start = time.monotonic()
-        for _ in range(self.gil_releases):          # the simulated GPU step: GIL released while waiting
-            if self.step_s:
-                time.sleep(self.step_s / self.gil_releases)
-        cpu0 = time.thread_time()
+        start, cpu0 = time.monotonic(), time.thread_time()
+        for k in range(self.gil_releases if self.step_s or self.host_s else 0):          # the simulated step: host work in pieces, each
+            if self.host_s:                         # ended by a short GIL release (a small copy or sync) ...
+                until = time.thread_time() + self.host_s / self.gil_releases
+                while time.thread_time() < until:
+                    pass
+            time.sleep(0)
+            if k == self.gil_releases // 2 and self.step_s:
+                if self.gpu_wait_hook is not None:  # forward enqueued: the real engine's hook point
+                    self.gpu_wait_hook()
+                time.sleep(self.step_s)             # ... and the GPU wait (device sync) half-way through
         outs = []
         for r in list(self.requests.values()):
             tid = len(r.tokens) % 1000
@@ -133,10 +141,15 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("model", help="a model directory (only its tokenizer is read)")
     ap.add_argument("--step-ms", type=float, default=0.0, help="simulated GPU time per step (GIL released)")
-    ap.add_argument("--gil-releases", type=int, default=8, help="pieces the simulated step is slept in")
+    ap.add_argument("--gil-releases", type=int, default=4, help="short GIL releases per step (time.sleep(0))")
+    ap.add_argument("--host-ms", type=float, default=0.0,
+                    help="engine Python work per step holding the GIL (CPU time, spread between the releases)")
     argv = sys.argv[1:]
     cut = argv.index("--") if "--" in argv else len(argv)
+    ap.add_argument("--no-uvloop", action="store_true", help="hide uvloop: uvicorn falls back to asyncio's loop")
     a = ap.parse_args(argv[:cut])
+    if a.no_uvloop:
+        sys.modules["uvloop"] = None  # type: ignore[assignment]  # import fails -> uvicorn's "auto" picks asyncio
     flags = argv[cut + 1:]                        # `mini-vllm serve` flags
 
     from mini_vllm import cli
@@ -146,7 +159,8 @@ def main() -> None:
     holder: dict[str, BenchFakeStepEngine] = {}
 
     def load_engine(args: EngineArgs) -> AsyncEngine:
-        fake = holder["engine"] = BenchFakeStepEngine(args, a.step_ms / 1000, a.gil_releases)
+        fake = holder["engine"] = BenchFakeStepEngine(args, a.step_ms / 1000, a.gil_releases,
+                                                                 a.host_ms / 1000)
         eng = AsyncEngine(fake)  # type: ignore[arg-type]
         eng.start()
         return eng

@@ -9,10 +9,13 @@ clients are httpx streaming /v1/completions in a separate process (their CPU is 
 Reported per run: output tok/s delivered, server CPU-seconds per 1000 streamed tokens (the stand-in's
 own step work subtracted), tokens per SSE event, client-side per-token latency p50/p99, and with a
 simulated GPU step (`--step-ms`, slept with the GIL released) how much each engine step grows beyond it.
-Peer in the same script: stream coalescing off (MINI_VLLM_STREAM_COALESCE=0) vs on, and the GIL switch
-interval 5 ms (Python's default) vs MINI_VLLM_SWITCH_INTERVAL_MS.
+Server and client run on disjoint CPUs. Peers in the same script: stream coalescing off
+(MINI_VLLM_STREAM_COALESCE=0) vs on, outputs handed over at once vs from the engine's gpu_wait_hook
+(MINI_VLLM_DELIVER_IN_GPU_WAIT), uvloop vs asyncio's own loop, and the GIL switch
+interval 5 ms (Python's default) vs a shorter one (MINI_VLLM_SWITCH_INTERVAL_MS). Each cell is the
+median of --repeat runs (the machine is shared; single runs are noisy).
 
-    .venv/bin/python bench/bench_api_overhead.py [--tokens 128] [--conc 1,64,256] [--step-ms 20] [--markdown]
+    .venv/bin/python bench/bench_api_overhead.py [--tokens 128] [--conc 1,64,256] [--step-ms 20] [--repeat 3]
 """
 from __future__ import annotations
 
@@ -29,8 +32,6 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from rich.console import Console
-from rich.table import Table
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "python"))
@@ -89,36 +90,51 @@ async def _client(url: str, conc: int, tokens: int) -> dict[str, Any]:
             "ttft_p50": statistics.median(r[2] for r in res), "itl_p50": q(.5), "itl_p99": q(.99)}
 
 
+def cpu_split() -> tuple[set[int], set[int]]:
+    """Server CPUs, client CPUs: disjoint, so the client's parsing does not steal the server's core
+    (one core serves a GIL-bound server on a small box; a quarter of them on a big one)."""
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) < 2:
+        return set(cpus), set(cpus)
+    k = max(1, len(cpus) // 4)
+    return set(cpus[:k]), set(cpus[k:])
+
+
+def _pinned(cpus: set[int]):
+    return lambda: os.sched_setaffinity(0, cpus)
+
+
 def run_client(url: str, conc: int, tokens: int) -> dict[str, Any]:
-    """Drive `conc` streams from a separate process; returns its measurements."""
+    """Drive `conc` streams from a separate process (on the client CPUs); returns its measurements."""
     out = subprocess.run([sys.executable, __file__, "--client", url, "--conc", str(conc), "--tokens", str(tokens)],
-                         capture_output=True, text=True, timeout=900)
+                         capture_output=True, text=True, timeout=900, preexec_fn=_pinned(cpu_split()[1]))
     if out.returncode:
         raise RuntimeError(f"client failed: {out.stderr[-3000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 # ---- one server configuration ------------------------------------------------------------------
-def start(model: Path, log_dir: str, step_ms: float, coalesce: bool, switch_ms: float | None,
-          max_seqs: int) -> ServerProcess:
+def start(model: Path, log_dir: str, step_ms: float, host_ms: float, coalesce: bool, switch_ms: float,
+          loop: str, defer: bool, max_seqs: int, gil_releases: int) -> ServerProcess:
     port = free_port()
     log_path = Path(log_dir) / f"server-{port}.log"
-    env = dict(os.environ, MINI_VLLM_STREAM_COALESCE="1" if coalesce else "0")
-    env.pop("MINI_VLLM_SWITCH_INTERVAL_MS", None)
-    if switch_ms is not None:
-        env["MINI_VLLM_SWITCH_INTERVAL_MS"] = str(switch_ms)
+    env = dict(os.environ, MINI_VLLM_STREAM_COALESCE="1" if coalesce else "0",
+               MINI_VLLM_SWITCH_INTERVAL_MS=str(switch_ms), MINI_VLLM_DELIVER_IN_GPU_WAIT="1" if defer else "0")
     cmd = [sys.executable, str(ROOT / "bench" / "api_overhead_server.py"), str(model), "--step-ms", str(step_ms),
+           "--host-ms", str(host_ms),
+           "--gil-releases", str(gil_releases),
+           *(["--no-uvloop"] if loop == "asyncio" else []),
            "--", "--host", "127.0.0.1", "--port", str(port), "--max-num-seqs", str(max_seqs),
            "--max-waiting", "4096", "--disable-uvicorn-access-log", "--log-level", "warning"]
     with open(log_path, "wb") as log:
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, preexec_fn=_pinned(cpu_split()[0]))
     srv = ServerProcess(proc, f"http://127.0.0.1:{port}", log_path)
     srv.wait_ready(120)
     return srv
 
 
-def measure(srv: ServerProcess, conc: int, tokens: int, step_ms: float) -> dict[str, Any]:
-    run_client(srv.url, min(conc, 16), 8)                          # warm-up: imports, first allocations
+def measure_once(srv: ServerProcess, conc: int, tokens: int, step_ms: float) -> dict[str, Any]:
+    """One client run; `step_ms`: the stand-in's step (sleep + host work), subtracted from each step interval."""
     before = httpx.get(srv.url + "/bench/stats").json()
     res = run_client(srv.url, conc, tokens)
     after = httpx.get(srv.url + "/bench/stats").json()
@@ -134,15 +150,16 @@ def measure(srv: ServerProcess, conc: int, tokens: int, step_ms: float) -> dict[
 
 
 # ---- driver ------------------------------------------------------------------------------------
-HEAD = ["step ms", "streams", "coalesce", "switch ms", "output tok/s", "server CPU s / 1k tok", "tok / event",
+HEAD = ["GPU+host ms", "streams", "coalesce", "switch ms", "loop", "deliver in GPU wait", "output tok/s", "server CPU s / 1k tok", "tok / event",
         "ITL p50 ms", "ITL p99 ms", "step +ms p50", "step +ms mean"]
 
 
-def _row(step: float, conc: int, coalesce: bool, switch: float | None, r: dict[str, Any]) -> list[str]:
-    return [f"{step:g}", str(conc), "on" if coalesce else "off", "5 (default)" if switch is None else f"{switch:g}",
+def _row(step: str, conc: int, coalesce: bool, switch: float, loop: str, defer: bool, r: dict[str, Any]) -> list[str]:
+    return [step, str(conc), "on" if coalesce else "off", f"{switch:g}", loop, "yes" if defer else "no",
             f"{r['tok_s']:,.0f}", f"{r['server_cpu_per_1k']:.3f}", f"{r['tok_per_event']:.2f}",
             f"{r['itl_p50'] * 1000:.2f}", f"{r['itl_p99'] * 1000:.2f}",
-            f"{r['step_extra_p50']:.2f}" if step else "-", f"{r['step_extra_mean']:.2f}" if step else "-"]
+            f"{r['step_extra_p50']:.2f}" if step != "0" else "-",
+            f"{r['step_extra_mean']:.2f}" if step != "0" else "-"]
 
 
 def main() -> None:
@@ -151,9 +168,13 @@ def main() -> None:
     ap.add_argument("--tokens", type=int, default=128, help="tokens per request")
     ap.add_argument("--conc", default="1,64,256", help="concurrent streams (comma list) for the no-sleep runs")
     ap.add_argument("--step-ms", type=float, default=20.0, help="simulated GPU step for the latency runs")
+    ap.add_argument("--host-ms", type=float, default=5.0,
+                    help="engine Python work per simulated step, holding the GIL (between the releases)")
+    ap.add_argument("--gil-releases", type=int, default=4, help="short GIL releases per simulated step")
     ap.add_argument("--step-conc", type=int, default=256, help="streams for the simulated-step runs")
-    ap.add_argument("--switch-ms", type=float, default=1.0, help="the smaller GIL switch interval to compare")
-    ap.add_argument("--markdown", action="store_true")
+    ap.add_argument("--switch-ms", default="5,1", help="GIL switch intervals (ms) for the simulated-step runs; "
+                    "the first is also used for the no-sleep runs")
+    ap.add_argument("--repeat", type=int, default=3, help="runs per cell (the median is reported)")
     a = ap.parse_args()
     if a.client:
         print(json.dumps(asyncio.run(_client(a.client, int(a.conc), a.tokens))))
@@ -161,34 +182,43 @@ def main() -> None:
     from mini_vllm.model.tiny import write_tiny_checkpoint
 
     concs = [int(c) for c in a.conc.split(",")]
-    rows: list[list[str]] = []
-    results: dict[tuple, dict[str, Any]] = {}
-    console = Console(width=200)
-    plan = [(0.0, coalesce, None, concs) for coalesce in (False, True)]
-    plan += [(a.step_ms, coalesce, sw, [a.step_conc]) for coalesce in (False, True) for sw in (None, a.switch_ms)]
+    switches = [float(x) for x in a.switch_ms.split(",")]
+    # (GPU ms, host ms, coalesce, switch ms, loop, deliver in the GPU wait)
+    configs = [(0.0, 0.0, coalesce, switches[0], "uvloop", False) for coalesce in (False, True)]
+    step, host = a.step_ms, a.host_ms
+    configs += [(step, host, False, switches[0], "uvloop", False), (step, host, True, switches[0], "uvloop", False)]
+    configs += [(step, host, True, sw, "uvloop", True) for sw in switches]
+    configs += [(step, host, True, switches[0], "asyncio", True)]            # peer: without uvloop
+    cells = [(cfg, conc) for cfg in configs for conc in (concs if cfg[0] == 0 else [a.step_conc])]
+    runs: dict[tuple, list[dict[str, Any]]] = {cell: [] for cell in cells}
     with tempfile.TemporaryDirectory() as tmp:
         model = write_tiny_checkpoint(Path(tmp) / "tiny-gpt-oss")
-        for step, coalesce, sw, cs in plan:
-            srv = start(model, tmp, step, coalesce, sw, max(cs))
-            try:
-                for conc in cs:
-                    r = results[(step, conc, coalesce, sw)] = measure(srv, conc, a.tokens, step)
-                    rows.append(_row(step, conc, coalesce, sw, r))
-                    console.log(" | ".join(rows[-1]))
-            finally:
+        servers: dict[tuple, ServerProcess] = {}
+        try:
+            for cfg in configs:          # all up at once (idle ones cost nothing), measured round-robin so
+                servers[cfg] = start(model, tmp, *cfg, max(concs + [a.step_conc]), a.gil_releases)  # drift hits all alike
+                run_client(servers[cfg].url, 16, 8)                        # warm-up
+            for rep in range(a.repeat):
+                for cfg, conc in cells:
+                    runs[(cfg, conc)].append(measure_once(servers[cfg], conc, a.tokens, cfg[0] + cfg[1]))
+                print(f"round {rep + 1}/{a.repeat} done", file=sys.stderr, flush=True)
+        finally:
+            for srv in servers.values():
                 srv.stop()
-    table = Table(*HEAD, title=f"API layer, stand-in engine, {a.tokens} tokens/request, {os.cpu_count()} CPUs")
+    results = {cell: {k: statistics.median(r[k] for r in rs) for k in rs[0]} for cell, rs in runs.items()}
+    rows = [_row(f"{cfg[0]:g}+{cfg[1]:g}" if cfg[0] else "0", conc, *cfg[2:], results[(cfg, conc)])
+            for cfg, conc in cells]
+    srv_cpus, cli_cpus = cpu_split()
+    print(f"API layer, stand-in engine, {a.tokens} tokens/request, median of {a.repeat}; server on "
+          f"{len(srv_cpus)} CPU(s), client on {len(cli_cpus)}\n")
+    print("| " + " | ".join(HEAD) + " |\n|" + "---|" * len(HEAD))
     for row in rows:
-        table.add_row(*row)
-    console.print(table)
+        print("| " + " | ".join(row) + " |")
     for conc in concs:
-        off, on = results[(0.0, conc, False, None)], results[(0.0, conc, True, None)]
-        console.print(f"{conc} streams: coalescing on/off tok/s {on['tok_s'] / off['tok_s']:.2f}x, "
+        off = results[((0.0, 0.0, False, switches[0], "uvloop", False), conc)]
+        on = results[((0.0, 0.0, True, switches[0], "uvloop", False), conc)]
+        print(f"{conc} streams: coalescing on/off tok/s {on['tok_s'] / off['tok_s']:.2f}x, "
                       f"CPU per token {on['server_cpu_per_1k'] / off['server_cpu_per_1k']:.2f}x")
-    if a.markdown:
-        print("| " + " | ".join(HEAD) + " |\n|" + "---|" * len(HEAD))
-        for row in rows:
-            print("| " + " | ".join(row) + " |")
 
 
 if __name__ == "__main__":

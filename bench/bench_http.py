@@ -68,12 +68,12 @@ async def _http_stream(client: httpx.AsyncClient, tokens: int):
         async for line in r.aiter_lines():
             if line.startswith("data: {"):
                 chunk = json.loads(line[6:])
-                if chunk["choices"]:   # one chunk per engine step = one token of this request
-                    chunks += 1
+                if chunk["choices"]:   # one chunk per engine step, or several steps' tokens when the
+                    chunks += 1        # server coalesced a backlog (then the gap is per event, not per token)
                     yield 1
                 elif chunk.get("usage"):
                     got = chunk["usage"]["completion_tokens"]
-                    if got != tokens or chunks != tokens:
+                    if got != tokens or not 0 < chunks <= tokens:
                         raise RuntimeError(f"expected {tokens} tokens, usage says {got} in {chunks} chunks")
 
 

@@ -67,3 +67,34 @@ def test_sse_event_survives_unicode_line_breakers():
     lines = [ln for ln in raw.splitlines() if ln]
     assert len(lines) == 1 and lines[0].startswith("data: ")
     assert json.loads(lines[0][6:])["choices"][0]["text"] == text
+
+
+def _old_event(payload) -> bytes:
+    """The reference encoding the precomputed chunks must reproduce byte for byte."""
+    import json
+    breakers = str.maketrans({"\u2028": "\\u2028", "\u2029": "\\u2029", "\x85": "\\u0085"})
+    return b"data: " + json.dumps(payload, separators=(",", ":"), ensure_ascii=False).translate(breakers).encode() + b"\n\n"
+
+
+def test_precomputed_chunks_match_the_general_encoding_byte_for_byte():
+    import random
+
+    from mini_vllm.api.sse import Chunks, encode, event
+
+    rng = random.Random(7)
+    alphabet = ["a", " ", "\"", "\\", "\n", "\t", "\x00", "\x1f", "\u00e9", "\u2028", "\u2029", "\x85", "\U0001f600",
+                "</", "\u4e2d"]
+    for model in ("gpt-oss-20b", "m\"\u2028x"):
+        head = {"id": "cmpl-1", "object": "text_completion", "created": 1763939000, "model": model}
+        chunks = Chunks(head)
+        for _ in range(300):
+            text = "".join(rng.choice(alphabet) for _ in range(rng.randrange(0, 8)))
+            finish = rng.choice([None, "stop", "length"])
+            stop = rng.choice([None, 200002, "</", "\u2028"])
+            idx = rng.randrange(0, 5)
+            choice = {"index": idx, "text": text, "logprobs": None, "finish_reason": finish, "stop_reason": stop}
+            want = _old_event(dict(head, choices=[choice]))
+            assert chunks.event([Chunks.text_choice(idx, text, finish, stop)]) == want
+            assert chunks.event([encode(choice)]) == want == event(dict(head, choices=[choice]))
+        two = [{"index": 0, "delta": {"content": "x"}}, {"index": 1, "delta": {}}]
+        assert chunks.event([encode(c) for c in two]) == _old_event(dict(head, choices=two))

@@ -123,3 +123,67 @@ def test_slow_consumer_gets_merged_outputs_only_when_coalescing(tiny_dir, texts,
         assert max(sizes) > 1 and len(got) < 24
     else:
         assert sizes == [1] * 24
+
+
+class _HookedEngine(LLMEngine):
+    """An engine offering gpu_wait_hook, called where a CUDA step would be waiting on the device."""
+
+    gpu_wait_hook = None
+
+    def step(self):
+        if self.gpu_wait_hook is not None:
+            self.gpu_wait_hook()
+        return super().step()
+
+
+@pytest.mark.parametrize("defer", ["1", "0"])
+def test_outputs_handed_over_in_the_gpu_wait_hook_stay_exact_and_ordered(tiny_dir, texts, monkeypatch, defer):
+    monkeypatch.setenv("MINI_VLLM_DELIVER_IN_GPU_WAIT", defer)
+    inner = _HookedEngine(EngineArgs(model=str(tiny_dir)))
+    eng = AsyncEngine(inner)
+    assert (inner.gpu_wait_hook is not None) == (defer == "1")
+    delivered: list[bool] = []              # per hand-over: was it made from inside the hook?
+    in_hook = [False]
+    real_deliver, real_hook = eng._deliver, inner.gpu_wait_hook
+
+    def spy(outs):
+        delivered.append(in_hook[0])
+        real_deliver(outs)
+
+    def hook():
+        in_hook[0] = True
+        try:
+            real_hook()
+        finally:
+            in_hook[0] = False
+    if real_hook is not None:
+        inner.gpu_wait_hook = hook
+    eng._deliver = spy
+    ref = LLMEngine(EngineArgs(model=str(tiny_dir)))
+    params = SamplingParams(temperature=0.0, max_tokens=12, ignore_eos=True)
+
+    async def one(i: int, text: str):
+        ids = eng.tokenizer.encode(text)
+        toks, text_out, outs = [], "", []
+        async for out in eng.generate(f"h{i}", ids, params):
+            toks += out.outputs[0].token_ids_delta
+            text_out += out.outputs[0].text_delta
+            outs.append(out)
+        return ids, toks, text_out, outs
+
+    async def main():
+        return await asyncio.gather(*[one(i, t) for i, t in enumerate(texts)])
+
+    eng.start()
+    try:
+        results = asyncio.run(main())
+    finally:
+        eng.shutdown()
+    for ids, toks, text_out, outs in results:
+        assert outs[-1].finished and sum(o.finished for o in outs) == 1
+        assert toks == outs[-1].outputs[0].token_ids == ref.generate([ids], params)[0].outputs[0].token_ids
+        assert text_out == outs[-1].outputs[0].text
+    if defer == "1":
+        assert any(delivered) and not all(delivered)   # most from inside the next step; the last at once
+    else:
+        assert not any(delivered)

@@ -124,8 +124,9 @@ async def _last(stream: AsyncIterator[Any]) -> Any:
 
 async def _stream(req: ChatCompletionRequest, head: dict[str, Any], prompt_len: int, stream: AsyncIterator[Any],
                   samples: list[_Sample]) -> AsyncIterator[bytes]:
-    yield sse.event(dict(head, choices=[{"index": i, "delta": {"role": "assistant", "content": ""},
-                                         "logprobs": None, "finish_reason": None} for i in range(req.n)]))
+    chunks = sse.Chunks(head)
+    yield chunks.event([sse.encode({"index": i, "delta": {"role": "assistant", "content": ""}, "logprobs": None,
+                                    "finish_reason": None}) for i in range(req.n)])
     completion_tokens = 0
     async for out in stream:
         choices = []
@@ -138,9 +139,9 @@ async def _stream(req: ChatCompletionRequest, head: dict[str, Any], prompt_len: 
             delta = _delta(events)
             reason = s.finish_reason(o)
             if delta or reason:
-                choices.append({"index": o.index, "delta": delta,
-                                "logprobs": {"content": lps} if req.logprobs else None, "finish_reason": reason})
+                choices.append(sse.encode({"index": o.index, "delta": delta, "logprobs": {"content": lps}
+                                           if req.logprobs else None, "finish_reason": reason}))
         if choices:
-            yield sse.event(dict(head, choices=choices))
+            yield chunks.event(choices)
     if req.include_usage:
         yield sse.event(dict(head, choices=[], usage=sse.usage(prompt_len, completion_tokens)))

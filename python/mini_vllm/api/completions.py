@@ -98,10 +98,11 @@ async def _stream(req: CompletionRequest, head: dict[str, Any], prompts: list[li
     completion_tokens = 0
     offsets: dict[int, int] = {}
     done: set[int] = set()
+    chunks = sse.Chunks(head)
     for pi, text in enumerate(echo):
         for k in range(req.n if text else 0):
-            yield sse.event(dict(head, choices=[{"index": pi * req.n + k, "text": text, "logprobs": None,
-                                                 "finish_reason": None}]))
+            yield chunks.event([sse.encode({"index": pi * req.n + k, "text": text, "logprobs": None,
+                                            "finish_reason": None})])
     async for pi, out in merged(streams):
         choices = []
         for o in out.outputs:
@@ -111,13 +112,14 @@ async def _stream(req: CompletionRequest, head: dict[str, Any], prompts: list[li
             if o.finish_reason:
                 done.add(idx)
             completion_tokens += len(o.token_ids_delta)
-            lp = None
-            if req.logprobs is not None:
-                lp = completion_logprobs(tok, o.logprobs_delta or [], offsets.get(idx, len(echo[pi])))
-                offsets[idx] = offsets.get(idx, len(echo[pi])) + len(o.text_delta)
-            choices.append({"index": idx, "text": o.text_delta, "logprobs": lp,
-                            "finish_reason": _finish(o), "stop_reason": o.stop_reason})
+            if req.logprobs is None:                  # the common case: no dict, no general encoder
+                choices.append(chunks.text_choice(idx, o.text_delta, _finish(o), o.stop_reason))
+                continue
+            lp = completion_logprobs(tok, o.logprobs_delta or [], offsets.get(idx, len(echo[pi])))
+            offsets[idx] = offsets.get(idx, len(echo[pi])) + len(o.text_delta)
+            choices.append(sse.encode({"index": idx, "text": o.text_delta, "logprobs": lp,
+                                       "finish_reason": _finish(o), "stop_reason": o.stop_reason}))
         if choices:
-            yield sse.event(dict(head, choices=choices))
+            yield chunks.event(choices)
     if req.include_usage:
         yield sse.event(dict(head, choices=[], usage=sse.usage(sum(map(len, prompts)), completion_tokens)))

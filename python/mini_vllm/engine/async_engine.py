@@ -28,6 +28,8 @@ log = logging.getLogger(__name__)
 
 # "0" turns stream coalescing off (the bench's peer); anything else, or unset, leaves it on
 COALESCE_ENV = "MINI_VLLM_STREAM_COALESCE"
+# "0" delivers each step's outputs at once even when the engine offers a gpu_wait_hook (the bench's peer)
+DEFER_ENV = "MINI_VLLM_DELIVER_IN_GPU_WAIT"
 
 __all__ = ["AsyncEngine", "EngineStats", "QueueFullError", "EngineDeadError"]
 
@@ -66,6 +68,13 @@ class AsyncEngine:
         # merge a stream's queued outputs into one (one SSE event for several tokens when the consumer
         # is behind); see engine/coalesce.py
         self.coalesce = os.environ.get(COALESCE_ENV, "1").strip() != "0"
+        # An engine with a `gpu_wait_hook` attribute calls it once per step after enqueueing the forward
+        # and before blocking on its results; a step's outputs are then handed to the event loop from
+        # there (one step later, while the device is busy). Engines without it: delivered at once.
+        self._held: list[RequestOutput] | None = None
+        self._hooked = hasattr(engine, "gpu_wait_hook") and os.environ.get(DEFER_ENV, "1").strip() != "0"
+        if self._hooked:
+            engine.gpu_wait_hook = self._flush_held  # type: ignore[attr-defined]
 
     @classmethod
     def from_args(cls, args: EngineArgs) -> "AsyncEngine":
@@ -172,13 +181,24 @@ class AsyncEngine:
                             outs.append(out)
                 if eng.has_unfinished():
                     outs.extend(eng.step())
+                self._flush_held()            # the step did not call the hook: deliver in order now
                 self._stats = eng.stats()
-                if outs:
+                if outs and self._hooked and eng.has_unfinished():
+                    self._held = outs         # delivered from inside the next step, during its GPU wait
+                elif outs:
                     self._deliver(outs)
         except BaseException as e:  # noqa: BLE001 - fatal: every waiting caller gets the error
             log.exception("engine loop died")
             self._dead = e
             self._fail_all(EngineDeadError(f"engine loop died: {type(e).__name__}: {e}"))
+
+    def _flush_held(self) -> None:
+        """Deliver the previous step's outputs (the engine thread calls this, also as the engine's
+        `gpu_wait_hook` while the device works, so the event loop's SSE burst overlaps GPU time
+        instead of competing for the GIL with the next step's host work)."""
+        held, self._held = self._held, None
+        if held:
+            self._deliver(held)
 
     def _deliver(self, outs: list[RequestOutput]) -> None:
         by_loop: dict[asyncio.AbstractEventLoop, list[tuple[_Stream, RequestOutput]]] = {}
