@@ -9,7 +9,7 @@ NaN-poisoned outputs, rel L2 < 2e-2), then timed as a CUDA graph (do_bench_cudag
 A failing candidate is recorded and the rest still run. The combined winner per T is re-checked
 end to end against fused_moe_reference and timed next to the shipped table's config.
 At T <= 8 the GEMV kernels (moe_gemv.py: block_n rows, block_k = 32 x 16-byte loads in flight per
-thread, warps, down's split_k - within gemv_rows_ok's layout rules; block_m = slots per
+thread, warps, split_k - within gemv_rows_ok's layout rules; block_m = slots per
 program, 1 = no align) are tried first, then the grouped GEMM; the per-T winner (either kernel) goes
 into the table with its "kernel" field. T <= 8 get twice the time share of larger T.
 From T = 16 the swap-AB GEMM (moe_gemm_swap.py, "kernel": "swap") is tried before the grouped one;
@@ -95,8 +95,9 @@ def gemv_phase1(stage: str, block_m: int, smoke: bool) -> list[GemmTiles]:
         return [GemmTiles(16, 64, 4, 1, split_k=1)] + ([GemmTiles(32, 32, 2, 1, split_k=3)]
                                                         if stage == "down" else [])
     if stage == "gate_up":
-        shapes = [(64, 128, 2, 1), (32, 128, 2, 1), (128, 128, 2, 1), (64, 256, 2, 1), (64, 64, 2, 1),
-                  (128, 64, 4, 1), (32, 256, 2, 1)]  # rows/thread = 2 x block_n / (32 x warps)
+        shapes = [(64, 128, 2, 1), (32, 128, 2, 1), (32, 128, 2, 2), (128, 128, 2, 1), (64, 128, 2, 2),
+                  (64, 256, 2, 1), (64, 64, 2, 1), (128, 64, 4, 1), (32, 256, 2, 1)]
+        # rows/thread = 2 x block_n / (32 x warps); split_k > 1 adds a SwiGLU combine launch
     else:
         shapes = [(128, 128, 2, 2), (64, 128, 2, 2), (128, 128, 2, 3), (256, 128, 2, 2), (128, 256, 2, 1),
                   (128, 64, 2, 4), (64, 128, 2, 4)]  # rows/thread = block_n / (32 x warps)
@@ -109,13 +110,12 @@ def gemv_phase1(stage: str, block_m: int, smoke: bool) -> list[GemmTiles]:
 
 
 def gemv_phase2(best: GemmTiles, stage: str, block_m: int, smoke: bool) -> list[GemmTiles]:
-    """Loads in flight (block_k), rows per thread (block_n) and down's K-split around the winner."""
+    """Loads in flight (block_k), rows per thread (block_n) and the K-split around the winner."""
     if smoke:
         return []
     cands = [replace(best, block_k=bk) for bk in (32, 64, 128, 256) if bk != best.block_k]
     cands += [replace(best, block_n=bn) for bn in (best.block_n // 2, best.block_n * 2)]
-    if stage == "down":
-        cands += [replace(best, split_k=s) for s in (1, 2, 3, 5) if s != best.split_k]
+    cands += [replace(best, split_k=s) for s in (1, 2, 3, 5) if s != best.split_k]
     return [c for c in cands if gemv_rows_ok(c, stage, block_m)]
 
 

@@ -119,6 +119,7 @@ def sass_loop_instructions(cubin: bytes) -> int:
 
 CASES = [  # (stage, BLOCK_M, BLOCK_N, BLOCK_K, warps, split_k, T): rows per program >= threads
     ("gate_up", 1, 32, 64, 2, 1, 1), ("gate_up", 1, 32, 128, 2, 1, 1), ("gate_up", 1, 64, 128, 2, 1, 1),
+    ("gate_up", 1, 32, 128, 2, 2, 1),
     ("gate_up", 1, 64, 64, 4, 1, 1), ("down", 1, 64, 128, 2, 2, 1), ("down", 1, 128, 128, 2, 2, 1),
     ("gate_up", 2, 64, 64, 4, 1, 2), ("down", 2, 128, 64, 4, 1, 2),
     ("gate_up", 4, 128, 64, 8, 1, 8), ("down", 4, 256, 64, 8, 1, 8),
@@ -128,7 +129,7 @@ CASES = [  # (stage, BLOCK_M, BLOCK_N, BLOCK_K, warps, split_k, T): rows per pro
 def case_stats(stage: str, bm: int, bn: int, bk: int, warps: int, split: int, t: int) -> dict:
     """K-loop counts of one GEMV launch configuration at gpt-oss shapes."""
     consts = dict(HAS_BIAS=True, BLOCK_M=bm, BLOCK_N=bn, GROUPS=bk // 32, DIRECT=bm == 1)
-    consts.update(TOP_K=4) if stage == "gate_up" else consts.update(SPLIT_K=split)
+    consts.update(TOP_K=4, SPLIT_K=split) if stage == "gate_up" else consts.update(SPLIT_K=split)
     ptx = compile_gemv(stage, consts, launch_ints(stage, 4 * t, split), warps)
     sass = sass_loop_instructions(compile_gemv(stage, consts, launch_ints(stage, 4 * t, split), warps,
                                                "cubin"))

@@ -19,7 +19,9 @@ no align launch) x BLOCK_N output features x one K-split, and everything is size
     thread; block_n >= 32 x num_warps rows (gate_up: 2 x block_n) keeps every thread on its own row;
   - down may split K (SPLIT_K programs per tile): each split writes its own fp32 row
     (slot * SPLIT_K + split) and the existing per-token sum adds k * SPLIT_K rows - deterministic,
-    no atomics, no zeroed buffer, grid fixed by the shapes (CUDA-graph capturable).
+    no atomics, no zeroed buffer, grid fixed by the shapes (CUDA-graph capturable);
+  - gate_up may split K too (at T=1 it has only ~175 weight rows = threads per SM): raw fp32 partial
+    rows, then `moe_swiglu_combine_kernel` sums them in order, applies SwiGLU and stores `act`.
 Epilogues are the grouped GEMM's (moe_gemm.gate_up_epilogue / down_epilogue).
 """
 from __future__ import annotations
@@ -107,23 +109,61 @@ def _slots(sorted_ids_ptr, expert_ids_ptr, num_slots, BLOCK_M: tl.constexpr, DIR
 
 
 @triton.jit
+def _k_split(K_GROUPS, SPLIT_K: tl.constexpr):
+    """(split, first group, end group) of this program's K-split (grid axis 2)."""
+    split = tl.program_id(2)
+    per_split = tl.cdiv(K_GROUPS, SPLIT_K)
+    g_lo = split * per_split
+    return split, g_lo, tl.minimum(g_lo + per_split, K_GROUPS)
+
+
+@triton.jit
 def moe_gate_up_gemv_kernel(x_ptr, blk_ptr, scl_ptr, bias_ptr, out_ptr, sorted_ids_ptr,
                             expert_ids_ptr, num_slots, K_WORDS, K_GROUPS, I, stride_x, stride_out,
                             alpha, limit, TOP_K: tl.constexpr, HAS_BIAS: tl.constexpr,
                             BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, GROUPS: tl.constexpr,
-                            DIRECT: tl.constexpr):
-    """act[slot, n] = swiglu(x[slot // k] . W_e[2n] + b, x . W_e[2n+1] + b) for BLOCK_N columns."""
+                            DIRECT: tl.constexpr, SPLIT_K: tl.constexpr = 1):
+    """act[slot, n] = swiglu(x[slot // k] . W_e[2n] + b, x . W_e[2n+1] + b) for BLOCK_N columns.
+
+    SPLIT_K > 1: out is fp32 [slots * SPLIT_K, 2I]; each split stores its raw partial row
+    (slot * SPLIT_K + split, bias in split 0 only) and `moe_swiglu_combine_kernel` finishes.
+    """
     expert, slots, row_ok = _slots(sorted_ids_ptr, expert_ids_ptr, num_slots, BLOCK_M, DIRECT)
     if expert < 0:
         return
+    split, g_lo, g_hi = _k_split(K_GROUPS, SPLIT_K)
     rows2 = tl.program_id(1) * (2 * BLOCK_N) + tl.arange(0, 2 * BLOCK_N)
     rows2_ok = rows2 < 2 * I
     acc = tl.zeros((BLOCK_M, 2 * BLOCK_N), dtype=tl.float32)
     acc = _gemv(acc, x_ptr, slots // TOP_K, row_ok, stride_x, blk_ptr + expert * (2 * I) * K_WORDS,
-                scl_ptr + expert * (2 * I) * K_GROUPS, rows2, rows2_ok, 0, K_GROUPS, K_WORDS,
+                scl_ptr + expert * (2 * I) * K_GROUPS, rows2, rows2_ok, g_lo, g_hi, K_WORDS,
                 K_GROUPS, BLOCK_M, 2 * BLOCK_N, GROUPS)
-    gate_up_epilogue(acc, bias_ptr, out_ptr, expert, slots, row_ok, rows2, rows2_ok, I, stride_out,
-                     alpha, limit, HAS_BIAS, BLOCK_M, BLOCK_N)
+    if SPLIT_K == 1:
+        gate_up_epilogue(acc, bias_ptr, out_ptr, expert, slots, row_ok, rows2, rows2_ok, I,
+                         stride_out, alpha, limit, HAS_BIAS, BLOCK_M, BLOCK_N)
+    else:
+        if HAS_BIAS:
+            bias_ok = rows2 < tl.where(split == 0, 2 * I, 0)  # only split 0 adds the bias
+            acc += tl.load(bias_ptr + expert * (2 * I) + rows2, mask=bias_ok, other=0.0).to(tl.float32)[None, :]
+        dst = out_ptr + (slots * SPLIT_K + split).to(tl.int64)[:, None] * stride_out + rows2[None, :]
+        tl.store(dst, acc, mask=row_ok[:, None] & rows2_ok[None, :])
+
+
+@triton.jit
+def moe_swiglu_combine_kernel(part_ptr, out_ptr, I, stride_part, stride_out, alpha, limit,
+                              SPLIT_K: tl.constexpr, BLOCK_N: tl.constexpr):
+    """act[slot, n] = swiglu(sum over splits of part[slot * SPLIT_K + s, 2n..2n+1]) (the split gate_up's
+    second launch; deterministic fixed-order sum). Grid (slots, cdiv(I, BLOCK_N))."""
+    slot = tl.program_id(0)
+    rows2 = tl.program_id(1) * (2 * BLOCK_N) + tl.arange(0, 2 * BLOCK_N)
+    rows2_ok = rows2 < 2 * I
+    acc = tl.zeros((1, 2 * BLOCK_N), dtype=tl.float32)
+    for s in tl.static_range(SPLIT_K):
+        src = part_ptr + (slot * SPLIT_K + s).to(tl.int64) * stride_part + rows2
+        acc += tl.load(src, mask=rows2_ok, other=0.0)[None, :]
+    slots = slot + tl.arange(0, 1)
+    gate_up_epilogue(acc, part_ptr, out_ptr, 0, slots, slots >= 0, rows2, rows2_ok, I, stride_out,
+                     alpha, limit, False, 1, BLOCK_N)
 
 
 @triton.jit
@@ -136,10 +176,7 @@ def moe_down_gemv_kernel(h_ptr, blk_ptr, scl_ptr, bias_ptr, w_ptr, out_ptr, sort
     expert, slots, row_ok = _slots(sorted_ids_ptr, expert_ids_ptr, num_slots, BLOCK_M, DIRECT)
     if expert < 0:
         return
-    split = tl.program_id(2)
-    per_split = tl.cdiv(K_GROUPS, SPLIT_K)
-    g_lo = split * per_split
-    g_hi = tl.minimum(g_lo + per_split, K_GROUPS)
+    split, g_lo, g_hi = _k_split(K_GROUPS, SPLIT_K)
     n = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
     n_ok = n < N
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
