@@ -11,11 +11,12 @@ server's engine loop does. The best of `--repeats` runs is reported (the box is 
 Peer in the same run: the same requests with the real tiny model's CPU forward (`--peer`), so the ratio
 says what share of a CPU step is host work. `--phases` splits the host time by stage.
 
-    .venv/bin/python bench/bench_engine_overhead.py [--batch 256] [--prompt 1024] [--tokens 64] [--phases] [--peer]
+    .venv/bin/python bench/bench_engine_overhead.py [--batch 256] [--prompt 1024] [--tokens 64] [--phases] [--gc-freeze] [--peer]
 """
 from __future__ import annotations
 
 import argparse
+import gc
 import sys
 import tempfile
 import time
@@ -61,9 +62,21 @@ def _timed(obj: object, name: str, key: str, acc: dict[str, float]) -> None:
     setattr(obj, name, wrapper)
 
 
+def _gc_timer(acc: dict[str, float]) -> Callable:
+    """A gc callback adding the collector's pauses (by generation) to acc."""
+    started = [0.0]
+
+    def callback(phase: str, info: dict) -> None:
+        if phase == "start":
+            started[0] = time.perf_counter()
+        else:
+            acc[f"  of which GC gen {info['generation']}"] += time.perf_counter() - started[0]
+    return callback
+
+
 def run(model: Path, batch: int, prompt: int, tokens: int, fake: bool,
-        phases: dict[str, float] | None = None) -> float:
-    """Seconds per decode step."""
+        phases: dict[str, float] | None = None, freeze: bool = False) -> float:
+    """Seconds per decode step. freeze: gc.freeze() after start-up, as a long-running server may do."""
     eng = LLMEngine(EngineArgs(model=str(model), max_num_seqs=batch, kv_cache_memory_gb=1.0,
                                max_num_batched_tokens=8192))
     if fake:
@@ -83,15 +96,26 @@ def run(model: Path, batch: int, prompt: int, tokens: int, fake: bool,
         _timed(eng, "_accept_all", "accept (detokenise, stop checks)", phases)
         _timed(eng, "_collect", "RequestOutputs", phases)
         _timed(eng, "stats", "stats()", phases)
+    if freeze:
+        gc.collect()
+        gc.freeze()
+    gc_acc: dict[str, float] = defaultdict(float)
+    callback = _gc_timer(gc_acc)
+    if phases is not None:
+        gc.callbacks.append(callback)
     steps, t0 = 0, time.perf_counter()
     while eng.has_unfinished():
         eng.step()
         eng.stats()
         steps += 1
     total = time.perf_counter() - t0
+    if freeze:
+        gc.unfreeze()
     if phases is not None:
+        gc.callbacks.remove(callback)
         llm_engine.build_step_inputs = saved
         phases["rest (step glue: _advance, zip, lists)"] = total - sum(phases.values())
+        phases.update(gc_acc)                   # GC pauses happen inside the stages above
         for k in phases:
             phases[k] /= steps
     return total / steps
@@ -104,6 +128,7 @@ def main() -> None:
     ap.add_argument("--tokens", type=int, default=64, help="generated tokens per request")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--phases", action="store_true", help="also split the host time by stage (one more run)")
+    ap.add_argument("--gc-freeze", action="store_true", help="also time with gc.freeze() after start-up")
     ap.add_argument("--peer", action="store_true", help="also run the tiny model's real CPU forward")
     args = ap.parse_args()
     model = write_tiny_checkpoint(Path(tempfile.mkdtemp()) / "tiny")
@@ -115,6 +140,11 @@ def main() -> None:
         run(model, args.batch, args.prompt, args.tokens, fake=True, phases=acc)
         for k, v in acc.items():
             print(f"  {k:40s} {v * 1e3:.3f} ms")
+    if args.gc_freeze:
+        frozen = min(run(model, args.batch, args.prompt, args.tokens, fake=True, freeze=True)
+                     for _ in range(args.repeats))
+        print(f"{shape}: with gc.freeze() after start-up {frozen * 1e3:.3f} ms/decode step "
+              f"({frozen / host:.2f}x the above)")
     if args.peer:
         full = run(model, args.batch, args.prompt, args.tokens, fake=False)
         print(f"{shape}: with the tiny model's CPU forward {full * 1e3:.2f} ms/decode step; host share "

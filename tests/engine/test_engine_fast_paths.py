@@ -11,9 +11,11 @@ import dataclasses
 import pickle
 import random
 
+import numpy as np
 import pytest
 
 from mini_vllm.engine.block_manager import BlockManager
+from mini_vllm.engine.block_tables import BlockTableArray
 from mini_vllm.engine.model_runner import GroupSpec, StepInputs, build_step_inputs
 from mini_vllm.engine.output_builder import SnapshotOutput, request_output
 from mini_vllm.engine.outputs import CompletionOutput, TokenLogprob
@@ -197,3 +199,48 @@ def test_engine_deltas_add_up_to_the_cumulative_output(make_engine, texts):
     for co, upto in outs:                                  # read late: each still shows its own moment
         assert co.token_ids == upto and len(co.logprobs) == len(upto)
     assert eng.stats().generation_tokens_total == 24
+
+
+def _padded(tables: list[list[int]], width: int) -> np.ndarray:
+    out = np.zeros((len(tables), width), dtype=np.int32)
+    for i, bt in enumerate(tables):
+        out[i, :min(len(bt), width)] = bt[:width]
+    return out
+
+
+def test_block_table_array_tracks_the_lists_through_preemption_and_reuse(make_engine, texts):
+    """Every step's block_table_array equals the padded block tables; a small KV cache forces
+    preemptions, chunked prefills and row reuse."""
+    eng = make_engine(max_num_seqs=70, kv_cache_memory_gb=0.0015, max_num_batched_tokens=96)
+    execute, checked = eng.runner.execute, [0]
+
+    def checking(inp):
+        tables = [bt for g in sorted(inp.groups, key=lambda g: g.start) for bt in g.block_tables]
+        ctx = [c for g in sorted(inp.groups, key=lambda g: g.start) for c in g.context_lens]
+        width = max(1, -(-max(ctx) // eng.args.block_size))
+        assert inp.block_table_array.dtype == np.int32
+        assert np.array_equal(inp.block_table_array, _padded(tables, width))
+        checked[0] += 1
+        return execute(inp)
+
+    eng.runner.execute = checking
+    rng = random.Random(3)
+    prompts = [eng.tokenizer.encode(texts[k % len(texts)])[:rng.randint(3, 40)] for k in range(70)]
+    outs = eng.generate(prompts, SamplingParams(temperature=0.0, max_tokens=12, ignore_eos=True))
+    assert all(len(o.outputs[0].token_ids) == 12 for o in outs)
+    assert eng.scheduler.num_preemptions > 0 and checked[0] > 10
+    assert not eng.blocks.tables.array.any()                 # every row released and zeroed
+
+
+def test_block_table_array_grows_rows_and_columns():
+    arr = BlockTableArray(max_blocks_per_seq=2, rows=1)
+    seqs = [Sequence(Request(f"r{k}", [1], SamplingParams()), 0, k, 4) for k in range(3)]
+    for k, s in enumerate(seqs):
+        s.block_table = list(range(10 * k, 10 * k + k + 1))
+        arr.write(s)
+    seqs[2].block_table += [7, 8, 9]                           # wider than max_blocks_per_seq
+    arr.write(seqs[2], 3)
+    got = arr.gather([seqs[2], seqs[0], seqs[1]], 6)
+    assert np.array_equal(got, _padded([s.block_table for s in (seqs[2], seqs[0], seqs[1])], 6))
+    arr.release(seqs[1])
+    assert seqs[1].block_row == -1 and not arr.array[1].any()

@@ -9,11 +9,14 @@ from __future__ import annotations
 
 from collections import OrderedDict
 
+from mini_vllm.engine.block_tables import BlockTableArray
 from mini_vllm.engine.sequence import Sequence
 
 
 class BlockManager:
-    def __init__(self, num_blocks: int, block_size: int, enable_prefix_caching: bool = True):
+    def __init__(self, num_blocks: int, block_size: int, enable_prefix_caching: bool = True,
+                 max_blocks_per_seq: int | None = None):
+        """max_blocks_per_seq: also mirror block tables in a numpy array (`tables`) that wide."""
         self.num_blocks, self.block_size = num_blocks, block_size
         self.enable_prefix_caching = enable_prefix_caching
         self.ref_count = [0] * num_blocks
@@ -23,6 +26,7 @@ class BlockManager:
         self.free: OrderedDict[int, None] = OrderedDict((i, None) for i in range(num_blocks))
         self.queries = 0     # prompt tokens looked up in the prefix cache (cumulative)
         self.hits = 0        # of which served from it
+        self.tables = BlockTableArray(max_blocks_per_seq) if max_blocks_per_seq else None
 
     # ---- accounting ----------------------------------------------------------------------------
     @property
@@ -74,6 +78,8 @@ class BlockManager:
                 del self.free[bid]
             self.ref_count[bid] += 1
         seq.block_table = cached + [self._take_free() for _ in range(need)]
+        if self.tables is not None:
+            self.tables.write(seq)
         seq.num_computed_tokens = len(cached) * self.block_size
         seq.num_hashed_blocks = len(cached)
         if seq.req.num_cached_tokens == 0 and seq.index == 0:
@@ -87,8 +93,12 @@ class BlockManager:
         need = -(-num_tokens // self.block_size) - len(seq.block_table)
         if need > len(self.free):
             return False
-        for _ in range(max(0, need)):
-            seq.block_table.append(self._take_free())
+        if need > 0:
+            start = len(seq.block_table)
+            for _ in range(need):
+                seq.block_table.append(self._take_free())
+            if self.tables is not None:
+                self.tables.write(seq, start)
         return True
 
     def free_seq(self, seq: Sequence) -> None:
@@ -96,6 +106,8 @@ class BlockManager:
             self.ref_count[bid] -= 1
             if self.ref_count[bid] == 0:
                 self.free[bid] = None       # most recently freed last: reused last
+        if self.tables is not None:
+            self.tables.release(seq)
         seq.block_table = []
         seq.num_computed_tokens = 0
         seq.num_hashed_blocks = 0

@@ -37,7 +37,8 @@ class LLMEngine:
         self.runner = runner or ModelRunner(args, self.cfg)
         self.model_config = ModelInfo.build(args, self.cfg, self.tokenizer, self.runner.num_blocks)
         self.eos_ids = frozenset(self.tokenizer.eos_token_ids or self.cfg.eos_token_id)
-        self.blocks = BlockManager(self.runner.num_blocks, args.block_size, args.enable_prefix_caching)
+        self.blocks = BlockManager(self.runner.num_blocks, args.block_size, args.enable_prefix_caching,
+                                   max_blocks_per_seq=-(-self.model_config.max_model_len // args.block_size))
         self.scheduler = Scheduler(self.blocks, args.max_num_seqs, args.max_num_batched_tokens)
         self.sampler = Sampler(args.seed)
         self.requests: dict[str, Request] = {}
@@ -96,7 +97,7 @@ class LLMEngine:
         batch = self.scheduler.schedule()
         if not batch.seqs:
             return []
-        inputs = build_step_inputs(batch, self.args.block_size)
+        inputs = build_step_inputs(batch, self.args.block_size, self.blocks.tables)
         touched: dict[str, Request] = {}
         try:
             logits = self.runner.execute(inputs)

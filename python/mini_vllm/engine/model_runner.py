@@ -10,8 +10,10 @@ import os
 from dataclasses import dataclass, field
 from typing import Callable
 
+import numpy as np
 import torch
 
+from mini_vllm.engine.block_tables import BlockTableArray
 from mini_vllm.engine.scheduler import ScheduledBatch
 from mini_vllm.engine_args import EngineArgs
 from mini_vllm.model.attention import AttnMetadata, build_group
@@ -45,6 +47,9 @@ class StepInputs:
     # (a single group); every row is sampled, in order (sample_rows == range(len(input_ids)))
     all_decode: bool = False
     sample_all: bool = False
+    # the sequences' block tables in token order, int32 [sequences, width], zero-padded/truncated to
+    # width = ceil(max context / block_size) (None when built without a BlockTableArray)
+    block_table_array: np.ndarray | None = field(default=None, compare=False)
 
 
 def resolve_device_dtype(args: EngineArgs) -> tuple[torch.device, torch.dtype]:
@@ -63,7 +68,7 @@ def resolve_device_dtype(args: EngineArgs) -> tuple[torch.device, torch.dtype]:
     return device, dtype
 
 
-def build_step_inputs(batch: ScheduledBatch, block_size: int) -> StepInputs:
+def build_step_inputs(batch: ScheduledBatch, block_size: int, tables: BlockTableArray | None = None) -> StepInputs:
     """Flatten a scheduled batch; decodes (1 new token) form one group, each prefill chunk its own.
 
     Decodes (the common case, up to max_num_seqs of them a step) take a fast path: one token, one
@@ -101,7 +106,13 @@ def build_step_inputs(batch: ScheduledBatch, block_size: int) -> StepInputs:
         groups.insert(0, decode)
     all_decode = len(groups) == 1 and bool(d_ctx)
     sample_all = all_decode and -1 not in sample_rows
-    return StepInputs(ids, pos, slots, groups, sample_rows, all_decode, sample_all)
+    table_array = None
+    if tables is not None and batch.seqs:
+        ctx = max(d_ctx) if d_ctx else 0
+        for g in groups[1 if d_ctx else 0:]:
+            ctx = max(ctx, g.context_lens[0])
+        table_array = tables.gather(batch.seqs, max(1, -(-ctx // block_size)))
+    return StepInputs(ids, pos, slots, groups, sample_rows, all_decode, sample_all, table_array)
 
 
 class ModelRunner:

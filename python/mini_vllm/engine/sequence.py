@@ -45,13 +45,15 @@ class Request:
 class Sequence:
     __slots__ = ("req", "index", "seq_id", "token_ids", "num_prompt_tokens", "block_table", "num_computed_tokens",
                  "num_hashed_blocks", "status", "generator", "decoder", "text", "sent_text_len", "sent_tokens",
-                 "logprobs", "sent_logprobs", "finish_reason", "stop_reason", "error", "leader", "max_tokens", "params")
+                 "logprobs", "sent_logprobs", "finish_reason", "stop_reason", "error", "leader", "max_tokens", "params",
+                 "block_row")
 
     def __init__(self, req: Request, index: int, seq_id: int, max_tokens: int):
         self.req, self.index, self.seq_id = req, index, seq_id
         self.token_ids: list[int] = list(req.prompt_token_ids)
         self.num_prompt_tokens = len(req.prompt_token_ids)
         self.block_table: list[int] = []
+        self.block_row = -1               # its row in the BlockManager's BlockTableArray (-1: none)
         self.num_computed_tokens = 0      # tokens whose KV is in the cache
         self.num_hashed_blocks = 0        # leading full blocks registered in the prefix cache
         self.status = Status.WAITING
