@@ -149,6 +149,28 @@ def measure_once(srv: ServerProcess, conc: int, tokens: int, step_ms: float) -> 
     return res
 
 
+# ---- per-event encoding, in-process -------------------------------------------------------------
+def encode_peer(n: int = 100_000) -> tuple[float, float]:
+    """µs per text_completion chunk: the general encoder (json.dumps of dict(head, choices=...), as the
+    server did before) vs the precomputed prefix + C string encoder (sse.Chunks); outputs must match."""
+    import timeit
+    from mini_vllm.api import sse
+
+    head = {"id": sse.new_id("cmpl"), "object": "text_completion", "created": sse.now(), "model": "gpt-oss-20b"}
+    breakers = str.maketrans({"\u2028": "\\u2028", "\u2029": "\\u2029", "\x85": "\\u0085"})
+
+    def general(text: str) -> bytes:
+        choice = {"index": 0, "text": text, "logprobs": None, "finish_reason": None, "stop_reason": None}
+        return b"data: " + json.dumps(dict(head, choices=[choice]), separators=(",", ":"),
+                                      ensure_ascii=False).translate(breakers).encode() + b"\n\n"
+
+    chunks = sse.Chunks(head)
+    fast = lambda text: chunks.event([chunks.text_choice(0, text, None, None)])  # noqa: E731
+    if general(" hello\u2028") != fast(" hello\u2028"):
+        raise RuntimeError("sse.Chunks differs from the general encoding")
+    return tuple(timeit.timeit(lambda: f(" hello"), number=n) / n * 1e6 for f in (general, fast))  # type: ignore
+
+
 # ---- driver ------------------------------------------------------------------------------------
 HEAD = ["GPU+host ms", "streams", "coalesce", "switch ms", "loop", "deliver in GPU wait", "output tok/s", "server CPU s / 1k tok", "tok / event",
         "ITL p50 ms", "ITL p99 ms", "step +ms p50", "step +ms mean"]
@@ -184,10 +206,10 @@ def main() -> None:
     concs = [int(c) for c in a.conc.split(",")]
     switches = [float(x) for x in a.switch_ms.split(",")]
     # (GPU ms, host ms, coalesce, switch ms, loop, deliver in the GPU wait)
-    configs = [(0.0, 0.0, coalesce, switches[0], "uvloop", False) for coalesce in (False, True)]
+    configs = [(0.0, 0.0, coalesce, switches[0], "auto", False) for coalesce in (False, True)]
     step, host = a.step_ms, a.host_ms
-    configs += [(step, host, False, switches[0], "uvloop", False), (step, host, True, switches[0], "uvloop", False)]
-    configs += [(step, host, True, sw, "uvloop", True) for sw in switches]
+    configs += [(step, host, False, switches[0], "auto", False), (step, host, True, switches[0], "auto", False)]
+    configs += [(step, host, True, sw, "auto", True) for sw in switches]
     configs += [(step, host, True, switches[0], "asyncio", True)]            # peer: without uvloop
     cells = [(cfg, conc) for cfg in configs for conc in (concs if cfg[0] == 0 else [a.step_conc])]
     runs: dict[tuple, list[dict[str, Any]]] = {cell: [] for cell in cells}
@@ -209,14 +231,18 @@ def main() -> None:
     rows = [_row(f"{cfg[0]:g}+{cfg[1]:g}" if cfg[0] else "0", conc, *cfg[2:], results[(cfg, conc)])
             for cfg, conc in cells]
     srv_cpus, cli_cpus = cpu_split()
+    slow, fast = encode_peer()
+    print(f"one chunk's encoding: general json.dumps {slow:.2f} us, sse.Chunks {fast:.2f} us ({slow / fast:.1f}x)")
+    import importlib.util
+    auto = "uvloop" if importlib.util.find_spec("uvloop") else "asyncio (uvloop not installed)"
     print(f"API layer, stand-in engine, {a.tokens} tokens/request, median of {a.repeat}; server on "
-          f"{len(srv_cpus)} CPU(s), client on {len(cli_cpus)}\n")
+          f"{len(srv_cpus)} CPU(s), client on {len(cli_cpus)}; loop 'auto' = {auto}\n")
     print("| " + " | ".join(HEAD) + " |\n|" + "---|" * len(HEAD))
     for row in rows:
         print("| " + " | ".join(row) + " |")
     for conc in concs:
-        off = results[((0.0, 0.0, False, switches[0], "uvloop", False), conc)]
-        on = results[((0.0, 0.0, True, switches[0], "uvloop", False), conc)]
+        off = results[((0.0, 0.0, False, switches[0], "auto", False), conc)]
+        on = results[((0.0, 0.0, True, switches[0], "auto", False), conc)]
         print(f"{conc} streams: coalescing on/off tok/s {on['tok_s'] / off['tok_s']:.2f}x, "
                       f"CPU per token {on['server_cpu_per_1k'] / off['server_cpu_per_1k']:.2f}x")
 
