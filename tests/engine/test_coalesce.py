@@ -164,12 +164,7 @@ def test_outputs_handed_over_in_the_gpu_wait_hook_stay_exact_and_ordered(tiny_di
 
     async def one(i: int, text: str):
         ids = eng.tokenizer.encode(text)
-        toks, text_out, outs = [], "", []
-        async for out in eng.generate(f"h{i}", ids, params):
-            toks += out.outputs[0].token_ids_delta
-            text_out += out.outputs[0].text_delta
-            outs.append(out)
-        return ids, toks, text_out, outs
+        return ids, [out async for out in eng.generate(f"h{i}", ids, params)]
 
     async def main():
         return await asyncio.gather(*[one(i, t) for i, t in enumerate(texts)])
@@ -179,10 +174,12 @@ def test_outputs_handed_over_in_the_gpu_wait_hook_stay_exact_and_ordered(tiny_di
         results = asyncio.run(main())
     finally:
         eng.shutdown()
-    for ids, toks, text_out, outs in results:
+    for ids, outs in results:
+        final = outs[-1].outputs[0]
         assert outs[-1].finished and sum(o.finished for o in outs) == 1
-        assert toks == outs[-1].outputs[0].token_ids == ref.generate([ids], params)[0].outputs[0].token_ids
-        assert text_out == outs[-1].outputs[0].text
+        assert [t for o in outs for t in o.outputs[0].token_ids_delta] == final.token_ids
+        assert final.token_ids == ref.generate([ids], params)[0].outputs[0].token_ids
+        assert "".join(o.outputs[0].text_delta for o in outs) == final.text
     if defer == "1":
         assert any(delivered) and not all(delivered)   # most from inside the next step; the last at once
     else:
