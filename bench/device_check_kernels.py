@@ -329,13 +329,46 @@ def check_fa3(iters: int) -> None:
         check("fa3", name, lambda: rel_l2(ours(), ref()), ours, ref, max(5, iters // 5))
 
 
+def check_fa3_plan(iters: int) -> None:
+    """24 GPT-OSS attention layers (window 128 / full alternating) with FA3's scheduler metadata computed
+    once per kind per step (StepPlan) vs FA3 computing it in every call; timed in CUDA graphs."""
+    if DEV != "cuda":
+        print("skip fa3_plan: needs the GPU")
+        return
+    cases = [("decode b=1 k=4096", [1], [4096]),
+             ("decode b=64 mixed k", [1] * 64, [int(x) for x in torch.randint(1, 3000, (64,))]),
+             ("decode b=256 mixed k", [1] * 256, [int(x) for x in torch.randint(1, 2048, (256,))])]
+    layers = 24
+    for name, lq, lk in cases:
+        q, kc, vc, table, cu, seqused, sinks = _paged_batch(lq, lk, 64, 8, 16)
+        outs = [nan_like(q) for _ in range(layers)]
+
+        def step(use_plan: bool) -> None:
+            plan = attention_fa3.StepPlan(layers, len(lk), q.device) if use_plan else None
+            for i in range(layers):
+                attention_fa3.fa3_attention(q, kc, vc, table, cu, seqused, max(lq), max(lk), causal=True,
+                                            sliding_window=128 if i % 2 == 0 else None, sinks=sinks,
+                                            softmax_scale=0.125, out=outs[i], plan=plan, layer=i)
+
+        def run() -> float:
+            step(False)
+            want = [o.clone() for o in outs]
+            for o in outs:
+                o.fill_(float("nan"))
+            step(True)
+            return max(rel_l2(o, w) for o, w in zip(outs, want))
+        check("fa3 step plan", f"{name} x{layers} layers", run, lambda: step(True), lambda: step(False),
+              max(5, iters // 5), tol=1e-3, timer=lambda fn, n: bench_graph(fn, n, calls=1))
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--ext-dir", help="directory holding mini_vllm_kernels.so / mini_vllm_fa3.so")
     ap.add_argument("--iters", type=int, default=50)
     ap.add_argument("--json", help="write the rows here")
     ap.add_argument("--only", default="",
-                    help="comma-separated groups: norms,rope,kv,swiglu,mxfp4,routing,router_fused,rope_kv_fused,fa3")
+                    help="comma-separated groups: norms,rope,kv,swiglu,mxfp4,routing,router_fused,rope_kv_fused,fa3,"
+                         "fa3_plan")
     ap.add_argument("--cpu-dry-run", action="store_true",
                     help="exercise the script's logic on CPU (references vs themselves, no timing)")
     args = ap.parse_args()
@@ -360,7 +393,7 @@ def main() -> int:
         print(f"kernels module not usable: {ext.load_errors.get('mini_vllm_kernels', 'no CUDA device')}")
     groups = {"norms": check_norms, "rope": check_rope, "kv": check_kv_cache, "swiglu": check_swiglu,
               "mxfp4": check_mxfp4, "routing": check_routing, "router_fused": check_router_fused,
-              "rope_kv_fused": check_rope_kv_fused, "fa3": check_fa3}
+              "rope_kv_fused": check_rope_kv_fused, "fa3": check_fa3, "fa3_plan": check_fa3_plan}
     wanted = [g for g in args.only.split(",") if g] or list(groups)
     for g in wanted:
         try:

@@ -129,11 +129,20 @@ MV_API size_t mv_fa3_workspace_bytes(int batch, int total_q, int num_heads_q, in
 // seqused_k: int32 [batch] (keys per sequence, queries are its last tokens: bottom-right causal);
 // window_left: keys visible to the left of the query's own position (GPT-OSS sliding layers: 127), -1 = all;
 // sinks: bf16 [Hq] or NULL; num_splits: 0 = heuristic, else forced (capped by the workspace and 256).
+//
+// Scheduler metadata shared across layers (sched_mode): the varlen scheduler's per-sequence split counts
+// depend only on the step's batch and the attention kind (window), not on the layer, yet FA3 recomputes
+// them (prepare_varlen_num_blocks, one launch) in every call. sched_mode 0: as FA3 does, in the
+// workspace. 1: compute them into `sched` (int32 [batch]) and use them. 2: use `sched` as a previous
+// mode-1 call with the same sizes, window, num_splits and workspace_bytes left it - no scheduler launch.
+// In modes 1 and 2 `semaphore` (one int32, 0 on entry; a zeroed int per layer) is this call's tile
+// counter, so the caller zeroes all layers' counters with one memset per step.
 MV_API int mv_fa3_fwd(void* out, const void* q, const void* k_cache, const void* v_cache, const int* page_table,
                       int max_pages_per_seq, const int* cu_seqlens_q, const int* seqused_k, int batch, int total_q,
                       int max_seqlen_q, int max_seqlen_k, int num_heads_q, int num_heads_kv, int head_dim,
                       int num_pages, int page_size, float softmax_scale, int causal, int window_left,
-                      const void* sinks, int num_splits, void* workspace, size_t workspace_bytes, void* stream_) {
+                      const void* sinks, int num_splits, void* workspace, size_t workspace_bytes, int* sched,
+                      int* semaphore, int sched_mode, void* stream_) {
   g_last_error.clear();
   try {
     const cudaStream_t stream = static_cast<cudaStream_t>(stream_);
@@ -144,6 +153,8 @@ MV_API int mv_fa3_fwd(void* out, const void* q, const void* k_cache, const void*
     require(cu_seqlens_q && seqused_k, "cu_seqlens_q and seqused_k are required");
     require(!sinks || num_heads_q <= 64, "sinks need <= 64 query heads");
     require(num_splits >= 0 && num_splits <= kMaxSplits, "num_splits must be in [0, 256]");
+    require(sched_mode >= 0 && sched_mode <= 2, "sched_mode must be 0, 1 or 2");
+    require(sched_mode == 0 || (sched && semaphore), "sched_mode 1/2 need sched and semaphore");
     int device = 0, major = 0, minor = 0, sms = 0;
     if (cudaError_t e = cudaGetDevice(&device)) return e;
     cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device);
@@ -223,10 +234,11 @@ MV_API int mv_fa3_fwd(void* out, const void* q, const void* k_cache, const void*
     p.num_splits = std::max(splits, 1);
     p.pack_gqa = choose_pack_gqa(p);
 
-    int* sem = reinterpret_cast<int*>(ws + need1.sem);
+    int* sem = sched_mode ? semaphore : reinterpret_cast<int*>(ws + need1.sem);
     p.tile_count_semaphore = sem;  // varlen always uses the dynamic persistent scheduler
-    p.num_splits_dynamic_ptr = dynamic_split ? sem + 1 : nullptr;
-    if (!dynamic_split) {
+    p.num_splits_dynamic_ptr = !dynamic_split ? nullptr : sched_mode ? sched : sem + 1;
+    p.skip_scheduler_metadata_computation = dynamic_split && sched_mode == 2;
+    if (!dynamic_split && sched_mode == 0) {  // otherwise the scheduler kernel or the caller zeroes it
       if (cudaError_t e = cudaMemsetAsync(sem, 0, sizeof(int), stream)) return e;
     }
     if (p.num_splits > 1) {

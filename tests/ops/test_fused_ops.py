@@ -184,3 +184,19 @@ def test_check_fused_does_not_claim_fused_for_inputs_the_kernels_do_not_take(cap
     with caplog.at_level(logging.WARNING, logger=cuda_forward.__name__):
         assert cuda_forward.check_fused(_fake_model(torch.float32)) == ("unfused", "unfused")
     assert caplog.text.count("does not take these inputs") == 2
+
+
+def test_fa3_step_plan_computes_once_per_attention_kind_and_gives_each_layer_its_counter():
+    from mini_vllm.ops.attention_fa3 import StepPlan
+
+    plan = StepPlan(num_layers=6, batch=3, device=torch.device("cpu"), max_kinds=2)
+    assert torch.equal(plan.semaphores, torch.zeros(6, dtype=torch.int32))
+    calls = [plan.args(i, 127 if i % 2 == 0 else -1, 0, 3) for i in range(6)]
+    assert [mode for _, _, mode in calls] == [1, 1, 2, 2, 2, 2]             # sliding, full, then reuse
+    assert {sched for sched, _, _ in calls[0::2]} == {plan.sched[0].data_ptr()}
+    assert {sched for sched, _, _ in calls[1::2]} == {plan.sched[1].data_ptr()}
+    assert [sem for _, sem, _ in calls] == [plan.semaphores[i].data_ptr() for i in range(6)]
+    with pytest.raises(ValueError, match="batch 3, called with 4"):
+        plan.args(0, 127, 0, 4)
+    with pytest.raises(ValueError, match="holds 2 attention kinds"):
+        plan.args(0, 127, 8, 3)                                             # forced splits: a third kind

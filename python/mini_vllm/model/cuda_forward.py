@@ -51,9 +51,11 @@ class Backends:
     kernels: bool                  # our C-ABI kernels (norms, rope, kv write, routing)
     router: str = "unfused"        # "fused": router GEMM + top-k in one kernel; "unfused": GEMM, then top-k
     rope_kv: str = "unfused"       # "fused": RoPE + KV-cache write in one kernel; "unfused": two launches
+    fa3_sched: str = "per-layer"   # FA3 scheduler metadata: "per-step" (shared by the layers) | "per-layer"
 
     def describe(self) -> str:
-        return (f"attention={self.attention}, moe={self.moe}, "
+        fa3 = f" (scheduler {self.fa3_sched})" if self.attention == "fa3" else ""
+        return (f"attention={self.attention}{fa3}, moe={self.moe}, "
                 f"fused ops={'ours (CUDA)' if self.kernels else 'torch'}, "
                 f"router+top-k={self.router}, rope+kv-write={self.rope_kv}")
 
@@ -84,6 +86,19 @@ def check_fused(model: GptOssModel) -> tuple[str, str]:
     return ("unfused" if problems["router"] else "fused"), ("unfused" if problems["rope_kv"] else "fused")
 
 
+def check_fa3_sched(model: GptOssModel) -> str:
+    """"per-step" if FA3 with scheduler metadata shared across layers matches FA3 per call here."""
+    from mini_vllm.ops import selfcheck
+
+    if os.environ.get(FUSED_ENV, "1") == "0":
+        return "per-layer"
+    problem = selfcheck.fa3_plan_problem(model.n_heads, model.n_kv, model.device)
+    if problem:
+        log.warning("FA3 with per-step scheduler metadata disagrees with per-call FA3 (%s): keeping FA3's "
+                    "scheduler launch in every layer", problem)
+    return "per-layer" if problem else "per-step"
+
+
 def select_backends(model: GptOssModel, prefer: str = "auto") -> Backends:
     """Pick the fastest backend available for this model on this GPU; `prefer` forces attention."""
     from mini_vllm.ops import attention_fa3
@@ -98,7 +113,8 @@ def select_backends(model: GptOssModel, prefer: str = "auto") -> Backends:
     kernels = ops.kernels_available()
     router, rope_kv = check_fused(model) if kernels else ("unfused", "unfused")
     return Backends(attention="fa3" if fa3_ok else "triton", moe="triton-mxfp4" if packed else "torch",
-                    kernels=kernels, router=router, rope_kv=rope_kv)
+                    kernels=kernels, router=router, rope_kv=rope_kv,
+                    fa3_sched=check_fa3_sched(model) if fa3_ok else "per-layer")
 
 
 class CudaForward:
@@ -134,14 +150,14 @@ class CudaForward:
 
     # ---- pieces --------------------------------------------------------------------------------
     def _attention(self, i: int, q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
-                   a: CudaAttnInputs) -> torch.Tensor:
+                   a: CudaAttnInputs, plan=None) -> torch.Tensor:
         window = self.cfg.sliding_window if self.cfg.is_sliding(i) else None
         if self.backends.attention == "fa3":
             from mini_vllm.ops.attention_fa3 import fa3_attention
 
             return fa3_attention(q, k_cache, v_cache, a.block_table, a.cu_seqlens_q, a.seqused_k,
                                  a.max_seqlen_q, a.max_seqlen_k, causal=True, sliding_window=window,
-                                 sinks=self.sinks[i], softmax_scale=self.m.scale)
+                                 sinks=self.sinks[i], softmax_scale=self.m.scale, plan=plan, layer=i)
         from mini_vllm.ops.triton import paged_attention as triton_paged_attention
 
         return triton_paged_attention(q, k_cache, v_cache, a.cu_seqlens_q, a.seqused_k, a.block_table,
@@ -174,6 +190,11 @@ class CudaForward:
         qd, kvd = m.n_heads * d, m.n_kv * d
         residual = F.embedding(input_ids, m.embed)
         x = ops.rms_norm(residual, self.ln1[0], eps)
+        plan = None
+        if self.backends.attention == "fa3" and self.backends.fa3_sched == "per-step":
+            from mini_vllm.ops.attention_fa3 import StepPlan
+
+            plan = StepPlan(len(m.layers), a.seqused_k.shape[0], residual.device)
         for i, lw in enumerate(m.layers):
             qkv = F.linear(x, lw.qkv_w, lw.qkv_b)
             q = qkv[:, :qd].view(-1, m.n_heads, d)
@@ -184,7 +205,7 @@ class CudaForward:
             q = ops.rope_write_kv(q, k, v, k_cache, v_cache, a.positions, a.slot_mapping, self.cos_sin,
                                   fused=self.backends.rope_kv == "fused",
                                   q_out=torch.empty(q.shape, dtype=q.dtype, device=q.device))
-            attn = self._attention(i, q, k_cache, v_cache, a)
+            attn = self._attention(i, q, k_cache, v_cache, a, plan)
             o = m.all_reduce(F.linear(attn.view(-1, qd), lw.o_w, lw.o_b))
             x, residual = ops.fused_add_rms_norm(o, residual, self.ln2[i], eps)
             y = m.all_reduce(self._moe(i, x))

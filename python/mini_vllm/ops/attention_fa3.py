@@ -52,12 +52,14 @@ def fa3_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
                   cu_seqlens_q: torch.Tensor, seqused_k: torch.Tensor, max_seqlen_q: int, max_seqlen_k: int, *,
                   causal: bool = True, sliding_window: int | None = None, sinks: torch.Tensor | None = None,
                   softmax_scale: float | None = None, num_splits: int = 0, out: torch.Tensor | None = None,
-                  workspace: torch.Tensor | None = None, module: Module | None = None) -> torch.Tensor:
+                  workspace: torch.Tensor | None = None, module: Module | None = None,
+                  plan: "StepPlan | None" = None, layer: int = 0) -> torch.Tensor:
     """FA3 forward. Semantics identical to ops.paged_attention.paged_attention (see there).
 
     sliding_window W: each query sees keys pos > qpos - W (GPT-OSS: 128 -> FA3 window_size_left 127).
     num_splits: 0 = FA3's heuristic, 1 = no split-KV, n = n splits (capped by the workspace and 256).
     workspace: uint8 CUDA tensor of >= workspace_bytes(...); allocated per call when omitted.
+    plan, layer: share FA3's scheduler metadata across the layers of one step (see StepPlan).
     """
     mod = module or try_load(MODULE)
     if mod is None:
@@ -79,13 +81,43 @@ def fa3_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
         workspace = torch.empty(need, dtype=torch.uint8, device=q.device)
     scale = softmax_scale if softmax_scale is not None else HEAD_DIM ** -0.5
     window_left = -1 if sliding_window is None else sliding_window - 1
+    sched, semaphore, sched_mode = plan.args(layer, window_left, num_splits, batch) if plan else (None, None, 0)
     mod.call("mv_fa3_fwd", out.data_ptr(), q.data_ptr(), k_cache.data_ptr(), v_cache.data_ptr(),
              page_table.data_ptr(), page_table.shape[1], cu_seqlens_q.data_ptr(), seqused_k.data_ptr(),
              batch, total_q, max_seqlen_q, max_seqlen_k, hq, k_cache.shape[2], HEAD_DIM,
              k_cache.shape[0], k_cache.shape[1], scale, int(causal), window_left,
              sinks.data_ptr() if sinks is not None else None, num_splits,
-             workspace.data_ptr(), workspace.numel(), torch.cuda.current_stream(q.device).cuda_stream)
+             workspace.data_ptr(), workspace.numel(), sched, semaphore, sched_mode,
+             torch.cuda.current_stream(q.device).cuda_stream)
     return out
+
+
+class StepPlan:
+    """FA3 scheduler metadata computed once per attention kind per step, not once per layer.
+
+    FA3 runs its varlen scheduler kernel (prepare_varlen_num_blocks, ~2.3 us on the H100) in every call,
+    though its result depends only on the step's batch and the window. With a plan the first layer of
+    each kind (window, num_splits) computes it into the plan (sched_mode 1), later layers reuse it
+    (sched_mode 2, no launch); every layer has its own tile counter, all zeroed by one memset when the
+    plan is made. Make one per forward (the batch must not change within it); graph-capturable.
+    """
+
+    def __init__(self, num_layers: int, batch: int, device: torch.device, max_kinds: int = 4):
+        self.semaphores = torch.zeros(num_layers, dtype=torch.int32, device=device)
+        self.sched = torch.empty(max_kinds, max(batch, 1), dtype=torch.int32, device=device)
+        self.kinds: dict[tuple[int, int], int] = {}
+
+    def args(self, layer: int, window_left: int, num_splits: int, batch: int) -> tuple[int, int, int]:
+        """(sched pointer, semaphore pointer, sched_mode) for this layer's call."""
+        if batch > self.sched.shape[1]:
+            raise ValueError(f"fa3 plan made for batch {self.sched.shape[1]}, called with {batch}")
+        key = (window_left, num_splits)
+        mode = 2 if key in self.kinds else 1
+        if mode == 1:
+            if len(self.kinds) == self.sched.shape[0]:
+                raise ValueError(f"fa3 plan holds {self.sched.shape[0]} attention kinds")
+            self.kinds[key] = len(self.kinds)
+        return self.sched[self.kinds[key]].data_ptr(), self.semaphores[layer].data_ptr(), mode
 
 
 def fa3_supported(q: torch.Tensor, sinks: torch.Tensor | None) -> bool:

@@ -52,7 +52,9 @@ SIGNATURES: dict[str, dict[str, tuple[object, list[object]]]] = {
             _I32, _I32,                # num_pages, page_size
             _F32, _I32, _I32,          # softmax_scale, causal, window_left
             _P, _I32,                  # sinks, num_splits
-            _P, _SZ, _P,               # workspace, workspace_bytes, stream
+            _P, _SZ,                   # workspace, workspace_bytes
+            _P, _P, _I32,              # sched, semaphore, sched_mode (scheduler metadata shared by layers)
+            _P,                        # stream
         ]),
     },
 }

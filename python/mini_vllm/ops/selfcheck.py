@@ -137,3 +137,47 @@ def rope_write_kv_problem(num_heads: int, num_kv_heads: int, head_dim: int, dtyp
             if bad:
                 return f"T={t} ({mode}): " + ", ".join(f"{name} rel err {e:.2e}" for name, e in bad.items())
     return None
+
+
+def fa3_plan_problem(num_heads: int, num_kv_heads: int, device: torch.device, page_size: int = 16,
+                     seed: int = 0) -> str | None:
+    """FA3 with scheduler metadata shared across layers (attention_fa3.StepPlan) vs FA3 per call.
+
+    Four "layers" alternate a 128-key window and full attention over one random paged batch (decode rows
+    and a short prefill, uneven lengths), as GPT-OSS does; each output must match the plain call.
+    """
+    from mini_vllm.ops import attention_fa3
+
+    gen = torch.Generator(device=device).manual_seed(seed)
+    lens_q, lens_k = [1, 1, 1, 5], [700, 40, 1500, 5]
+    pages = [(n + page_size - 1) // page_size for n in lens_k]
+    num_pages = sum(pages) + 4
+    d = attention_fa3.HEAD_DIM
+
+    def rnd(*shape):
+        return torch.randn(*shape, generator=gen, device=device).to(torch.bfloat16)
+
+    q, kc, vc, sinks = rnd(sum(lens_q), num_heads, d), rnd(num_pages, page_size, num_kv_heads, d), \
+        rnd(num_pages, page_size, num_kv_heads, d), rnd(num_heads)
+    perm = torch.randperm(num_pages, generator=gen, device=device).to(torch.int32)
+    table = torch.zeros(len(lens_k), max(pages), dtype=torch.int32, device=device)
+    used = 0
+    for i, n in enumerate(pages):
+        table[i, :n] = perm[used:used + n]
+        used += n
+    cu = torch.tensor([0, *torch.tensor(lens_q).cumsum(0).tolist()], dtype=torch.int32, device=device)
+    seqused = torch.tensor(lens_k, dtype=torch.int32, device=device)
+    try:
+        plan = attention_fa3.StepPlan(4, len(lens_k), device)
+        for layer, window in enumerate((128, None, 128, None)):
+            kw = dict(causal=True, sliding_window=window, sinks=sinks, softmax_scale=0.125)
+            want = attention_fa3.fa3_attention(q, kc, vc, table, cu, seqused, max(lens_q), max(lens_k), **kw)
+            got = attention_fa3.fa3_attention(q, kc, vc, table, cu, seqused, max(lens_q), max(lens_k), plan=plan,
+                                              layer=layer, **kw)
+            _sync(device)
+            err = rel_l2(got, want)
+            if err > 1e-3:
+                return f"layer {layer} (window {window}): rel err {err:.2e} against the per-call scheduler"
+    except Exception as exc:  # noqa: BLE001 - any failure means: keep FA3's per-call scheduler
+        return f"{type(exc).__name__}: {exc}"
+    return None
