@@ -140,9 +140,13 @@ class CudaStep:
         width = max(1, -(-max(seqs.ctx_lens) // self.block_size))
         table = st.table[:bucket * width].view(bucket, width)
         t = table.numpy()
-        for i, bt in enumerate(seqs.tables):
-            m = min(len(bt), width)
-            t[i, :m] = bt[:m]
+        arr = getattr(inp, "block_table_array", None)    # the engine's numpy mirror of the block tables
+        if arr is not None and arr.shape == (n, width):
+            t[:n] = arr
+        else:
+            for i, bt in enumerate(seqs.tables):
+                m = min(len(bt), width)
+                t[i, :m] = bt[:m]
         t[n:, 0] = 0                               # pads read one key of block 0
         buf["i64"].copy_(i64, non_blocking=True)
         buf["used"].copy_(used, non_blocking=True)
