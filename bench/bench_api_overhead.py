@@ -11,7 +11,8 @@ own step work subtracted), tokens per SSE event, client-side per-token latency p
 simulated GPU step (`--step-ms`, slept with the GIL released) how much each engine step grows beyond it.
 Server and client run on disjoint CPUs. Peers in the same script: stream coalescing off
 (MINI_VLLM_STREAM_COALESCE=0) vs on, outputs handed over at once vs from the engine's gpu_wait_hook
-(MINI_VLLM_DELIVER_IN_GPU_WAIT), uvloop vs asyncio's own loop, and the GIL switch
+(MINI_VLLM_DELIVER_IN_GPU_WAIT), gc.freeze() after start-up or not (MINI_VLLM_GC_FREEZE), uvloop vs
+asyncio's own loop, and the GIL switch
 interval 5 ms (Python's default) vs a shorter one (MINI_VLLM_SWITCH_INTERVAL_MS). Each cell is the
 median of --repeat runs (the machine is shared; single runs are noisy).
 
@@ -115,11 +116,12 @@ def run_client(url: str, conc: int, tokens: int) -> dict[str, Any]:
 
 # ---- one server configuration ------------------------------------------------------------------
 def start(model: Path, log_dir: str, step_ms: float, host_ms: float, coalesce: bool, switch_ms: float,
-          loop: str, defer: bool, max_seqs: int, gil_releases: int) -> ServerProcess:
+          loop: str, defer: bool, freeze: bool, max_seqs: int, gil_releases: int) -> ServerProcess:
     port = free_port()
     log_path = Path(log_dir) / f"server-{port}.log"
     env = dict(os.environ, MINI_VLLM_STREAM_COALESCE="1" if coalesce else "0",
-               MINI_VLLM_SWITCH_INTERVAL_MS=str(switch_ms), MINI_VLLM_DELIVER_IN_GPU_WAIT="1" if defer else "0")
+               MINI_VLLM_SWITCH_INTERVAL_MS=str(switch_ms), MINI_VLLM_DELIVER_IN_GPU_WAIT="1" if defer else "0",
+               MINI_VLLM_GC_FREEZE="1" if freeze else "0")
     cmd = [sys.executable, str(ROOT / "bench" / "api_overhead_server.py"), str(model), "--step-ms", str(step_ms),
            "--host-ms", str(host_ms),
            "--gil-releases", str(gil_releases),
@@ -145,7 +147,8 @@ def measure_once(srv: ServerProcess, conc: int, tokens: int, step_ms: float) -> 
     res.update(server_cpu_per_1k=cpu / res["tokens"] * 1000, tok_s=res["tokens"] / res["wall"],
                tok_per_event=res["tokens"] / max(1, res["events"]),
                step_extra_p50=extra[len(extra) // 2] if extra else float("nan"),
-               step_extra_mean=statistics.fmean(extra) if extra else float("nan"))
+               step_extra_mean=statistics.fmean(extra) if extra else float("nan"),
+               step_extra_max=extra[-1] if extra else float("nan"))
     return res
 
 
@@ -172,16 +175,20 @@ def encode_peer(n: int = 100_000) -> tuple[float, float]:
 
 
 # ---- driver ------------------------------------------------------------------------------------
-HEAD = ["GPU+host ms", "streams", "coalesce", "switch ms", "loop", "deliver in GPU wait", "output tok/s", "server CPU s / 1k tok", "tok / event",
-        "ITL p50 ms", "ITL p99 ms", "step +ms p50", "step +ms mean"]
+HEAD = ["GPU+host ms", "streams", "coalesce", "switch ms", "loop", "deliver in GPU wait", "gc.freeze", "output tok/s",
+        "server CPU s / 1k tok", "tok / event",
+        "ITL p50 ms", "ITL p99 ms", "step +ms p50", "step +ms mean", "step +ms max"]
 
 
-def _row(step: str, conc: int, coalesce: bool, switch: float, loop: str, defer: bool, r: dict[str, Any]) -> list[str]:
+def _row(step: str, conc: int, coalesce: bool, switch: float, loop: str, defer: bool, freeze: bool,
+         r: dict[str, Any]) -> list[str]:
     return [step, str(conc), "on" if coalesce else "off", f"{switch:g}", loop, "yes" if defer else "no",
+            "yes" if freeze else "no",
             f"{r['tok_s']:,.0f}", f"{r['server_cpu_per_1k']:.3f}", f"{r['tok_per_event']:.2f}",
             f"{r['itl_p50'] * 1000:.2f}", f"{r['itl_p99'] * 1000:.2f}",
             f"{r['step_extra_p50']:.2f}" if step != "0" else "-",
-            f"{r['step_extra_mean']:.2f}" if step != "0" else "-"]
+            f"{r['step_extra_mean']:.2f}" if step != "0" else "-",
+            f"{r['step_extra_max']:.2f}" if step != "0" else "-"]
 
 
 def main() -> None:
@@ -205,12 +212,14 @@ def main() -> None:
 
     concs = [int(c) for c in a.conc.split(",")]
     switches = [float(x) for x in a.switch_ms.split(",")]
-    # (GPU ms, host ms, coalesce, switch ms, loop, deliver in the GPU wait)
-    configs = [(0.0, 0.0, coalesce, switches[0], "auto", False) for coalesce in (False, True)]
+    # (GPU ms, host ms, coalesce, switch ms, loop, deliver in the GPU wait, gc.freeze after start-up)
+    configs = [(0.0, 0.0, coalesce, switches[0], "auto", False, True) for coalesce in (False, True)]
     step, host = a.step_ms, a.host_ms
-    configs += [(step, host, False, switches[0], "auto", False), (step, host, True, switches[0], "auto", False)]
-    configs += [(step, host, True, sw, "auto", True) for sw in switches]
-    configs += [(step, host, True, switches[0], "asyncio", True)]            # peer: without uvloop
+    configs += [(step, host, False, switches[0], "auto", False, False)]      # the server as it was before
+    configs += [(step, host, True, switches[0], "auto", False, True)]
+    configs += [(step, host, True, sw, "auto", True, True) for sw in switches]
+    configs += [(step, host, True, switches[0], "auto", True, False)]         # peer: no gc.freeze
+    configs += [(step, host, True, switches[0], "asyncio", True, True)]       # peer: without uvloop
     cells = [(cfg, conc) for cfg in configs for conc in (concs if cfg[0] == 0 else [a.step_conc])]
     runs: dict[tuple, list[dict[str, Any]]] = {cell: [] for cell in cells}
     with tempfile.TemporaryDirectory() as tmp:
@@ -218,7 +227,8 @@ def main() -> None:
         servers: dict[tuple, ServerProcess] = {}
         try:
             for cfg in configs:          # all up at once (idle ones cost nothing), measured round-robin so
-                servers[cfg] = start(model, tmp, *cfg, max(concs + [a.step_conc]), a.gil_releases)  # drift hits all alike
+                servers[cfg] = start(model, tmp, *cfg, max(concs + [a.step_conc]),  # drift hits all alike
+                                     a.gil_releases)
                 run_client(servers[cfg].url, 16, 8)                        # warm-up
             for rep in range(a.repeat):
                 for cfg, conc in cells:
@@ -241,8 +251,8 @@ def main() -> None:
     for row in rows:
         print("| " + " | ".join(row) + " |")
     for conc in concs:
-        off = results[((0.0, 0.0, False, switches[0], "auto", False), conc)]
-        on = results[((0.0, 0.0, True, switches[0], "auto", False), conc)]
+        off = results[((0.0, 0.0, False, switches[0], "auto", False, True), conc)]
+        on = results[((0.0, 0.0, True, switches[0], "auto", False, True), conc)]
         print(f"{conc} streams: coalescing on/off tok/s {on['tok_s'] / off['tok_s']:.2f}x, "
                       f"CPU per token {on['server_cpu_per_1k'] / off['server_cpu_per_1k']:.2f}x")
 

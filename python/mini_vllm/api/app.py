@@ -8,6 +8,7 @@ the reason in the error body, so `invoke rollout` can diagnose instead of seeing
 from __future__ import annotations
 
 import asyncio
+import gc
 import hmac
 import logging
 import os
@@ -34,6 +35,9 @@ OPEN_PATHS = ("/health", "/metrics", "/version", "/ping")
 # thread and the event loop share the GIL; bench/bench_api_overhead.py measured 5, 1 and 0.5 ms alike
 # at 256 streams with a simulated 20 ms GPU step, so the default is left alone; the knob is for A/B runs.
 SWITCH_INTERVAL_ENV = "MINI_VLLM_SWITCH_INTERVAL_MS"
+# "0": no gc.freeze() after the model loaded (the bench's peer). A full collection of the start-up heap
+# (~276k objects) takes ~200 ms on the CPU box, holding the GIL (bench/bench_engine_overhead.py --gc-freeze).
+GC_FREEZE_ENV = "MINI_VLLM_GC_FREEZE"
 
 
 def set_switch_interval(environ: Mapping[str, str] = os.environ) -> float:
@@ -76,7 +80,10 @@ def _load_in_background(state: ServerState, load: Callable[[], Any]) -> threadin
             log.exception("model load failed")
             return
         state.load_seconds = time.monotonic() - t0
-        state.engine = engine
+        if os.environ.get(GC_FREEZE_ENV, "1").strip() != "0":
+            gc.collect()
+            gc.freeze()                    # the start-up heap (torch, weights' wrappers, fastapi) is never
+        state.engine = engine              # scanned again: full collections stop stalling both threads
         log.info("model %s ready in %.1f s (max_model_len %s)", state.model_name, state.load_seconds,
                  getattr(engine.model_config, "max_model_len", "?"))
 
