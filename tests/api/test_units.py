@@ -98,3 +98,22 @@ def test_precomputed_chunks_match_the_general_encoding_byte_for_byte():
             assert chunks.event([encode(choice)]) == want == event(dict(head, choices=[choice]))
         two = [{"index": 0, "delta": {"content": "x"}}, {"index": 1, "delta": {}}]
         assert chunks.event([encode(c) for c in two]) == _old_event(dict(head, choices=two))
+
+
+def test_switch_interval_knob():
+    import sys
+
+    import pytest
+
+    from mini_vllm.api.app import SWITCH_INTERVAL_ENV, set_switch_interval
+
+    before = sys.getswitchinterval()
+    try:
+        assert set_switch_interval({}) == before                       # unset: left alone
+        assert abs(set_switch_interval({SWITCH_INTERVAL_ENV: "1"}) - 0.001) < 1e-9
+        for bad in ("0", "-1", "fast", "5000"):
+            with pytest.raises(ValueError, match=SWITCH_INTERVAL_ENV):
+                set_switch_interval({SWITCH_INTERVAL_ENV: bad})
+        assert abs(sys.getswitchinterval() - 0.001) < 1e-9              # a bad value changes nothing
+    finally:
+        sys.setswitchinterval(before)
