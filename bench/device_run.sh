@@ -21,7 +21,7 @@ for s in "$@"; do
       # only what the device lacks (fastapi, uvicorn, pydantic, ...), resolved from the carried wheels;
       # if the resolver refuses, the server's own deps go to /tmp/pydeps (on PYTHONPATH) without deps
       if [ -d .carry/wheels ]; then
-        python3 -m pip install --no-index --find-links .carry/wheels fastapi uvicorn httptools 2>&1 | grep -v "root user" | tail -3
+        python3 -m pip install --no-index --find-links .carry/wheels fastapi uvicorn httptools uvloop 2>&1 | grep -v "root user" | tail -3
         if ! python3 -c "import fastapi, uvicorn, pydantic" 2>/dev/null; then
           python3 -m pip install -q --no-deps --target /tmp/pydeps .carry/wheels/{fastapi,uvicorn,pydantic,pydantic_core,starlette,annotated_types,typing_inspection,annotated_doc}-*.whl 2>&1 | grep -v "root user" | tail -3
         fi

@@ -8,12 +8,9 @@ candidate first checked against a torch reference of its own stage (fresh random
 NaN-poisoned outputs, rel L2 < 2e-2), then timed as a CUDA graph (do_bench_cudagraph median).
 A failing candidate is recorded and the rest still run. The combined winner per T is re-checked
 end to end against fused_moe_reference and timed next to the shipped table's config.
-At T <= 8 the GEMV kernels (moe_gemv.py: block_n rows, block_k = 32 x 16-byte loads in flight per
-thread, warps, split_k - within gemv_rows_ok's layout rules; block_m = slots per
+At T <= 8 the GEMV kernels (moe_gemv.py: block_n/block_k/warps, down's split_k; block_m = slots per
 program, 1 = no align) are tried first, then the grouped GEMM; the per-T winner (either kernel) goes
 into the table with its "kernel" field. T <= 8 get twice the time share of larger T.
-From T = 16 the swap-AB GEMM (moe_gemm_swap.py, "kernel": "swap") is tried before the grouped one;
-to time swap vs grouped at every T give it room: --tokens 16 32 64 128 256 512 1024 --budget 480.
 
     OUT=/some/dir python3 bench/device_tune_moe.py          # H100: table + moe_tune.json + moe_configs.json
     python3 bench/device_tune_moe.py --smoke                # CPU interpreter, tiny shapes (script check)
@@ -27,7 +24,6 @@ import sys
 import time
 import traceback
 from dataclasses import asdict, replace
-from functools import partial
 from pathlib import Path
 
 import torch
@@ -52,71 +48,33 @@ def variants(t: int, smoke: bool) -> list[tuple[str, int]]:
     """(kernel, block_m) to tune at T, GEMV first (a budget cut drops the tail)."""
     gemv = [("gemv", 1)] + ([("gemv", 2)] if t == 2 else [("gemv", 4)] if t >= 4 else [])
     if smoke:
-        return (gemv if t <= GEMV_MAX_T else [("swap", 16)]) + [("grouped", 16)]
+        return (gemv if t <= GEMV_MAX_T else []) + [("grouped", 16)]
     grouped = [16] if t <= 32 else [16, 32, 64] if t <= 256 else [64, 128]
-    swap = [] if t < 16 else [16] if t <= 64 else [16, 32] if t <= 128 else [32, 64] if t <= 512 else [64, 128]
-    return (gemv if t <= GEMV_MAX_T else []) + [("swap", bt) for bt in swap] + [("grouped", bm) for bm in grouped]
+    return (gemv if t <= GEMV_MAX_T else []) + [("grouped", bm) for bm in grouped]
 
 
-def swap_phase1(stage: str, smoke: bool) -> list[GemmTiles]:
-    """Swap-AB candidates (moe_gemm_swap.py): weight rows per program = the MMA's M (gate_up's tile
-    is 2 x block_n interleaved rows), so 64/128-row tiles; block_m (routed rows = MMA N) from variants."""
-    if smoke:
-        return [GemmTiles(32, 64, 4, 2, d) for d in ("dot_scaled", "bits")]
-    shapes = ([(32, 128), (64, 128), (32, 256), (64, 256), (64, 64)] if stage == "gate_up"
-              else [(64, 128), (128, 128), (64, 256), (128, 256), (128, 64)])
-    # bits first: that is what swapping changes at the MMA (sm_90 PTX: the grouped bits GEMM issues
-    # mma.sync m16n8k16, swap wgmma m64nT; Triton already lowers the grouped dot_scaled to wgmma m64nT)
-    return [GemmTiles(bn, bk, 4, 3, d) for bn, bk in shapes for d in ("bits", "dot_scaled")]
-
-
-def swap_phase2(best: GemmTiles, smoke: bool) -> list[GemmTiles]:
-    """Launch knobs around the swap winner; num_stages 1 loads weights as 16-byte ld.global.v4 (with
-    2+ stages Triton's cp.async takes the packed bytes 4 (dot_scaled) or 8 (bits) bytes at a time)."""
-    if smoke:
-        return []
-    knobs = [(4, 1), (8, 1), (4, 2), (8, 3), (4, 4)]
-    return [replace(best, num_warps=w, num_stages=s) for w, s in knobs
-            if (w, s) != (best.num_warps, best.num_stages)]
-
-
-def gemv_rows_ok(tiles: GemmTiles, stage: str, block_m: int) -> bool:
-    """moe_gemv's layout rules: a thread per weight row (rows >= 32 x warps; gate_up has 2 rows per
-    output column) and an activation tile smaller than the CTA (block_m < warps), else Triton adds
-    shared-memory layout conversions (bench/moe_gemv_ptx.py shows them)."""
-    rows = tiles.block_n * (2 if stage == "gate_up" else 1)
-    return rows >= 32 * tiles.num_warps and block_m < tiles.num_warps
-
-
-def gemv_phase1(stage: str, block_m: int, smoke: bool) -> list[GemmTiles]:
-    """GEMV candidates (block_n, block_k = 32 x groups unrolled per step = 16-byte loads in flight per
-    thread, warps[, split_k]); at block_m > 1 the warps grow so the activation tile stays small."""
+def gemv_phase1(stage: str, smoke: bool) -> list[GemmTiles]:
+    """GEMV candidates: (block_n, block_k, warps[, split_k]) - output rows per program, K per step."""
     if smoke:
         return [GemmTiles(16, 64, 4, 1, split_k=1)] + ([GemmTiles(32, 32, 2, 1, split_k=3)]
                                                         if stage == "down" else [])
     if stage == "gate_up":
-        shapes = [(64, 128, 2, 1), (32, 128, 2, 1), (32, 128, 2, 2), (128, 128, 2, 1), (64, 128, 2, 2),
-                  (64, 256, 2, 1), (64, 64, 2, 1), (128, 64, 4, 1), (32, 256, 2, 1)]
-        # rows/thread = 2 x block_n / (32 x warps); split_k > 1 adds a SwiGLU combine launch
+        shapes = [(16, 256, 4, 1), (8, 256, 4, 1), (32, 256, 4, 1), (16, 512, 4, 1), (8, 512, 2, 1),
+                  (16, 128, 2, 1), (32, 128, 8, 1)]
     else:
-        shapes = [(128, 128, 2, 2), (64, 128, 2, 2), (128, 128, 2, 3), (256, 128, 2, 2), (128, 256, 2, 1),
-                  (128, 64, 2, 4), (64, 128, 2, 4)]  # rows/thread = block_n / (32 x warps)
-    warps_min = 2 * block_m  # block_m < warps
-    cands = []
-    for bn, bk, w, sk in shapes:
-        grow = max(1, warps_min // w)
-        cands.append(GemmTiles(bn * grow, bk, w * grow, 1, split_k=sk))
-    return [c for c in dict.fromkeys(cands) if gemv_rows_ok(c, stage, block_m)]
+        shapes = [(16, 256, 4, 1), (16, 256, 4, 2), (8, 256, 4, 1), (32, 256, 4, 3), (16, 512, 4, 2),
+                  (8, 512, 2, 1), (32, 128, 4, 1)]
+    return [GemmTiles(bn, bk, w, 1, split_k=sk) for bn, bk, w, sk in shapes]
 
 
-def gemv_phase2(best: GemmTiles, stage: str, block_m: int, smoke: bool) -> list[GemmTiles]:
-    """Loads in flight (block_k), rows per thread (block_n) and the K-split around the winner."""
+def gemv_phase2(best: GemmTiles, stage: str, smoke: bool) -> list[GemmTiles]:
+    """Warps (and down's K-split) around the GEMV phase-1 winner."""
     if smoke:
         return []
-    cands = [replace(best, block_k=bk) for bk in (32, 64, 128, 256) if bk != best.block_k]
-    cands += [replace(best, block_n=bn) for bn in (best.block_n // 2, best.block_n * 2)]
-    cands += [replace(best, split_k=s) for s in (1, 2, 3, 5) if s != best.split_k]
-    return [c for c in cands if gemv_rows_ok(c, stage, block_m)]
+    cands = [replace(best, num_warps=w) for w in (2, 4, 8) if w != best.num_warps]
+    if stage == "down":
+        cands += [replace(best, split_k=s) for s in (1, 2, 3, 5) if s != best.split_k]
+    return cands
 
 
 def phase1(t: int, smoke: bool) -> list[GemmTiles]:
@@ -208,8 +166,7 @@ def tune_block_m(t, kernel, bm, ctx, bench, deadline) -> dict:
         gate_up, down = moe_gate_up_gemv, moe_down_gemv
     else:
         route = lambda: moe_align_block_size(ids, w.num_experts, bm)[:2]  # noqa: E731
-        swap = kernel == "swap"
-        gate_up, down = partial(moe_gate_up, swap=swap), partial(moe_down, swap=swap)
+        gate_up, down = moe_gate_up, moe_down
     sorted_ids, expert_ids = route()
     act = torch.empty(t * k, w.intermediate_size, dtype=x.dtype, device=x.device)
     act_in = act_ref.to(x.dtype)
@@ -235,11 +192,8 @@ def tune_block_m(t, kernel, bm, ctx, bench, deadline) -> dict:
         return out.view(t * k, tiles.split_k, -1).sum(1) if poison else out
 
     out = {"kernel": kernel, "block_m": bm, "align_us": bench(route) if gemv and bm > 1 or not gemv else 0.0}
-    p1 = ((lambda name: gemv_phase1(name, bm, bench.smoke)) if gemv
-          else (lambda name: swap_phase1(name, bench.smoke)) if kernel == "swap"
-          else (lambda name: phase1(t, bench.smoke)))
-    p2 = ((lambda best, name: gemv_phase2(best, name, bm, bench.smoke)) if gemv
-          else (lambda best, name: swap_phase2(best, bench.smoke)) if kernel == "swap"
+    p1 = (lambda name: gemv_phase1(name, bench.smoke)) if gemv else (lambda name: phase1(t, bench.smoke))
+    p2 = ((lambda best, name: gemv_phase2(best, name, bench.smoke)) if gemv
           else (lambda best, name: phase2(best, t, bench.smoke)))
     for name, run, want in (("gate_up", run_gu, act_ref), ("down", run_dn, down_ref)):
         rows = tune_stage(name, run, want, p1(name), t, bench, deadline)
@@ -317,7 +271,7 @@ def report(res: dict, per_expert_bytes: int, copy_gbs: float) -> None:
             line += f" | {label} FAILED {r.get('error', 'err %.1e' % r.get('rel_err', float('nan')))[:80]}"
     print(line)
     for bm in res["by_block_m"]:
-        kern = "" if bm.get("kernel", "grouped") == "grouped" else bm["kernel"] + " "
+        kern = "gemv " if bm.get("kernel") == "gemv" else ""
         if "error" in bm:
             print(f"    {kern}block_m={bm['block_m']}: FAILED {bm['error'][:100]}")
             continue

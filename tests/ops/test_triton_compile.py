@@ -45,9 +45,6 @@ def _variants():
         knobs = dict(HAS_BIAS=True, BLOCK_M=bm, BLOCK_N=bn, GROUPS=groups, DIRECT=bm == 1)
         yield gemv.moe_gate_up_gemv_kernel, gptr, dict(TOP_K=4, **knobs)
         yield gemv.moe_down_gemv_kernel, {**gptr, "out_ptr": "*fp32"}, dict(SPLIT_K=split, **knobs)
-    yield gemv.moe_gate_up_gemv_kernel, {**gptr, "out_ptr": "*fp32"}, dict(
-        TOP_K=4, HAS_BIAS=True, BLOCK_M=1, BLOCK_N=32, GROUPS=4, DIRECT=True, SPLIT_K=2)
-    yield gemv.moe_swiglu_combine_kernel, {**ptr, "part_ptr": "*fp32"}, dict(SPLIT_K=2, BLOCK_N=256)
     yield moe_gemm.moe_sum_kernel, ptr, dict(TOP_K=4, BLOCK_N=1024)
     yield moe_align._moe_align_kernel, ptr, dict(E_P2=32, BLOCK_M=16, CHUNK=256)
     for block_t, splits in ((2, 1), (2, 8), (8, 1)):

@@ -30,6 +30,10 @@ log = logging.getLogger(__name__)
 
 
 class LLMEngine:
+    # Called once per step after the forward is enqueued and before the first blocking copy back (the
+    # sampler's): AsyncEngine sets it to deliver the previous step's outputs while the GPU works.
+    gpu_wait_hook: Callable[[], None] | None = None
+
     def __init__(self, args: EngineArgs, runner: ModelRunner | None = None, tokenizer: Tokenizer | None = None):
         self.args = args
         self.cfg = runner.cfg if runner is not None else GptOssConfig.from_pretrained(args.model)
@@ -106,6 +110,8 @@ class LLMEngine:
             for seq in batch.seqs:
                 self._fail(seq, f"model step failed: {type(e).__name__}: {e}", touched)
             return self._collect(touched)
+        if self.gpu_wait_hook is not None:   # the forward is enqueued, the GPU busy: hand over outputs now
+            self.gpu_wait_hook()
         seqs = batch.seqs
         sampled = seqs if inputs.sample_all else [s for s, r in zip(seqs, inputs.sample_rows) if r >= 0]
         self._advance(batch)

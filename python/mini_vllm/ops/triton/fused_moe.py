@@ -23,7 +23,7 @@ import triton
 from .moe_align import moe_align_block_size
 from .moe_gemm import DECODERS, moe_down_kernel, moe_gate_up_kernel, moe_sum_kernel
 from .moe_gemm_swap import moe_down_swap_kernel, moe_gate_up_swap_kernel
-from .moe_gemv import moe_down_gemv_kernel, moe_gate_up_gemv_kernel, moe_swiglu_combine_kernel
+from .moe_gemv import moe_down_gemv_kernel, moe_gate_up_gemv_kernel
 from .mxfp4 import SWIGLU_ALPHA, SWIGLU_LIMIT, MoeWeights
 
 CONFIG_TABLE = Path(__file__).with_name("moe_configs.json")
@@ -40,8 +40,7 @@ class GemmTiles:
     num_warps: int = 4
     num_stages: int = 3
     decode: str = "dot_scaled"  # or "bits"; fp32 activations always use "bits" (grouped GEMM only)
-    split_k: int = 1  # GEMV only: K-splits per output tile (down: summed with the k slots;
-    # gate_up: fp32 partials + a SwiGLU combine launch)
+    split_k: int = 1  # GEMV down only: K-splits per output tile, summed with the k routed slots
 
 
 @dataclass(frozen=True)
@@ -192,27 +191,15 @@ def _gemv_knobs(tiles: GemmTiles, block_m: int) -> dict:
 def moe_gate_up_gemv(x: torch.Tensor, sorted_ids: torch.Tensor, expert_ids: torch.Tensor,
                      w: MoeWeights, top_k: int, block_m: int, tiles: GemmTiles,
                      act: torch.Tensor) -> torch.Tensor:
-    """Stage 2 by the GEMV kernel (routing from `gemv_routing`); same result as `moe_gate_up`.
-
-    split_k > 1: the K-splits write fp32 partial rows [slots * split_k, 2I] (a scratch buffer) and a
-    second launch sums them, applies SwiGLU and writes `act`."""
-    if tiles.split_k < 1:
-        raise ValueError(f"split_k must be >= 1, got {tiles.split_k}")
+    """Stage 2 by the GEMV kernel (routing from `gemv_routing`); same result as `moe_gate_up`."""
+    if tiles.split_k != 1:
+        raise ValueError("the GEMV gate_up takes split_k=1 (SwiGLU needs the whole dot)")
     h, inter = w.hidden_size, w.intermediate_size
     gu_bias = w.gate_up_bias if w.gate_up_bias is not None else x
-    splits = tiles.split_k
-    dst = act if splits == 1 else torch.empty((act.shape[0] * splits, 2 * inter), dtype=torch.float32,
-                                              device=act.device)
-    moe_gate_up_gemv_kernel[(expert_ids.numel(), triton.cdiv(inter, tiles.block_n), splits)](
-        x, w.gate_up_blocks.view(torch.int32), w.gate_up_scales, gu_bias, dst, sorted_ids, expert_ids,
-        act.shape[0], h // 8, h // 32, inter, x.stride(0), dst.stride(0), SWIGLU_ALPHA, SWIGLU_LIMIT,
-        TOP_K=top_k, HAS_BIAS=w.gate_up_bias is not None, SPLIT_K=splits,
-        **_gemv_knobs(tiles, block_m))
-    if splits > 1:
-        block = min(256, triton.next_power_of_2(inter))
-        moe_swiglu_combine_kernel[(act.shape[0], triton.cdiv(inter, block))](
-            dst, act, inter, dst.stride(0), act.stride(0), SWIGLU_ALPHA, SWIGLU_LIMIT,
-            SPLIT_K=splits, BLOCK_N=block)
+    moe_gate_up_gemv_kernel[(expert_ids.numel(), triton.cdiv(inter, tiles.block_n))](
+        x, w.gate_up_blocks.view(torch.int32), w.gate_up_scales, gu_bias, act, sorted_ids, expert_ids,
+        act.shape[0], h // 8, h // 32, inter, x.stride(0), act.stride(0), SWIGLU_ALPHA, SWIGLU_LIMIT,
+        TOP_K=top_k, HAS_BIAS=w.gate_up_bias is not None, **_gemv_knobs(tiles, block_m))
     return act
 
 
