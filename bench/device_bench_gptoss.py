@@ -201,7 +201,7 @@ def part_decode(prompt_len: int = 1024, gen: int = 256) -> None:
     bw = copy_bandwidth()
     ckpt = ensure_ckpt(CKPT, 24)
     t0 = time.perf_counter()
-    eng = engine(ckpt, max_model_len=4096, max_num_seqs=256)
+    eng = engine(ckpt, max_model_len=4096, max_num_seqs=512)
     load_s = time.perf_counter() - t0
     print("[decode]", eng.runner.startup_report, f"(engine up in {load_s:.1f} s)")
     need = decode_step_bytes(eng.runner.model)
@@ -239,7 +239,7 @@ def part_decode(prompt_len: int = 1024, gen: int = 256) -> None:
           f"{kv_bytes / 1e6:.0f} MB KV -> limit {limit:.0f} tok/s; measured {tok_s:.1f} tok/s "
           f"({tok_s / limit:.1%} of the limit); prefill of {prompt_len} tokens {times[0] * 1e3:.0f} ms")
     print("[decode] batch-1 step split (ms): " + ", ".join(f"{k} {v:.3f}" for k, v in split.items()))
-    for batch, n_in, n_out in ((1, 1024, 128), (16, 1024, 128), (64, 1024, 64), (64, 1024, 256), (256, 1024, 256)):
+    for batch, n_in, n_out in ((1, 1024, 128), (16, 1024, 128), (64, 1024, 64), (64, 1024, 256), (256, 1024, 256), (512, 1024, 256)):
         r = offline(eng, batch, n_in, n_out, seed=batch + n_out)
         bucket = next(b for b in eng.runner.cuda_step.buckets if b >= batch)
         r["graph_gpu_ms"] = graph_gpu_ms(eng.runner.cuda_step, bucket, n_in + n_out // 2)

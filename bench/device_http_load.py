@@ -78,7 +78,7 @@ def part_http(levels: str, ckpt: Path, out: Path, results: dict, extra_args: tup
     t0 = time.perf_counter()
     proc = subprocess.Popen([sys.executable, "-m", "mini_vllm.cli", "serve", str(ckpt), "--port", str(port),
                              "--host", "127.0.0.1", "--served-model-name", "bench", "--max-model-len", "4096",
-                             "--max-num-seqs", "256", "--max-num-batched-tokens", "8192",
+                             "--max-num-seqs", str(max(256, *(int(x.split("x")[0]) for x in levels.split(",")))), "--max-num-batched-tokens", "8192",
                              "--disable-uvicorn-access-log", *extra_args], stdout=log, stderr=subprocess.STDOUT, env=env)
     url = f"http://127.0.0.1:{port}"
     try:
