@@ -309,6 +309,38 @@ def part_profile(context: int = 1024) -> None:
           f"(-> {1e6 / total_us:.0f} tok/s if the GPU never idled)")
 
 
+def part_hostprof(batch: int = 256, steps: int = 30) -> None:
+    """Where the host time of a batch-`batch` decode step goes: cProfile over `steps` engine steps."""
+    import cProfile
+    import io
+    import pstats
+
+    from mini_vllm.sampling_params import SamplingParams
+
+    eng = engine(ensure_ckpt(CKPT, 24), max_model_len=4096, max_num_seqs=batch)
+    g = torch.Generator().manual_seed(5)
+    for i in range(batch):
+        eng.add_request(f"hp{i}", torch.randint(0, 800, (1024,), generator=g).tolist(),
+                        SamplingParams(temperature=0.0, max_tokens=64 + steps, ignore_eos=True))
+    while any(s.num_computed_tokens < 1024 for s in eng.scheduler.running) or eng.scheduler.waiting:
+        eng.step()
+    for _ in range(3):
+        eng.step()
+    prof = cProfile.Profile()
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    prof.enable()
+    for _ in range(steps):
+        eng.step()
+    prof.disable()
+    wall = (time.perf_counter() - t0) / steps
+    buf = io.StringIO()
+    pstats.Stats(prof, stream=buf).sort_stats("tottime").print_stats(25)
+    print(buf.getvalue())
+    RESULTS["hostprof"] = {"batch": batch, "step_ms_under_cprofile": wall * 1e3}
+    print(f"[hostprof] batch {batch}: {wall * 1e3:.2f} ms per step under cProfile (tottime table above)")
+
+
 def part_http_ab(levels: str) -> None:
     """The same short load against server variants named in $HTTP_AB ("name:ENV=V,ENV2=V;name2:...")."""
     for spec in filter(None, os.environ.get("HTTP_AB", "default:").split(";")):
@@ -317,7 +349,8 @@ def part_http_ab(levels: str) -> None:
         part_http(levels, ensure_ckpt(CKPT, 24), OUT, RESULTS, env_extra=env, tag=f"ab-{name}")
 
 
-PARTS = {"check": part_check, "decode": part_decode, "peer": part_peer, "profile": part_profile}
+PARTS = {"check": part_check, "decode": part_decode, "peer": part_peer, "profile": part_profile,
+         "hostprof": part_hostprof}
 
 
 def run_part(part: str, args: argparse.Namespace) -> None:
