@@ -24,7 +24,8 @@ async def _one(client, url: str, prompt: list[int], max_tokens: int) -> dict:
     t0 = time.perf_counter()
     first, last, gaps, n = None, None, [], 0
     body = {"model": "bench", "prompt": prompt, "max_tokens": max_tokens, "ignore_eos": True, "stream": True,
-            "temperature": 0.0}
+            "temperature": 0.0, "stream_options": {"include_usage": True}}
+    tokens = 0
     async with client.stream("POST", url + "/v1/completions", json=body) as r:
         if r.status_code != 200:
             raise RuntimeError(f"HTTP {r.status_code}: {(await r.aread()).decode()[:500]}")
@@ -37,7 +38,10 @@ async def _one(client, url: str, prompt: list[int], max_tokens: int) -> dict:
                 if not line.startswith("data: ") or line == "data: [DONE]":
                     continue
                 now = time.perf_counter()
-                if not json.loads(line[6:]).get("choices"):
+                chunk = json.loads(line[6:])
+                if chunk.get("usage"):
+                    tokens = chunk["usage"]["completion_tokens"]
+                if not chunk.get("choices"):
                     continue
                 n += 1
                 if first is None:
@@ -45,7 +49,11 @@ async def _one(client, url: str, prompt: list[int], max_tokens: int) -> dict:
                 elif last is not None:
                     gaps.append(now - last)
                 last = now
-    return {"ttft": first, "gaps": gaps, "chunks": n, "e2e": time.perf_counter() - t0}
+    # one SSE event may carry several tokens when the client falls behind (coalescing): the
+    # per-token latency of a request is its decode time over its tokens after the first
+    tpot = (last - t0 - first) / (tokens - 1) if tokens > 1 and first is not None else None
+    return {"ttft": first, "gaps": gaps, "chunks": n, "tokens": tokens, "tpot": tpot,
+            "e2e": time.perf_counter() - t0}
 
 
 async def _load(url: str, conc: int, prompt_len: int, max_tokens: int) -> dict:
@@ -59,13 +67,19 @@ async def _load(url: str, conc: int, prompt_len: int, max_tokens: int) -> dict:
         wall = time.perf_counter() - s
     ttft = sorted(r["ttft"] for r in res)
     gaps = sorted(x for r in res for x in r["gaps"])
+    tpot = sorted(r["tpot"] for r in res if r["tpot"] is not None)
+    short = sum(r["tokens"] != max_tokens for r in res)
+    if short:
+        raise RuntimeError(f"{short} of {conc} requests did not report {max_tokens} completion tokens")
 
     def pct(xs: list[float], q: float) -> float:
         return xs[min(len(xs) - 1, int(q * len(xs)))] * 1e3 if xs else float("nan")
 
     return {"concurrency": conc, "in": prompt_len, "out": max_tokens, "output_tok_s": conc * max_tokens / wall,
             "wall_s": wall, "ttft_ms_p50": pct(ttft, .5), "ttft_ms_p99": pct(ttft, .99),
-            "itl_ms_p50": pct(gaps, .5), "itl_ms_p99": pct(gaps, .99)}
+            "itl_ms_p50": pct(gaps, .5), "itl_ms_p99": pct(gaps, .99),
+            "tpot_ms_p50": pct(tpot, .5), "tpot_ms_p99": pct(tpot, .99),
+            "tokens_per_event": sum(r["tokens"] for r in res) / max(1, sum(r["chunks"] for r in res))}
 
 
 def part_http(levels: str, ckpt: Path, out: Path, results: dict, extra_args: tuple[str, ...] = (),
@@ -108,7 +122,9 @@ def part_http(levels: str, ckpt: Path, out: Path, results: dict, extra_args: tup
             results[tag] = rows                # partial results survive a timeout of the whole call
             print(f"[{tag}] conc {conc:4d}  1024 in / {n_out:4d} out: {r['output_tok_s']:8.0f} output tok/s  "
                   f"TTFT p50/p99 {r['ttft_ms_p50']:.0f}/{r['ttft_ms_p99']:.0f} ms  "
-                  f"ITL p50/p99 {r['itl_ms_p50']:.1f}/{r['itl_ms_p99']:.1f} ms  ({r['wall_s']:.0f} s)", flush=True)
+                  f"ITL p50/p99 {r['itl_ms_p50']:.1f}/{r['itl_ms_p99']:.1f} ms (per event, "
+                  f"{r['tokens_per_event']:.2f} tok/event), per-token p50/p99 {r['tpot_ms_p50']:.1f}/"
+                  f"{r['tpot_ms_p99']:.1f} ms  ({r['wall_s']:.0f} s)", flush=True)
     finally:
         proc.terminate()
         proc.wait(30)
