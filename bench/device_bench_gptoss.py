@@ -249,7 +249,13 @@ def part_decode(prompt_len: int = 1024, gen: int = 256) -> None:
 
 
 # ---- peer ----------------------------------------------------------------------------------------
+PEER_ROWS = ((1, 1024, 128), (64, 512, 64), (64, 128, 32))   # (batch, in, out): transformers, then ours
+
+
 def part_peer() -> None:
+    """transformers generate() and our offline engine on the same (batch, in, out) rows, same weights."""
+    import gc
+
     from transformers import GptOssForCausalLM, Mxfp4Config
 
     ckpt = ensure_ckpt(CKPT, 24)
@@ -258,18 +264,37 @@ def part_peer() -> None:
                                               quantization_config=Mxfp4Config(dequantize=True))
     print(f"[peer] transformers loaded in {time.perf_counter() - t0:.0f} s")
     g = torch.Generator().manual_seed(0)
-    for batch, new, n_in in ((1, 128, 1024), (64, 64, 1024), (64, 32, 128)):
+    for batch, n_in, new in PEER_ROWS:
         ids = torch.randint(0, 800, (batch, n_in), generator=g).cuda()
-        model.generate(ids[:, :16], max_new_tokens=2, do_sample=False)
-        torch.cuda.synchronize()
-        s = time.perf_counter()
-        out = model.generate(ids, max_new_tokens=new, min_new_tokens=new, do_sample=False)
-        torch.cuda.synchronize()
+        try:
+            model.generate(ids[:, :16], max_new_tokens=2, do_sample=False)
+            torch.cuda.synchronize()
+            s = time.perf_counter()
+            out = model.generate(ids, max_new_tokens=new, min_new_tokens=new, do_sample=False)
+            torch.cuda.synchronize()
+        except torch.OutOfMemoryError as e:      # eager attention at batch x long prompts
+            RESULTS[f"transformers_b{batch}_{n_in}x{new}"] = {"error": f"OOM: {e}"[:200]}
+            print(f"[peer] transformers batch {batch} ({n_in} in, {new} out): out of memory", flush=True)
+            torch.cuda.empty_cache()
+            continue
         wall = time.perf_counter() - s
         tok = batch * (out.shape[1] - ids.shape[1])
         RESULTS[f"transformers_b{batch}_{n_in}x{new}"] = {"output_tok_s": tok / wall, "in": n_in, "out": new}
         print(f"[peer] transformers batch {batch} ({n_in} in, {new} out): {tok / wall:.1f} output tok/s", flush=True)
+        del out
         torch.cuda.empty_cache()
+    del model
+    gc.collect()
+    torch.cuda.empty_cache()
+    eng = engine(ckpt, max_model_len=4096, max_num_seqs=64)
+    for batch, n_in, new in PEER_ROWS:
+        offline(eng, 1, 64, 4, seed=99)                       # warm-up
+        r = offline(eng, batch, n_in, new, seed=batch + new)
+        RESULTS[f"ours_b{batch}_{n_in}x{new}"] = r
+        peer = RESULTS.get(f"transformers_b{batch}_{n_in}x{new}", {}).get("output_tok_s")
+        ratio = f" = {r['output_tok_s'] / peer:.1f}x transformers" if peer else ""
+        print(f"[peer] ours batch {batch} ({n_in} in, {new} out): {r['output_tok_s']:.1f} output tok/s{ratio}",
+              flush=True)
 
 
 # ---- profile -------------------------------------------------------------------------------------
