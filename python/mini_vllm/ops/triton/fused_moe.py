@@ -22,13 +22,12 @@ import triton
 
 from .moe_align import moe_align_block_size
 from .moe_gemm import DECODERS, moe_down_kernel, moe_gate_up_kernel, moe_sum_kernel
-from .moe_gemm_swap import moe_down_swap_kernel, moe_gate_up_swap_kernel
 from .moe_gemv import moe_down_gemv_kernel, moe_gate_up_gemv_kernel
 from .mxfp4 import SWIGLU_ALPHA, SWIGLU_LIMIT, MoeWeights
 
 CONFIG_TABLE = Path(__file__).with_name("moe_configs.json")
 CONFIG_ENV = "MINI_VLLM_MOE_CONFIGS"
-KERNELS = ("grouped", "gemv", "swap")  # swap: out^T = W . x^T (moe_gemm_swap.py)
+KERNELS = ("grouped", "gemv")
 
 
 @dataclass(frozen=True)
@@ -136,15 +135,12 @@ def _knobs(tiles: GemmTiles, k: int, dtype: torch.dtype) -> dict:
 
 
 def moe_gate_up(x: torch.Tensor, sorted_ids: torch.Tensor, expert_ids: torch.Tensor, w: MoeWeights,
-                top_k: int, block_m: int, tiles: GemmTiles, act: torch.Tensor, swap: bool = False
-                ) -> torch.Tensor:
+                top_k: int, block_m: int, tiles: GemmTiles, act: torch.Tensor) -> torch.Tensor:
     """act[slot] = swiglu(x[slot // k] @ W1_e^T + b1_e) for every routed slot (stage 2)."""
     h, inter = w.hidden_size, w.intermediate_size
     gu_bias = w.gate_up_bias if w.gate_up_bias is not None else x  # dummy pointer when absent
-    kernel = moe_gate_up_swap_kernel if swap else moe_gate_up_kernel
-    blocks = w.gate_up_blocks.view(torch.int32) if swap else w.gate_up_blocks  # swap reads words
-    kernel[(expert_ids.numel(), triton.cdiv(inter, tiles.block_n))](
-        x, blocks, w.gate_up_scales, gu_bias, act, sorted_ids, expert_ids,
+    moe_gate_up_kernel[(expert_ids.numel(), triton.cdiv(inter, tiles.block_n))](
+        x, w.gate_up_blocks, w.gate_up_scales, gu_bias, act, sorted_ids, expert_ids,
         act.shape[0], h, h // 2, h // 32, inter, x.stride(0), act.stride(0), SWIGLU_ALPHA,
         SWIGLU_LIMIT, TOP_K=top_k, HAS_BIAS=w.gate_up_bias is not None, BLOCK_M=block_m,
         **_knobs(tiles, h, x.dtype))
@@ -153,14 +149,12 @@ def moe_gate_up(x: torch.Tensor, sorted_ids: torch.Tensor, expert_ids: torch.Ten
 
 def moe_down(act: torch.Tensor, sorted_ids: torch.Tensor, expert_ids: torch.Tensor,
              topk_weights: torch.Tensor, w: MoeWeights, block_m: int, tiles: GemmTiles,
-             per_slot: torch.Tensor, swap: bool = False) -> torch.Tensor:
+             per_slot: torch.Tensor) -> torch.Tensor:
     """per_slot[slot] = weight[slot] * (act[slot] @ W2_e^T + b2_e), fp32 (stage 3)."""
     h, inter = w.hidden_size, w.intermediate_size
     dn_bias = w.down_bias if w.down_bias is not None else act
-    kernel = moe_down_swap_kernel if swap else moe_down_kernel
-    blocks = w.down_blocks.view(torch.int32) if swap else w.down_blocks
-    kernel[(expert_ids.numel(), triton.cdiv(h, tiles.block_n))](
-        act, blocks, w.down_scales, dn_bias, topk_weights, per_slot, sorted_ids, expert_ids,
+    moe_down_kernel[(expert_ids.numel(), triton.cdiv(h, tiles.block_n))](
+        act, w.down_blocks, w.down_scales, dn_bias, topk_weights, per_slot, sorted_ids, expert_ids,
         act.shape[0], inter, inter // 2, inter // 32, h, act.stride(0), per_slot.stride(0),
         HAS_BIAS=w.down_bias is not None, BLOCK_M=block_m, **_knobs(tiles, inter, act.dtype))
     return per_slot
@@ -257,11 +251,10 @@ def fused_moe_mxfp4(x: torch.Tensor, topk_ids: torch.Tensor, topk_weights: torch
                       cfg.down_tiles(), per_slot)
         return moe_sum(per_slot, out, k * splits)
     sorted_ids, expert_ids, _ = moe_align_block_size(topk_ids, w.num_experts, cfg.block_m)
-    swap = cfg.kernel == "swap"
-    moe_gate_up(x, sorted_ids, expert_ids, w, k, cfg.block_m, cfg.gate_up_tiles(), act, swap)
+    moe_gate_up(x, sorted_ids, expert_ids, w, k, cfg.block_m, cfg.gate_up_tiles(), act)
     per_slot = torch.empty((t * k, w.hidden_size), dtype=torch.float32, device=x.device)
     moe_down(act, sorted_ids, expert_ids, topk_weights.contiguous(), w, cfg.block_m, cfg.down_tiles(),
-             per_slot, swap)
+             per_slot)
     return moe_sum(per_slot, out, k)
 
 

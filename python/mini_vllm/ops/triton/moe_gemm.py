@@ -53,55 +53,39 @@ def _decode_tile(wb, ws, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
 def _mxfp4_gemm(acc, a_ptr, a_rows, row_ok, stride_a, w_ptr, s_ptr, n_rows, n_ok,
                 K, K_HALF, K_GROUPS, stride_wn, stride_sn,
                 BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, EVEN_K: tl.constexpr,
-                DECODE: tl.constexpr, SWAP: tl.constexpr = False):
+                DECODE: tl.constexpr):
     """acc[BM, BN] += A[a_rows, :K] @ W[n_rows, :K]^T, W packed MXFP4 (rows of K/2 bytes, K/32 scales).
-    SWAP (moe_gemm_swap.py): acc[BN, BM] += W @ A^T instead - weight rows are the MMA's M dimension.
 
     w_ptr/s_ptr point at this expert's bytes [N, K/2] and scales [N, K/32]; strides are in elements
     and passed as arguments so Triton's divisibility specialisation can vectorise the loads.
-    An int32 w_ptr (the bytes viewed as words, stride_wn in words) gets 16-byte cp.async copies of
-    the weight tile where bytes get 4 (sm_90 PTX); the words are split back into bytes in registers.
     """
     HALF: tl.constexpr = BLOCK_K // 2
     GROUPS: tl.constexpr = BLOCK_K // 32
-    WORDS: tl.constexpr = w_ptr.dtype.element_ty == tl.int32
-    W_STEP: tl.constexpr = HALF // 4 if WORDS else HALF  # weight elements per K-step
     ka = tl.arange(0, BLOCK_K)
-    kw = tl.arange(0, W_STEP)
+    kb = tl.arange(0, HALF)
     ks = tl.arange(0, GROUPS)
     a_base = a_ptr + a_rows.to(tl.int64)[:, None] * stride_a + ka[None, :]
-    w_rows = n_rows.to(tl.int64) * stride_wn
-    if WORDS:
-        w_rows = tl.multiple_of(w_rows, 4)  # a row is K/32 16-byte blocks: 16-byte aligned
-    w_base = w_ptr + w_rows[:, None] + kw[None, :]
+    w_base = w_ptr + n_rows.to(tl.int64)[:, None] * stride_wn + kb[None, :]
     s_base = s_ptr + n_rows.to(tl.int64)[:, None] * stride_sn + ks[None, :]
     for k0 in range(0, K, BLOCK_K):
-        kw0 = k0 // (8 if WORDS else 2)
         if EVEN_K:
             a = tl.load(a_base + k0, mask=row_ok[:, None], other=0.0)
-            wb = tl.load(w_base + kw0, mask=n_ok[:, None], other=0)
+            wb = tl.load(w_base + k0 // 2, mask=n_ok[:, None], other=0)
             ws = tl.load(s_base + k0 // 32, mask=n_ok[:, None], other=127)
         else:
             a = tl.load(a_base + k0, mask=row_ok[:, None] & (k0 + ka < K)[None, :], other=0.0)
-            wb = tl.load(w_base + kw0, mask=n_ok[:, None] & (kw0 + kw < K_HALF // (4 if WORDS else 1))[None, :],
+            wb = tl.load(w_base + k0 // 2, mask=n_ok[:, None] & (k0 // 2 + kb < K_HALF)[None, :],
                          other=0)
             ws = tl.load(s_base + k0 // 32, mask=n_ok[:, None] & (k0 // 32 + ks < K_GROUPS)[None, :],
                          other=127)
-        if WORDS:  # words -> bytes in K order (little-endian: byte j of a word = bits 8j..8j+7)
-            wb = tl.join(tl.join(wb & 255, (wb >> 8) & 255), tl.join((wb >> 16) & 255, (wb >> 24) & 255))
-            wb = tl.reshape(tl.permute(wb, (0, 1, 3, 2)), (BLOCK_N, HALF)).to(tl.uint8)
         if DECODE == 1:
-            fmt: tl.constexpr = "bf16" if a_ptr.dtype.element_ty == tl.bfloat16 else "fp16"
-            if SWAP:
-                acc = tl.dot_scaled(wb, ws, "e2m1", tl.trans(a), None, fmt, acc=acc)
+            if a_ptr.dtype.element_ty == tl.bfloat16:
+                acc = tl.dot_scaled(a, None, "bf16", tl.trans(wb), ws, "e2m1", acc=acc)
             else:
-                acc = tl.dot_scaled(a, None, fmt, tl.trans(wb), ws, "e2m1", acc=acc)
+                acc = tl.dot_scaled(a, None, "fp16", tl.trans(wb), ws, "e2m1", acc=acc)
         else:
             w = _decode_tile(wb, ws, BLOCK_N, BLOCK_K).to(a.dtype)
-            if SWAP:
-                acc = tl.dot(w, tl.trans(a), acc=acc, out_dtype=tl.float32)
-            else:
-                acc = tl.dot(a, tl.trans(w), acc=acc, out_dtype=tl.float32)
+            acc = tl.dot(a, tl.trans(w), acc=acc, out_dtype=tl.float32)
     return acc
 
 
