@@ -35,6 +35,9 @@ from mini_vllm.engine_args import EngineArgs  # noqa: E402
 from mini_vllm.model.tiny import write_tiny_checkpoint  # noqa: E402
 from mini_vllm.sampling_params import SamplingParams  # noqa: E402
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from timing import timed  # noqa: E402
+
 FAKE_POOL = 16
 
 
@@ -47,19 +50,6 @@ def _fake_execute(batch: int, vocab: int) -> Callable:
         calls[0] += 1
         return pool[calls[0] % FAKE_POOL][:rows] if rows else None
     return execute
-
-
-def _timed(obj: object, name: str, key: str, acc: dict[str, float]) -> None:
-    """Wrap obj.name so that its time adds up under acc[key]."""
-    fn = getattr(obj, name)
-
-    def wrapper(*a, **k):
-        t = time.perf_counter()
-        try:
-            return fn(*a, **k)
-        finally:
-            acc[key] += time.perf_counter() - t
-    setattr(obj, name, wrapper)
 
 
 def _gc_timer(acc: dict[str, float]) -> Callable:
@@ -89,13 +79,13 @@ def run(model: Path, batch: int, prompt: int, tokens: int, fake: bool,
         eng.step()
     if phases is not None:
         saved = llm_engine.build_step_inputs
-        _timed(eng.scheduler, "schedule", "schedule", phases)
-        _timed(llm_engine, "build_step_inputs", "build_step_inputs", phases)
-        _timed(eng.runner, "execute", "fake model", phases)
-        _timed(eng, "sampler", "sampler (argmax, tolist)", phases)
-        _timed(eng, "_accept_all", "accept (detokenise, stop checks)", phases)
-        _timed(eng, "_collect", "RequestOutputs", phases)
-        _timed(eng, "stats", "stats()", phases)
+        timed(eng.scheduler, "schedule", phases)
+        timed(llm_engine, "build_step_inputs", phases)
+        timed(eng.runner, "execute", phases, "fake model")
+        timed(eng, "sampler", phases, "sampler (argmax, tolist)")
+        timed(eng, "_accept_all", phases, "accept (detokenise, stop checks)")
+        timed(eng, "_collect", phases, "RequestOutputs")
+        timed(eng, "stats", phases, "stats()")
     if freeze:
         gc.collect()
         gc.freeze()

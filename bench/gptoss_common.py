@@ -13,6 +13,9 @@ from pathlib import Path
 
 import torch
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from timing import timed  # noqa: E402,F401 - re-exported for the device parts
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "python"))
 OUT = Path(os.environ.get("OUT", "/tmp/out"))
@@ -64,20 +67,6 @@ def decode_step_bytes(model) -> int:
     total += model.lm_head.numel() * model.lm_head.element_size() + model.norm.numel() * model.norm.element_size()
     total += model.embed.shape[1] * model.embed.element_size()
     return int(total)
-
-
-def timed(obj, name: str, acc: dict[str, float]) -> None:
-    """Wrap obj.name so that its wall time accumulates in acc[name]."""
-    f = getattr(obj, name)
-
-    def wrapper(*a, **k):
-        s = time.perf_counter()
-        try:
-            return f(*a, **k)
-        finally:
-            acc[name] = acc.get(name, 0.0) + time.perf_counter() - s
-
-    setattr(obj, name, wrapper)
 
 
 @torch.inference_mode()

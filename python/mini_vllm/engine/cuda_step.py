@@ -113,7 +113,7 @@ class CudaStep:
                 if not rows:
                     return None
                 # a pure decode samples every row in order: the graph's output as is, no gather
-                return logits if rows == list(range(len(logits))) else logits[rows]
+                return logits if inp.sample_all else logits[rows]
         host = self._host_inputs(inp, seqs, len(seqs.q_lens))
         t = {k: v.to(self.device, non_blocking=True) for k, v in host.items()}
         hidden = self.fwd.forward(t["ids"], self._attn(t, max(seqs.q_lens), max(seqs.ctx_lens)), self.kv_caches)
@@ -140,7 +140,7 @@ class CudaStep:
         width = max(1, -(-max(seqs.ctx_lens) // self.block_size))
         table = st.table[:bucket * width].view(bucket, width)
         t = table.numpy()
-        arr = getattr(inp, "block_table_array", None)    # the engine's numpy mirror of the block tables
+        arr = inp.block_table_array                 # the engine's numpy mirror of the block tables
         if arr is not None and arr.shape == (n, width):
             t[:n] = arr
         else:
