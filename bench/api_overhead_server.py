@@ -167,8 +167,8 @@ def main() -> None:
 
     real_build = app_mod.build_app
 
-    def build_app(state, load):  # the served app plus one bench-only route
-        app = real_build(state, load)
+    def build_app(state, *rest):  # the served app plus one bench-only route
+        app = real_build(state, *rest)
 
         @app.get("/bench/stats")
         async def bench_stats() -> dict[str, Any]:

@@ -2,7 +2,8 @@
 
 Flags map one-to-one onto EngineArgs (the engine's contract), so deployment manifests written for
 vLLM need only the command changed. The API key comes from --api-key or MINI_VLLM_API_KEY /
-VLLM_API_KEY and is never logged. The HTTP server starts first; the model loads in the background.
+VLLM_API_KEY and is never logged. The model loads first, the server listens after: a model that cannot
+load exits non-zero with one line saying why, and never opens the port.
 """
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import os
 import sys
 from pathlib import Path
 
+from mini_vllm.api.limits import DEFAULT_MAX_REQUEST_BYTES
 from mini_vllm.engine_args import EngineArgs
 
 log = logging.getLogger("mini_vllm")
@@ -42,6 +44,8 @@ def _add_serve_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--api-key", default=None, help="require this bearer token (or env MINI_VLLM_API_KEY / VLLM_API_KEY)")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     p.add_argument("--disable-uvicorn-access-log", action="store_true")
+    p.add_argument("--max-request-bytes", type=int, default=DEFAULT_MAX_REQUEST_BYTES,
+                   help=f"larger request bodies get HTTP 413 (default {DEFAULT_MAX_REQUEST_BYTES})")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -98,7 +102,7 @@ def load_engine(args: EngineArgs):
 def serve(ns: argparse.Namespace) -> None:
     import uvicorn
 
-    from mini_vllm.api.app import build_app
+    from mini_vllm.api.app import build_app, load_model
     from mini_vllm.api.state import ServerState
 
     args = engine_args(ns)
@@ -106,9 +110,18 @@ def serve(ns: argparse.Namespace) -> None:
     log.info("serving %s as %r on %s:%d; engine args %s; api key %s", args.model, args.served_model_name,
              ns.host, ns.port, dataclasses.asdict(args), "required" if key else "not set")
     state = ServerState(model_name=args.served_model_name, api_key=key)
-    app = build_app(state, lambda: load_engine(args))
-    uvicorn.run(app, host=ns.host, port=ns.port, log_level=ns.log_level,
-                access_log=not ns.disable_uvicorn_access_log, timeout_graceful_shutdown=5)
+    try:
+        load_model(state, lambda: load_engine(args))
+    except Exception as e:  # noqa: BLE001 - any load failure is a failed start: one line, non-zero exit
+        reason = str(e).splitlines()[0] if str(e) else ""
+        print(f"mini-vllm serve: model failed to load from {args.model}: {type(e).__name__}: {reason}",
+              file=sys.stderr, flush=True)
+        raise SystemExit(1) from None
+    try:
+        uvicorn.run(build_app(state, ns.max_request_bytes), host=ns.host, port=ns.port, log_level=ns.log_level,
+                    access_log=not ns.disable_uvicorn_access_log, timeout_graceful_shutdown=5)
+    finally:
+        state.engine.shutdown()
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -24,6 +24,7 @@ class SamplingParams:
     prompt_logprobs: int | None = None
     include_stop_str_in_output: bool = False
     skip_special_tokens: bool = True
+    logit_bias: dict[int, float] | None = None   # token id -> added to its logit before sampling (OpenAI's)
 
     def validate(self) -> None:
         """Raise ValueError naming the field; the API turns it into an OpenAI-shaped 400."""
@@ -41,6 +42,10 @@ class SamplingParams:
             raise ValueError("max_tokens must be >= 1")
         if self.logprobs is not None and not 0 <= self.logprobs <= 20:
             raise ValueError("logprobs must be in [0, 20]")
+        if self.seed is not None and not -2 ** 63 <= self.seed < 2 ** 63:
+            raise ValueError("seed must be a signed 64-bit integer")
+        if self.logit_bias and any(not -100 <= b <= 100 for b in self.logit_bias.values()):
+            raise ValueError("logit_bias values must be in [-100, 100]")
 
     @property
     def greedy(self) -> bool:

@@ -88,11 +88,12 @@ def test_tp2_serves_on_two_gpus(slurm, tmp_path):
     assert _squeue(env, "mini-vllm-gptoss-tp2") == ""
 
 
-def test_a_job_whose_server_cannot_load_fails_and_is_cancelled(slurm, tmp_path):
+def test_a_job_whose_server_cannot_load_fails(slurm, tmp_path):
     env = _env(slurm, tmp_path)
     empty = tmp_path / "not-a-model"
     empty.mkdir()
     r = invoke("rollout", "--target", "slurm", "--tp", "1", "--model", str(empty), env=env, timeout=200)
     assert r.returncode == 1
-    assert "model failed to load" in r.stdout and "cancelled job" in r.stdout and "last lines of" in r.stdout
+    # load first, listen after: the server exits 1 with one line, so the job itself fails (nothing to cancel)
+    assert "model failed to load" in r.stdout and "last lines of" in r.stdout
     assert _squeue(env, "mini-vllm-gptoss-tp1") == ""

@@ -15,7 +15,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 log = logging.getLogger("mini_vllm.api")
 
-_TYPES = {400: "BadRequestError", 401: "AuthenticationError", 404: "NotFoundError", 429: "RateLimitError",
+_TYPES = {400: "BadRequestError", 401: "AuthenticationError", 404: "NotFoundError", 413: "RequestTooLargeError",
+          429: "RateLimitError",
           500: "InternalServerError", 503: "ServiceUnavailableError"}
 
 
@@ -54,12 +55,16 @@ def install_error_handlers(app: FastAPI) -> None:
         first = errors[0] if errors else {}
         if first.get("type") == "json_invalid":
             return error_response(APIError(400, f"request body is not valid JSON: {first.get('msg', '')}", "body"))
-        param = _field(tuple(first.get("loc", ())))
+        # our own validators (validate.py) name the offending sub-field in ctx["param"]
+        param = ".".join(p for p in (_field(tuple(first.get("loc", ()))), (first.get("ctx") or {}).get("param")) if p)
+        param = param or None
         msg = first.get("msg", "invalid request")
         return error_response(APIError(400, f"{param}: {msg}" if param else msg, param))
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        if exc.status_code == 413:
+            return error_response(APIError(413, str(exc.detail), "body", "request_too_large"))
         return error_response(APIError(exc.status_code, str(exc.detail)))
 
     @app.exception_handler(Exception)

@@ -29,7 +29,7 @@ def sampling_params(req: _Sampling, max_tokens: int | None, logprobs: int | None
         top_p=1.0 if req.top_p is None else req.top_p, top_k=req.top_k or 0, min_p=req.min_p or 0.0,
         seed=req.seed, max_tokens=max_tokens, stop=list(req.stop or []),
         stop_token_ids=list(req.stop_token_ids or []) + [i for i in stop_token_ids if i not in (req.stop_token_ids or [])],
-        ignore_eos=req.ignore_eos, logprobs=logprobs)
+        ignore_eos=req.ignore_eos, logprobs=logprobs, logit_bias=req.logit_bias or None)
     try:
         params.validate()
     except ValueError as e:
@@ -82,7 +82,7 @@ async def _run(engine: Any, metrics: ServerMetrics, request_id: str, prompt_ids:
         if last is not None:
             raise
         refused = True
-        raise APIError(400, str(e), "prompt") from None
+        raise APIError(400, str(e), "logit_bias" if str(e).startswith("logit_bias") else "prompt") from None
     except queue_full as e:
         refused = True
         raise APIError(429, f"server busy: {e}", code="queue_full") from None

@@ -29,7 +29,7 @@ class ServerProcess:
     log_path: Path
 
     def first_status(self, timeout: float = 60.0) -> int:
-        """Status of the first /health answer (503 while the model loads)."""
+        """Status of the first /health answer (the port opens once the model is loaded)."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             self._check_alive()

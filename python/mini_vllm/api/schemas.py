@@ -8,7 +8,11 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from mini_vllm.api.validate import check_json_schema, first_lone_surrogate
+
+INT64 = 2 ** 63
 
 
 class _Base(BaseModel):
@@ -26,7 +30,7 @@ class _Sampling(_Base):
     top_p: float | None = Field(None, gt=0, le=1)
     top_k: int | None = Field(None, ge=-1)
     min_p: float | None = Field(None, ge=0, le=1)
-    seed: int | None = None
+    seed: int | None = Field(None, ge=-INT64, lt=INT64)
     stop: str | list[str] | None = None
     stop_token_ids: list[int] | None = None
     ignore_eos: bool = False
@@ -35,6 +39,20 @@ class _Sampling(_Base):
     presence_penalty: float | None = None   # accepted, not applied
     frequency_penalty: float | None = None  # accepted, not applied
     user: str | None = None
+    logit_bias: dict[int, float] | None = None   # token id (a JSON object key) -> bias added to its logit
+
+    @model_validator(mode="before")
+    @classmethod
+    def _valid_text(cls, data: Any) -> Any:
+        first_lone_surrogate(data)     # JSON may carry "\ud800"; no tokenizer can encode it
+        return data
+
+    @field_validator("logit_bias")
+    @classmethod
+    def _bias_range(cls, v: dict[int, float] | None) -> dict[int, float] | None:
+        if v and any(not -100 <= b <= 100 for b in v.values()):
+            raise ValueError("biases must be in [-100, 100]")
+        return v
 
     @field_validator("stop")
     @classmethod
@@ -67,6 +85,13 @@ class FunctionDef(_Base):
     name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.\-]+$")
     description: str | None = None
     parameters: dict[str, Any] | None = None
+
+    @field_validator("parameters")
+    @classmethod
+    def _schema_shape(cls, v: dict[str, Any] | None) -> dict[str, Any] | None:
+        if v is not None:
+            check_json_schema(v)
+        return v
 
 
 class ToolDef(_Base):

@@ -1,7 +1,7 @@
 """What the HTTP handlers share: the engine once loaded, the served name, limits, metrics.
 
-The server answers before the model is loaded (/health says 503 until then), so the engine is
-filled in by the background loader and every generating handler asks `require_engine()` first.
+The model is loaded before the server listens (api/app.py `load_model`), so `engine` is set whenever a
+request arrives; `require_engine()` still guards the handlers (a 503, never an AttributeError).
 """
 from __future__ import annotations
 
@@ -17,7 +17,6 @@ class ServerState:
     model_name: str
     api_key: str | None = None
     engine: Any | None = None
-    load_error: str | None = None
     load_seconds: float | None = None
     created: int = 0
     metrics: ServerMetrics = field(init=False)
@@ -28,8 +27,7 @@ class ServerState:
 
     def require_engine(self) -> Any:
         if self.engine is None:
-            msg = f"model failed to load: {self.load_error}" if self.load_error else "model is still loading"
-            raise APIError(503, msg)
+            raise APIError(503, "model is not loaded")
         return self.engine
 
     def check_model(self, requested: str | None) -> None:

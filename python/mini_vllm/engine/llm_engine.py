@@ -64,6 +64,9 @@ class LLMEngine:
         bad = next((t for t in prompt_token_ids if not 0 <= t < self.cfg.vocab_size), None)
         if bad is not None:
             raise ValueError(f"prompt token id {bad} is outside the vocabulary [0, {self.cfg.vocab_size})")
+        bad = next((t for t in params.logit_bias or () if not 0 <= t < self.cfg.vocab_size), None)
+        if bad is not None:
+            raise ValueError(f"logit_bias token id {bad} is outside the vocabulary [0, {self.cfg.vocab_size})")
 
     def add_request(self, request_id: str, prompt_token_ids: list[int], params: SamplingParams) -> None:
         if request_id in self.requests:

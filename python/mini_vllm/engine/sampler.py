@@ -4,7 +4,9 @@ One vectorised pass for the whole batch; an all-greedy batch without logprobs is
 Random draws use the exponential race (argmax of p / E, E ~ Exp(1)), which equals sampling from p and
 lets a seeded sequence draw its noise from its own torch.Generator: the same seed gives the same
 tokens whatever else is in the batch. Logprobs are the log-softmax of the temperature-scaled logits
-(raw logits for greedy), before top-k/top-p/min-p truncation, so they stay finite.
+(raw logits for greedy), before top-k/top-p/min-p truncation, so they stay finite. OpenAI's
+`logit_bias` is added to the logits first (on a copy: the logits may be a CUDA graph's output buffer),
+so it steers greedy and random picks alike and shows in the logprobs, as in OpenAI's API.
 """
 from __future__ import annotations
 
@@ -22,6 +24,21 @@ class SampleResult:
     logprobs: list[tuple[float, list[tuple[int, float]]] | None]
 
 
+def apply_logit_bias(logits: torch.Tensor, params: list) -> torch.Tensor:
+    """logits + each row's {token id: bias}, as a new tensor (one scatter for the whole batch)."""
+    rows, cols, vals = [], [], []
+    for i, p in enumerate(params):
+        for tok, bias in (p.logit_bias or {}).items():
+            rows.append(i)
+            cols.append(tok)
+            vals.append(bias)
+    dev = logits.device
+    out = logits.clone()
+    out.index_put_((torch.tensor(rows, device=dev), torch.tensor(cols, device=dev)),
+                   torch.tensor(vals, device=dev, dtype=out.dtype), accumulate=True)
+    return out
+
+
 class Sampler:
     def __init__(self, seed: int = 0):
         self.seed = seed
@@ -36,6 +53,8 @@ class Sampler:
 
     def __call__(self, logits: torch.Tensor, seqs: list[Sequence]) -> SampleResult:
         params = [s.params for s in seqs]
+        if any(p.logit_bias for p in params):
+            logits = apply_logit_bias(logits, params)
         want_lp = [p.logprobs is not None for p in params]
         if all(p.greedy for p in params):
             tokens = logits.argmax(dim=-1)
