@@ -93,7 +93,7 @@ def remote_from_url(url: str) -> S3Remote:
     raise ValueError(f"store.remote: unsupported remote cache URL {url!r} (only s3://bucket/prefix)")
 
 
-def download_s3_object(url: str, dest: str) -> None:
-    """Fetch s3://bucket/key to a local file (source tarball mirrors)."""
+def open_s3_object(url: str) -> Any:
+    """s3://bucket/key as a readable stream (source tarball mirrors: extracted as it arrives)."""
     bucket, key = split_s3_url(url)
-    s3_client().download_file(bucket, key, dest)
+    return s3_client().get_object(Bucket=bucket, Key=key)["Body"]

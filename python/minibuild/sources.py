@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from . import ui
-from .archive import copy_tree, extract_tar
+from .archive import Limits, copy_tree, extract_tar
 from .hashing import canonical_key, digest_file, tree_hash_of_listing, tree_listing
 from .atomic import make_writable
 from .store import Store
@@ -50,6 +50,7 @@ class Pin:
     patches: list[str] = field(default_factory=list)   # repo-relative patch files
     version: str = ""
     root: Path = Path(".")
+    limits: Limits = field(default_factory=Limits)     # caps on its archives (build_config.yaml)
 
     @property
     def tree_id(self) -> str:
@@ -63,13 +64,18 @@ class Pin:
 def pins(cfg: dict[str, Any]) -> dict[str, Pin]:
     root = Path(cfg.get("_root", "."))
     out: dict[str, Pin] = {}
-    for name, spec in (cfg.get("sources") or {}).items():
-        if not isinstance(spec, dict) or not spec.get("commit") or not spec.get("tree_sha256"):
-            raise SourceError(f"build_config.yaml sources.{name}: needs 'commit' and 'tree_sha256'")
-        out[name] = Pin(name=name, repo=spec.get("repo", ""), commit=str(spec["commit"]),
-                        tree_sha256=str(spec["tree_sha256"]), subtrees=list(spec.get("subtrees") or []),
-                        mirrors=list(spec.get("mirrors") or []), patches=list(spec.get("patches") or []),
-                        version=str(spec.get("version", "")), root=root)
+    try:
+        base = Limits().override(cfg.get("source_limits"), "build_config.yaml source_limits")
+        for name, spec in (cfg.get("sources") or {}).items():
+            if not isinstance(spec, dict) or not spec.get("commit") or not spec.get("tree_sha256"):
+                raise SourceError(f"build_config.yaml sources.{name}: needs 'commit' and 'tree_sha256'")
+            out[name] = Pin(name=name, repo=spec.get("repo", ""), commit=str(spec["commit"]),
+                            tree_sha256=str(spec["tree_sha256"]), subtrees=list(spec.get("subtrees") or []),
+                            mirrors=list(spec.get("mirrors") or []), patches=list(spec.get("patches") or []),
+                            version=str(spec.get("version", "")), root=root,
+                            limits=base.override(spec.get("limits"), f"build_config.yaml sources.{name}.limits"))
+    except ValueError as e:
+        raise SourceError(str(e)) from None
     return out
 
 
@@ -93,36 +99,35 @@ def candidates(pin: Pin, mdir: Path | None, offline: bool) -> list[str]:
     return urls
 
 
-def _materialize(url: str, pin: Pin, dest: Path, scratch: Path) -> None:
-    """Put the pin's subtrees from one mirror into dest (raises on any failure)."""
+def _materialize(url: str, pin: Pin, dest: Path, scratch: Path, limits: Limits) -> None:
+    """Put the pin's subtrees from one mirror into dest (raises on any failure).
+
+    Network archives are extracted as they stream (no download to disk first), so the caps in
+    `limits` bound what a hostile mirror can make us read and write."""
     marker = pin.commit
     if url.startswith("git+"):
-        _git_export(url[4:], pin, dest, scratch)
+        _git_export(url[4:], pin, dest, scratch, limits)
     elif url.startswith("file://"):
         path = Path(unquote(url[7:]))
         if path.is_dir():
-            copy_tree(path, dest, pin.subtrees)
+            copy_tree(path, dest, pin.subtrees, limits)
         else:
-            extract_tar(path, dest, pin.subtrees, strip_marker=marker)
+            extract_tar(path, dest, pin.subtrees, strip_marker=marker, limits=limits)
     elif url.startswith("s3://"):
-        from .remote import download_s3_object
+        from .remote import open_s3_object
 
-        tmp = scratch / "download"
-        download_s3_object(url, str(tmp))
-        extract_tar(tmp, dest, pin.subtrees, strip_marker=marker)
+        with open_s3_object(url) as body:
+            extract_tar(body, dest, pin.subtrees, strip_marker=marker, limits=limits)
     elif url.startswith(("https://", "http://")):
         import urllib.request  # only when a network mirror is tried
 
-        tmp = scratch / "download"
-        with urllib.request.urlopen(url, timeout=60) as r, open(tmp, "wb") as f:
-            while chunk := r.read(1 << 20):
-                f.write(chunk)
-        extract_tar(tmp, dest, pin.subtrees, strip_marker=marker)
+        with urllib.request.urlopen(url, timeout=60) as r:
+            extract_tar(r, dest, pin.subtrees, strip_marker=marker, limits=limits)
     else:
         raise SourceError(f"unsupported mirror URL {url!r}")
 
 
-def _git_export(url: str, pin: Pin, dest: Path, scratch: Path) -> None:
+def _git_export(url: str, pin: Pin, dest: Path, scratch: Path, limits: Limits) -> None:
     gdir = scratch / "git"
     env = {**os.environ, "GIT_TERMINAL_PROMPT": "0"}
 
@@ -138,7 +143,7 @@ def _git_export(url: str, pin: Pin, dest: Path, scratch: Path) -> None:
     archive = scratch / "git.tar"
     with open(archive, "wb") as f:
         git("archive", "--format=tar", pin.commit, "--", *(pin.subtrees or ["."]), stdout=f)
-    extract_tar(archive, dest, pin.subtrees)
+    extract_tar(archive, dest, pin.subtrees, limits=limits)
 
 
 def _apply_patches(pin: Pin, tree: Path) -> None:
@@ -157,7 +162,7 @@ def _listing_doc(tree: Path) -> dict[str, str]:
 
 
 def ensure_source(store: Store, pin: Pin, offline: bool = False, mdir: Path | None = None) -> Path:
-    """The installed tree of pin (fetched and verified if missing)."""
+    """The installed tree of pin (fetched and verified if missing; `pin.limits` caps each mirror's archive)."""
     tid = pin.tree_id
     if store.has_tree(tid):
         return store.tree_dir(tid)
@@ -175,7 +180,7 @@ def ensure_source(store: Store, pin: Pin, offline: bool = False, mdir: Path | No
                 t0 = time.monotonic()
                 tree = staged / "tree"
                 tree.mkdir()
-                _materialize(url, pin, tree, staged)
+                _materialize(url, pin, tree, staged, pin.limits)
                 got = tree_hash_of_listing(tree_listing(tree))
                 if got != pin.tree_sha256:
                     raise SourceError(f"tree hash mismatch: expected {pin.tree_sha256}, got {got}")
