@@ -123,26 +123,35 @@ def image(c, stage="all", push="", explain=False, dry_run=False, lock=False, pro
 
 # --- rollout & verify ----------------------------------------------------------------------------------
 
-@task(help={"tp": "tensor parallel size", "target": "hyperpod | eks | slurm | local",
+@task(auto_shortflags=False,  # -o/-g/-j would mean --only/--gc/--jobs in other tasks
+      help={"tp": "tensor parallel size (default: 1)", "target": "hyperpod | eks | slurm | local (default: local)",
             "dry_run": "print the rendered manifests and a diff against what is live",
             "delete": "remove what rollout made", "image": "image reference (default: last built)",
-            "model": "model path (default from build_config.yaml / the tiny model for local)"})
-def rollout(c, tp=1, target="local", dry_run=False, delete=False, image="", model=""):
+            "model": "model path (default from build_config.yaml / the tiny model for local)",
+            "replicas": "model server replicas (default: 1)",
+            "router": "put vllm-router in front: cache_aware | consistent_hash | power_of_two | round_robin | "
+                      "random (default: none)",
+            "gateway": "put a gateway in front of the router / Service: litellm (default: none)"})
+def rollout(c, tp=1, target="local", dry_run=False, delete=False, image="", model="", replicas=1, router="",
+            gateway=""):
     """Render manifests for a target, apply them, wait until serving, diagnose failures."""
     from minibuild.cluster import rollout as do_rollout
 
     ok = do_rollout(_config(), target=target, tp=tp, dry_run=dry_run, delete=delete,
-                    image=image or None, model=model or None)
+                    image=image or None, model=model or None, replicas=replicas, router=router or None,
+                    gateway=gateway or None)
     if not ok:
         raise SystemExit(1)
 
 
-@task(help={"target": "hyperpod | eks | slurm | local", "tp": "tensor parallel size"})
-def status(c, target="local", tp=1):
+@task(auto_shortflags=False,
+      help={"target": "hyperpod | eks | slurm | local (default: local)", "tp": "tensor parallel size (default: 1)",
+            "json": "print a JSON list of {role: replica|router|gateway, url, pid|pod|job, ready} (default: a table)"})
+def status(c, target="local", tp=1, json=False):
     """Show what is deployed and its state."""
     from minibuild.cluster import status as do_status
 
-    do_status(_config(), target=target, tp=tp)
+    do_status(_config(), target=target, tp=tp, as_json=json)
 
 
 @task(help={"target": "hyperpod | eks | slurm | local", "tp": "tensor parallel size", "tail": "lines"})

@@ -165,8 +165,8 @@ def target_url(cfg: dict[str, Any], target: str, tp: int) -> Iterator[str]:
     from minibuild.cluster import plan_for
 
     plan = plan_for(cfg, target, tp)
-    if target == "local":
-        from minibuild.cluster.local import url
+    if target == "local":   # through the router when one runs
+        from minibuild.cluster.local_stack import url
         yield url(cfg, plan)
     elif target == "slurm":
         from minibuild.cluster.slurm import url

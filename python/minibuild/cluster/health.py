@@ -13,10 +13,11 @@ import httpx
 from minibuild import ui
 
 
-def check(url: str, timeout: float = 2.0) -> tuple[bool, str]:
-    """(healthy, what /health said): 200 is healthy; a 503 body says loading or why the load failed."""
+def check(url: str, timeout: float = 2.0, path: str = "/health") -> tuple[bool, str]:
+    """(healthy, what /health said): 200 is healthy; a 503 body says loading or why the load failed.
+    `path`: another health route (the router's /readiness, LiteLLM's /health/liveliness)."""
     try:
-        r = httpx.get(f"{url.rstrip('/')}/health", timeout=timeout)
+        r = httpx.get(f"{url.rstrip('/')}{path}", timeout=timeout)
     except httpx.HTTPError as exc:
         return False, f"no answer ({type(exc).__name__})"
     if r.status_code == 200:
@@ -27,18 +28,18 @@ def check(url: str, timeout: float = 2.0) -> tuple[bool, str]:
         return False, f"HTTP {r.status_code}"
 
 
-def probe(url: str, timeout: float = 2.0) -> bool:
-    """True when GET {url}/health answers 200."""
-    return check(url, timeout)[0]
+def probe(url: str, timeout: float = 2.0, path: str = "/health") -> bool:
+    """True when GET {url}{path} answers 200."""
+    return check(url, timeout, path)[0]
 
 
 def wait_healthy(url: str, timeout_s: float, dead: Callable[[], str | None], what: str,
-                 interval_s: float = 0.5) -> str | None:
+                 interval_s: float = 0.5, path: str = "/health") -> str | None:
     """None once healthy; else why not (`dead()` gave a reason, the model failed to load, or time ran out)."""
     start = time.monotonic()
-    with ui.console().status(f"waiting for {what} to answer {url}/health") as status:
+    with ui.console().status(f"waiting for {what} to answer {url}{path}") as status:
         while True:
-            ok, said = check(url)
+            ok, said = check(url, path=path)
             if ok:
                 ui.console().print(f"[green]healthy[/] {what} at {url} after {time.monotonic() - start:.1f} s")
                 return None
@@ -49,8 +50,8 @@ def wait_healthy(url: str, timeout_s: float, dead: Callable[[], str | None], wha
                 return reason
             elapsed = time.monotonic() - start
             if elapsed > timeout_s:
-                return f"{what} did not answer {url}/health within {timeout_s:.0f} s (last: {said})"
-            status.update(f"waiting for {what} to answer {url}/health ({elapsed:.0f} s: {said})")
+                return f"{what} did not answer {url}{path} within {timeout_s:.0f} s (last: {said})"
+            status.update(f"waiting for {what} to answer {url}{path} ({elapsed:.0f} s: {said})")
             time.sleep(interval_s)
 
 

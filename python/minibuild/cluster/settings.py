@@ -37,12 +37,16 @@ class Plan:
     image_source: str = ""         # where the image reference came from
     settings: dict[str, Any] = field(default_factory=dict)   # cluster.targets.<target>
     variant: dict[str, Any] = field(default_factory=dict)    # cluster.variants.<tp>
+    replicas: int = 1                  # model servers (stack.py: replicas, router, gateway)
+    router: str | None = None          # vllm-router policy in front of the replicas, or None
+    gateway: str | None = None         # "litellm" in front of the router / Service, or None
 
     @property
     def labels(self) -> dict[str, str]:
         """Labels on everything rollout makes; `--delete` and status select by `selector`."""
         return {"app": self.name, "app.kubernetes.io/name": "mini-vllm",
-                "app.kubernetes.io/managed-by": "mini-vllm", "mini-vllm/tp": str(self.tp)}
+                "app.kubernetes.io/managed-by": "mini-vllm", "mini-vllm/tp": str(self.tp),
+                "mini-vllm/stack": self.name}
 
     @property
     def selector(self) -> str:
