@@ -3,8 +3,9 @@
 Why separate from store.py: the store's job is correct reads and writes; deciding what is garbage is
 policy. GC keeps every action record, blob and tree named by a root (`Store.set_root`, written by each
 build), the blobs those actions name, anything used within `max_age_days`, and removes the rest plus
-stale `.tmp-*` leftovers of killed builds. It takes the store-wide "gc" lock; builds do not, so run
-it when no build is running (documented in docs/build.md).
+stale `.tmp-*` leftovers of killed builds - anywhere in the store (not inside installed source trees,
+whose files are upstream's) and in the install directories (build/, build/ext or $MINI_VLLM_EXT_DIR).
+It takes the store-wide "gc" lock; builds do not, so run it when no build is running (docs/build.md).
 """
 from __future__ import annotations
 
@@ -74,7 +75,44 @@ def _live_set(store: Store, max_age_days: int) -> tuple[set[str], set[str], set[
     return actions, blobs, trees
 
 
-def collect_garbage(store: Store, max_age_days: int = 0) -> dict[str, int]:
+def _remove(p: Path) -> int:
+    """Delete a file or directory tree; returns the bytes it held."""
+    size = _size(p) if not p.is_symlink() else 0
+    if p.is_dir() and not p.is_symlink():
+        make_writable(p)
+        shutil.rmtree(p, ignore_errors=True)
+    else:
+        unlink_quietly(p)
+    return size
+
+
+def _tmp_leftovers(top: Path, skip: Path | None = None) -> list[Path]:
+    """`.tmp-*` entries under top (not descending into them, nor into `skip`'s subdirectories)."""
+    found: list[Path] = []
+    for dirpath, dirnames, filenames in os.walk(top):
+        here = Path(dirpath)
+        if skip is not None and here == skip:
+            dirnames[:] = []                     # installed trees: upstream files, maybe named .tmp-x
+        found += [here / f for f in filenames if f.startswith(".tmp-")]
+        found += [here / d for d in dirnames if d.startswith(".tmp-")]
+        dirnames[:] = [d for d in dirnames if not d.startswith(".tmp-")]
+    return found
+
+
+def sweep_leftovers(store: Store, install_dirs: list[Path] = ()) -> tuple[int, int]:
+    """Remove every `.tmp-*` left by killed builds in the store and the install dirs: (count, bytes)."""
+    count = size = 0
+    found = _tmp_leftovers(store.root, skip=store.trees_dir)
+    for d in install_dirs:
+        if d.is_dir():
+            found += _tmp_leftovers(d)
+    for p in dict.fromkeys(found):
+        size += _remove(p)
+        count += 1
+    return count, size
+
+
+def collect_garbage(store: Store, max_age_days: int = 0, install_dirs: list[Path] = ()) -> dict[str, int]:
     removed = {"actions": 0, "blobs": 0, "trees": 0, "tmp": 0, "bytes": 0}
     with store.lock("gc"):
         actions, blobs, trees = _live_set(store, max_age_days)
@@ -94,18 +132,18 @@ def collect_garbage(store: Store, max_age_days: int = 0) -> dict[str, int]:
                 store.remove_tree(tp.name)
                 removed["trees"] += 1
         for junk in store.tmp.iterdir():
-            if junk.is_dir():
-                make_writable(junk)
-                shutil.rmtree(junk, ignore_errors=True)
-            else:
-                unlink_quietly(junk)
+            removed["bytes"] += _remove(junk)
             removed["tmp"] += 1
+        count, size = sweep_leftovers(store, list(install_dirs))
+        removed["tmp"] += count
+        removed["bytes"] += size
     return removed
 
 
-def run_cache_command(store: Store, stats: bool, gc: bool, max_age_days: int) -> None:
+def run_cache_command(store: Store, stats: bool, gc: bool, max_age_days: int,
+                      install_dirs: list[Path] = ()) -> None:
     if gc:
-        r = collect_garbage(store, max_age_days)
+        r = collect_garbage(store, max_age_days, install_dirs)
         ui.out(f"gc: removed {r['actions']} action records, {r['blobs']} blobs, {r['trees']} trees, "
                f"{r['tmp']} leftovers ({_human(r['bytes'])})")
     if stats:
@@ -122,4 +160,7 @@ def run_cache_command(store: Store, stats: bool, gc: bool, max_age_days: int) ->
 
 def cache_command(cfg: dict, stats: bool = True, gc: bool = False, max_age_days: int = 0) -> None:
     """`invoke cache`: print stats and/or garbage-collect the store."""
-    run_cache_command(Store.from_config(cfg), stats=stats, gc=gc, max_age_days=max_age_days)
+    from .kernels import ext_dir
+
+    installs = [ext_dir(cfg), Path(cfg.get("_root", ".")) / "build"]
+    run_cache_command(Store.from_config(cfg), stats=stats, gc=gc, max_age_days=max_age_days, install_dirs=installs)

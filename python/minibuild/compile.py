@@ -18,12 +18,11 @@ from __future__ import annotations
 
 import os
 import shlex
-import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import graph
+from . import children, graph
 from .graph import Input, Task
 from .hashing import canonical_key
 from .store import Store
@@ -224,7 +223,7 @@ def compile_object(store: Store, pm: PathMap, tc: Toolchain, ks: KernelSet, unit
         cmd = nvcc_command(tc, pm, ks, unit, tmp_obj, dep)
         store.log_event("compile_start", set=ks.name, unit=unit, key1=plan.key1)
         try:
-            r = subprocess.run(cmd, cwd=bdir, capture_output=True, text=True)
+            r = children.run(cmd, cwd=bdir)   # nvcc, cicc, ptxas die with the build
             if r.returncode != 0:
                 raise CompileError(f"{unit}: nvcc failed ({r.returncode})\n$ {shlex.join(cmd)}\n"
                                    f"{(r.stdout + r.stderr)[-4000:]}")
@@ -266,7 +265,7 @@ def link_module(store: Store, tc: Toolchain, ks: KernelSet, task: Task, objects:
     for g in ks.gencode:
         cmd += ["-gencode", g]
     try:
-        r = subprocess.run(cmd, cwd=ldir, capture_output=True, text=True)
+        r = children.run(cmd, cwd=ldir)
         if r.returncode != 0:
             raise CompileError(f"link {ks.module}: nvcc failed ({r.returncode})\n$ {shlex.join(cmd)}\n"
                                f"{(r.stdout + r.stderr)[-4000:]}")

@@ -17,11 +17,11 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from . import graph, ui
+from . import children, graph, ui
 from .compile import (CompileError, CorruptTree, KernelSet, ObjectPlan, PathMap, compile_object, explain_object,
                       link_module, link_task, plan_object)
 from .hashing import canonical_key
-from .sources import SourceError, ensure_source, mirror_dir, pins
+from .sources import SourceError, ensure_source, mirror_dir, pins, tree_changes
 from .atomic import atomic_write_bytes
 from .store import Store
 from .toolchain import ToolchainError, detect
@@ -90,6 +90,16 @@ class Build:
             if name not in self.pins:
                 raise SourceError(f"a kernel set uses '@{name}' but build_config.yaml sources has no '{name}'")
             pin = self.pins[name]
+            changed = tree_changes(self.store, pin.tree_id) if self.store.has_tree(pin.tree_id) else None
+            if changed:     # never compile against it: the tree is fetched again from the mirrors
+                if self.dry_run:
+                    ui.out(f"source {name}: its installed tree changed after verification ({changed})")
+                    self.missing_sources.append(name)
+                    continue
+                ui.warn(f"sources.{name}: the installed tree {pin.tree_id[:12]} changed after it was verified "
+                        f"({changed}); deleting it and fetching it again")
+                self.store.log_event("corrupt", what="tree", source=name, detail=changed)
+                self.store.remove_tree(pin.tree_id)
             if not self.store.has_tree(pin.tree_id):
                 if self.dry_run:
                     self.missing_sources.append(name)
@@ -162,8 +172,15 @@ def _compile_all(b: Build, todo: list[ObjectPlan], jobs: int, mem_gb: float) -> 
                 budget.release(p.kset.mem_gb_per_job)
                 bar.advance()
 
-        with ThreadPoolExecutor(max_workers=max(1, min(jobs, len(todo)))) as pool:
+        children.allow()
+        pool = ThreadPoolExecutor(max_workers=max(1, min(jobs, len(todo))))
+        try:
             list(pool.map(one, todo))
+        except BaseException:       # ^C or a crash: no compiler outlives this build, none starts
+            children.stop()
+            pool.shutdown(wait=True, cancel_futures=True)
+            raise
+        pool.shutdown()
     return done, errors
 
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import stat
 import subprocess
 import tempfile
 import time
@@ -159,6 +160,32 @@ def _listing_doc(tree: Path) -> dict[str, str]:
     for kind, ex, value, rel in tree_listing(tree):
         doc[rel] = ("->" + value) if kind == "l" else (("x:" if ex == "x" else "") + value)
     return doc
+
+
+def tree_changes(store: Store, tree_id: str) -> str | None:
+    """How an installed tree differs from the listing recorded when it was verified (None: it does not).
+
+    Cheap on a no-op build: file digests come from the store's stat cache (size, mtime, ctime, inode)."""
+    listing, root = store.tree_listing(tree_id), store.tree_dir(tree_id)
+    if listing is None or not root.is_dir():
+        return "it is missing"
+    seen = 0
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in filenames + [d for d in dirnames if os.path.islink(os.path.join(dirpath, d))]:
+            p = Path(dirpath, name)
+            rel = p.relative_to(root).as_posix()
+            want, st = listing.get(rel), os.lstat(p)
+            if want is None:
+                return f"{rel} was added"
+            if want.startswith("->"):
+                if not stat.S_ISLNK(st.st_mode) or os.readlink(p) != want[2:]:
+                    return f"{rel} is not the symlink it was"
+            elif not stat.S_ISREG(st.st_mode):
+                return f"{rel} is no longer a regular file"
+            elif want.startswith("x:") != bool(st.st_mode & 0o100) or store.stat_cache.digest(p) != want[-64:]:
+                return f"{rel} changed"
+            seen += 1
+    return None if seen == len(listing) else f"{len(listing) - seen} file(s) were removed"
 
 
 def ensure_source(store: Store, pin: Pin, offline: bool = False, mdir: Path | None = None) -> Path:
