@@ -123,52 +123,65 @@ def image(c, stage="all", push="", explain=False, dry_run=False, lock=False, pro
 
 # --- rollout & verify ----------------------------------------------------------------------------------
 
+_SERVED = ("served model name: names the deployment (Kubernetes objects, Slurm job, local process) "
+           "and what clients ask for (default: the model path's last component)")
+
+
 @task(auto_shortflags=False,  # -o/-g/-j would mean --only/--gc/--jobs in other tasks
       help={"tp": "tensor parallel size (default: 1)", "target": "hyperpod | eks | slurm | local (default: local)",
-            "dry_run": "print the rendered manifests and a diff against what is live",
-            "delete": "remove what rollout made", "image": "image reference (default: last built)",
-            "model": "model path (default from build_config.yaml / the tiny model for local)",
+            "dry_run": "print the rendered manifests / job script (and a diff against what is live); apply nothing",
+            "delete": "remove the deployment of --served-model-name / --model (default: the only one, else the "
+                      "default model's)",
+            "image": "image reference REPO@sha256:... or a bare sha256: digest (default: build/images/server.json)",
+            "model": "model path (default: cluster.targets.<target>.model_path / the tiny model for local)",
+            "served_model_name": _SERVED,
             "replicas": "model server replicas (default: 1)",
             "router": "put vllm-router in front: cache_aware | consistent_hash | power_of_two | round_robin | "
                       "random (default: none)",
             "gateway": "put a gateway in front of the router / Service: litellm (default: none)"})
-def rollout(c, tp=1, target="local", dry_run=False, delete=False, image="", model="", replicas=1, router="",
-            gateway=""):
-    """Render manifests for a target, apply them, wait until serving, diagnose failures."""
+def rollout(c, tp=1, target="local", dry_run=False, delete=False, image="", model="", served_model_name="",
+            replicas=1, router="", gateway=""):
+    """Deploy one model to a target (several live side by side), wait until it serves, diagnose failures."""
     from minibuild.cluster import rollout as do_rollout
 
     ok = do_rollout(_config(), target=target, tp=tp, dry_run=dry_run, delete=delete,
-                    image=image or None, model=model or None, replicas=replicas, router=router or None,
-                    gateway=gateway or None)
+                    image=image or None, model=model or None, served_name=served_model_name or None,
+                    replicas=replicas, router=router or None, gateway=gateway or None)
     if not ok:
         raise SystemExit(1)
 
 
 @task(auto_shortflags=False,
-      help={"target": "hyperpod | eks | slurm | local (default: local)", "tp": "tensor parallel size (default: 1)",
-            "json": "print a JSON list of {role: replica|router|gateway, url, pid|pod|job, ready} (default: a table)"})
-def status(c, target="local", tp=1, json=False):
-    """Show what is deployed and its state."""
+      help={"target": "hyperpod | eks | slurm | local (default: local)",
+            "served_model_name": "show only this deployment (default: all)",
+            "json": "print one deployment's parts as a JSON list of {role: replica|router|gateway, url, "
+                    "pid|pod|job, ready} (default: a table of all)"})
+def status(c, target="local", served_model_name="", json=False):
+    """List the target's deployments and the state of each."""
     from minibuild.cluster import status as do_status
 
-    do_status(_config(), target=target, tp=tp, as_json=json)
+    do_status(_config(), target=target, served_name=served_model_name or None, as_json=json)
 
 
-@task(help={"target": "hyperpod | eks | slurm | local", "tp": "tensor parallel size", "tail": "lines"})
-def logs(c, target="local", tp=1, tail=100):
-    """Print the server's logs."""
+@task(help={"target": "hyperpod | eks | slurm | local (default: local)",
+            "served_model_name": "whose logs (default: the only deployment, else the default model's)",
+            "tail": "lines of the past to print (default: 100)",
+            "follow": "keep printing new lines as they are written, until the server stops or Ctrl-C (default: off)"})
+def logs(c, target="local", served_model_name="", tail=100, follow=False):
+    """Print a deployment's server log; -f follows it."""
     from minibuild.cluster import logs as do_logs
 
-    do_logs(_config(), target=target, tp=tp, tail=tail)
+    do_logs(_config(), target=target, served_name=served_model_name or None, tail=tail, follow=follow)
 
 
-@task(help={"target": "hyperpod | eks | slurm | local", "url": "check this URL instead of the target's",
-            "tp": "tensor parallel size", "api_key": "API key (default: $MINI_VLLM_API_KEY)"})
-def verify(c, target="local", url="", tp=1, api_key=""):
+@task(help={"target": "hyperpod | eks | slurm | local (default: local)", "url": "check this URL instead of the target's",
+            "served_model_name": "which deployment (default: the only one, else the default model's)",
+            "api_key": "API key (default: $MINI_VLLM_API_KEY)"})
+def verify(c, target="local", url="", served_model_name="", api_key=""):
     """Prove the deployed server works: health, models, completions, chat, streaming, metrics."""
     from minibuild.verify import verify as do_verify
 
-    ok = do_verify(_config(), target=target, url=url or None, tp=tp,
+    ok = do_verify(_config(), target=target, url=url or None, served_name=served_model_name or None,
                    api_key=api_key or os.environ.get("MINI_VLLM_API_KEY"))
     if not ok:
         raise SystemExit(1)

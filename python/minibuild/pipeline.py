@@ -58,7 +58,7 @@ def _rollout(cfg: dict[str, Any], root: Path) -> str:
     from minibuild.cluster import plan_for
     from minibuild.cluster.local import url
 
-    return f"serving at {url(cfg, plan_for(cfg, 'local', 1))}"
+    return f"serving at {url(cfg, plan_for(cfg, 'local'))}"
 
 
 def _verify(cfg: dict[str, Any], root: Path) -> str:
@@ -66,7 +66,7 @@ def _verify(cfg: dict[str, Any], root: Path) -> str:
 
     from minibuild.verify import verify
 
-    if not verify(cfg, target="local", tp=1, api_key=os.environ.get(require(cfg, "cluster.api_key_env"))):
+    if not verify(cfg, target="local", api_key=os.environ.get(require(cfg, "cluster.api_key_env"))):
         raise RuntimeError("verify failed (see the table above)")
     return "all checks passed"
 

@@ -160,11 +160,11 @@ def run_checks(url: str, api_key: str | None, vcfg: dict[str, Any]) -> list[Resu
 
 
 @contextlib.contextmanager
-def target_url(cfg: dict[str, Any], target: str, tp: int) -> Iterator[str]:
-    """The URL of what `invoke rollout --target T --tp N` deployed (a port-forward for Kubernetes)."""
+def target_url(cfg: dict[str, Any], target: str, served_name: str | None = None) -> Iterator[str]:
+    """The URL of what `invoke rollout --target T` deployed for a model (a port-forward for Kubernetes)."""
     from minibuild.cluster import plan_for
 
-    plan = plan_for(cfg, target, tp)
+    plan = plan_for(cfg, target, served_name)
     if target == "local":   # through the router when one runs
         from minibuild.cluster.local_stack import url
         yield url(cfg, plan)
@@ -177,13 +177,13 @@ def target_url(cfg: dict[str, Any], target: str, tp: int) -> Iterator[str]:
             yield local
 
 
-def verify(cfg: dict[str, Any], target: str = "local", url: str | None = None, tp: int = 1,
+def verify(cfg: dict[str, Any], target: str = "local", url: str | None = None, served_name: str | None = None,
            api_key: str | None = None) -> bool:
     """Check the server at `url` (or the target's); print the table; False names the failed check."""
     vcfg = require(cfg, "cluster.verify")
     try:
         with contextlib.ExitStack() as stack:
-            base = url or stack.enter_context(target_url(cfg, target, tp))
+            base = url or stack.enter_context(target_url(cfg, target, served_name))
             results = run_checks(base, api_key, vcfg)
     except (RuntimeError, ConfigError, OSError) as exc:
         console.print(f"[red]verify {target}: cannot reach the server:[/] {exc}")

@@ -14,6 +14,7 @@ from __future__ import annotations
 import copy
 import json
 import threading
+import time
 import uuid
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -46,6 +47,7 @@ class KubeEmulator:
         self.token = token
         self.objects: dict[Key, dict[str, Any]] = {}
         self.logs: dict[tuple[str, str], list[str]] = {}     # (namespace, pod) -> lines
+        self.ended: set[tuple[str, str]] = set()             # containers that stopped: `follow` streams end
         self.requests: list[dict[str, Any]] = []
         self.on_poll: Callable[["KubeEmulator"], None] | None = None
         self.lock = threading.RLock()
@@ -137,6 +139,8 @@ class KubeEmulator:
                 ns, plural = parts[base + 1], parts[base + 2]
                 name = parts[base + 3] if len(parts) > base + 3 else None
                 sub = parts[base + 4] if len(parts) > base + 4 else None
+                if method == "GET" and sub == "log" and query.get("follow") == "true":
+                    return self._follow(ns, name, int(query.get("tailLines", 10 ** 9)))
                 with emu.lock:
                     if method == "GET" and plural == "deployments" and name and emu.on_poll:
                         emu.on_poll(emu)
@@ -170,6 +174,29 @@ class KubeEmulator:
                             return self._send(404, _status(404, "NotFound", f'{plural} "{name}" not found'))
                         return self._send(200, {"kind": "Status", "apiVersion": "v1", "status": "Success"})
                 return self._send(405, _status(405, "MethodNotAllowed", method))
+
+            def _follow(self, ns: str, pod: str, tail: int) -> None:
+                """`logs?follow=true`: the last lines, then new ones as they are appended, until the container
+                ends or the pod goes (the body ends when the connection closes, HTTP/1.0)."""
+                self.send_response(200)
+                self.send_header("Content-Type", "text/plain")
+                self.end_headers()
+                with emu.lock:
+                    lines = emu.logs.get((ns, pod)) or []
+                    sent = len(lines)
+                    self.wfile.write("".join(f"{x}\n" for x in (lines[-tail:] if tail else [])).encode())
+                self.wfile.flush()
+                while True:
+                    with emu.lock:
+                        lines = emu.logs.get((ns, pod)) or []
+                        new, sent = lines[sent:], len(lines)
+                        done = (ns, pod) in emu.ended or ("pods", ns, pod) not in emu.objects
+                    if new:
+                        self.wfile.write("".join(f"{x}\n" for x in new).encode())
+                        self.wfile.flush()
+                    elif done:
+                        return
+                    time.sleep(0.05)
 
             def do_GET(self) -> None:
                 self._route("GET")

@@ -2,8 +2,9 @@
 
 Slurm 22.05 (Debian slurm-wlm) with its own munge key and socket, state dirs under tmp, and 8 "GPUs"
 that are char devices made with mknod (gres `File=`, AutoDetect=off) - Slurm only counts and assigns
-them (CUDA_VISIBLE_DEVICES). The node declares 16 CPUs with `SlurmdParameters=config_overrides`
-like an 8-GPU node, so a TP=8 job beside a TP=2 job waits with reason Resources, as on a real cluster.
+them (CUDA_VISIBLE_DEVICES). The node declares 64 CPUs (8 per GPU, as the Slurm guide gives each GPU)
+with `SlurmdParameters=config_overrides` like an 8-GPU node (and 2 TB of memory, as a p5 has), so a TP=8 job beside a TP=2 job waits with
+reason Resources, as on a real cluster.
 cgroups do not work in these containers: proctrack/linuxproc, task/none.
 """
 from __future__ import annotations
@@ -35,7 +36,7 @@ def _wait(what: str, cond, timeout: float, logs: list[Path]) -> None:
 
 
 class SlurmCluster:
-    def __init__(self, root: Path, gpus: int = 8, cpus: int = 16):
+    def __init__(self, root: Path, gpus: int = 8, cpus: int = 64):
         self.root, self.gpus, self.cpus = root, gpus, cpus
         self.node = socket.gethostname().split(".")[0]
         self.procs: list[subprocess.Popen] = []
@@ -95,7 +96,7 @@ SlurmdParameters=config_overrides
 GresTypes=gpu
 MinJobAge=600
 KillWait=5
-NodeName={self.node} NodeAddr=127.0.0.1 CPUs={self.cpus} RealMemory=4000 Gres=gpu:{self.gpus} State=UNKNOWN
+NodeName={self.node} NodeAddr=127.0.0.1 CPUs={self.cpus} RealMemory=2000000 Gres=gpu:{self.gpus} State=UNKNOWN
 PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP
 """)
         self.procs.append(subprocess.Popen(["/usr/sbin/slurmctld", "-D", "-i", "-f", str(self.conf)],

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -9,8 +10,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from minibuild.cluster.render import render_kubernetes, render_slurm, to_yaml
-from minibuild.cluster.settings import RolloutError, make_plan
+from minibuild.cluster.render import render_kubernetes, render_slurm, server_args, to_yaml
+from minibuild.cluster.settings import RolloutError, choose_port, make_plan, reserved_ports
+from minibuild.cluster.slurm import job_script
+from minibuild.cluster.slurm_runtime import choose, pyxis_uri
 from minibuild.config import load_config
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -49,7 +52,9 @@ def test_kubernetes_objects(cfg, target, tp):
     for name, value in (("NCCL_NVLS_ENABLE", "0"), ("TORCH_SYMM_MEM_DISABLE_MULTICAST", "1"), ("NVSHMEM_DISABLE_NVLS", "1")):
         assert {"name": name, "value": value} in c["env"]
     svc = next(o for o in objs if o["kind"] == "Service")
-    assert svc["spec"]["selector"] == dep["spec"]["selector"]["matchLabels"] == {"app": f"mini-vllm-gptoss-tp{tp}"}
+    assert svc["spec"]["selector"] == dep["spec"]["selector"]["matchLabels"] == {"app": "mini-vllm-gpt-oss-20b"}
+    assert dep["metadata"]["annotations"]["mini-vllm/served-model-name"] == "gpt-oss-20b"
+    assert pod["metadata"]["labels"]["mini-vllm/model"] == "gpt-oss-20b"
     if target == "hyperpod":
         q = "hyperpod-ns-inference-localqueue"
         assert dep["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == q
@@ -96,11 +101,85 @@ def test_all_manifests_pass_strict_schema_validation(cfg, tmp_path):
 @pytest.mark.parametrize("tp", TPS)
 def test_slurm_script(cfg, tp, tmp_path):
     plan = make_plan(cfg, "slurm", tp)
-    text = render_slurm(cfg, plan, tmp_path / "out.log", "/opt/venv/bin/python")
-    assert f"#SBATCH --gres=gpu:{tp}\n" in text
-    assert f"#SBATCH --job-name=mini-vllm-gptoss-tp{tp}\n" in text
+    text, runtime = job_script(cfg, plan, "serve", server_args(plan), tmp_path / "out.log", [(plan.model_path, True)])
+    assert runtime.name == "venv"          # no pyxis here: the checkout's environment, said why
+    assert f"#SBATCH --gres=gpu:{tp}\n" in text and f"#SBATCH --cpus-per-task={8 * tp}\n" in text
+    assert "#SBATCH --job-name=mini-vllm-gpt-oss-20b\n" in text
+    assert "#SBATCH --comment=mini-vllm:serve:gpt-oss-20b\n" in text
     assert f"--tensor-parallel-size {tp} " in text and "/opt/models/gpt-oss-20b" in text
+    assert "--served-model-name gpt-oss-20b" in text and "-m mini_vllm.cli serve" in text
     assert f"#SBATCH --output={tmp_path / 'out.log'}" in text
+    assert "--mem" not in text and "--time" not in text and "--partition" not in text   # null: not set
+    r = subprocess.run(["bash", "-n"], input=text, text=True, capture_output=True)
+    assert r.returncode == 0, r.stderr
+
+
+def test_two_models_get_their_own_names_and_resources(cfg, tmp_path):
+    cfg = json.loads(json.dumps(cfg))
+    cfg["cluster"]["targets"]["slurm"].update(partition="gpu", account="ml", qos="high", time_limit="1-00:00:00")
+    small = make_plan(cfg, "slurm", 1, model="/opt/models/gpt-oss-20b")
+    big = make_plan(cfg, "slurm", 2, model="/opt/models/gpt-oss-120b")
+    named = make_plan(cfg, "slurm", 1, model="/opt/models/x", served_name="openai/gpt-oss-20b")
+    assert (small.name, big.name, named.name) == ("mini-vllm-gpt-oss-20b", "mini-vllm-gpt-oss-120b",
+                                                  "mini-vllm-openai-gpt-oss-20b")
+    assert named.served_name == "openai/gpt-oss-20b"
+    text = render_slurm(cfg, big, tmp_path / "o", "true", "venv", values={"runtime_reason": "test"})
+    for line in ("--partition=gpu", "--account=ml", "--qos=high", "--time=1-00:00:00",
+                 "--mem=400G", "--cpus-per-task=16", "--gres=gpu:2"):     # gpt-oss-120b: cluster.models overrides
+        assert f"#SBATCH {line}\n" in text
+    assert "--mem" not in render_slurm(cfg, small, tmp_path / "o", "true", "venv", values={"runtime_reason": "t"})
+    with pytest.raises(RolloutError, match="has spaces"):
+        make_plan(cfg, "slurm", 1, served_name="my model")
+    long = make_plan(cfg, "local", 1, served_name="a" * 80)
+    assert len(long.name) <= 63 and long.name != make_plan(cfg, "local", 1, served_name="a" * 81).name
+
+
+def test_ports_are_allocated_without_clashes(cfg):
+    cfg = json.loads(json.dumps(cfg))
+    plan = make_plan(cfg, "slurm", 1, served_name="b")
+    assert choose_port(plan, None, {}) == 8000
+    assert choose_port(plan, None, {8000: "mini-vllm-a", 8001: "mini-vllm-c"}) == 8002
+    assert choose_port(plan, 8005, {8000: "mini-vllm-a"}) == 8005          # keeps its own on a re-rollout
+    cfg["cluster"]["models"] = {"a": {"port": 8000}, "b": {"port": 9001}}
+    assert choose_port(make_plan(cfg, "slurm", 1, served_name="c"), None, {}, reserved_ports(cfg, "c")) == 8001
+    fixed = make_plan(cfg, "slurm", 1, served_name="b")
+    assert fixed.port_fixed and choose_port(fixed, None, {}) == 9001
+    with pytest.raises(RolloutError, match="held by mini-vllm-x"):
+        choose_port(fixed, None, {9001: "mini-vllm-x"})
+    assert make_plan(cfg, "hyperpod", 1, served_name="b", image=IMAGE).port == 8000   # pods: one port for all
+
+
+def test_runtime_choice():
+    img = "972488948509.dkr.ecr.eu-west-2.amazonaws.com/engineering/inference/mini-vllm-server@sha256:" + "ab" * 32
+    pyxis_help = "  --container-image=[USER@][REGISTRY#]IMAGE[:TAG]|PATH\n"
+    assert choose("auto", img, "", pyxis_help).name == "pyxis"
+    assert choose("auto", img, "", "usage: srun [OPTIONS]").name == "venv"
+    assert "fallback: not pushed" in choose("auto", None, "not pushed", pyxis_help).reason
+    assert choose("apptainer", img, "", "").name == "apptainer" and choose("venv", img, "", pyxis_help).image is None
+    with pytest.raises(RolloutError, match="needs the server image"):
+        choose("podman", None, "no build/images/server.json", "")
+    with pytest.raises(RolloutError, match="choose one of"):
+        choose("docker", img, "", "")
+    assert pyxis_uri(img) == img.replace(".com/", ".com#", 1)
+    assert pyxis_uri("localhost:5000/mini-vllm-server@sha256:" + "ab" * 32).startswith("localhost:5000#")
+    assert pyxis_uri("library/ubuntu@sha256:" + "ab" * 32) == "library/ubuntu@sha256:" + "ab" * 32
+
+
+@pytest.mark.parametrize("name", ["pyxis", "apptainer", "podman"])
+def test_container_scripts(cfg, name, tmp_path):
+    cfg = json.loads(json.dumps(cfg))
+    cfg["cluster"]["targets"]["slurm"]["runtime"] = name
+    plan = make_plan(cfg, "slurm", 2, image=IMAGE)
+    text, runtime = job_script(cfg, plan, "serve", server_args(plan), tmp_path / "out.log", [(plan.model_path, True)])
+    assert runtime.name == name and runtime.image == IMAGE
+    launch = next(line for line in text.splitlines() if line.startswith("exec "))
+    assert "serve /opt/models/gpt-oss-20b --host 0.0.0.0" in launch and "PYTHONPATH" not in text   # the image's code
+    want = {"pyxis": f"srun --container-image={shlex.quote(pyxis_uri(IMAGE))} --container-mounts=/opt/models/gpt-oss-20b:/opt/models/gpt-oss-20b:ro",
+            "apptainer": f"apptainer exec --nv --bind /opt/models/gpt-oss-20b:/opt/models/gpt-oss-20b:ro docker://{IMAGE}",
+            "podman": "-v /opt/models/gpt-oss-20b:/opt/models/gpt-oss-20b:ro"}[name]
+    assert want in launch, launch
+    if name == "podman":
+        assert "-e CUDA_VISIBLE_DEVICES" in launch and "-e MINI_VLLM_API_KEY" in launch and f"--entrypoint mini-vllm {IMAGE} serve" in launch
     r = subprocess.run(["bash", "-n"], input=text, text=True, capture_output=True)
     assert r.returncode == 0, r.stderr
 

@@ -19,7 +19,7 @@ from minibuild.config import load_config
 ROOT = Path(__file__).resolve().parents[2]
 IMAGE = "972488948509.dkr.ecr.eu-west-2.amazonaws.com/engineering/inference/mini-vllm-server@sha256:" + "ab" * 32
 NS = "hyperpod-ns-inference"
-NAME = "mini-vllm-gptoss-tp2"
+NAME = "mini-vllm-gpt-oss-20b"
 
 
 @pytest.fixture()
@@ -117,16 +117,16 @@ def test_reapply_same_is_a_noop_and_new_image_bumps_generation(cfg, emu):
 def test_dry_run_prints_yaml_and_diff_against_live(cfg, emu, capsys):
     assert rollout(cfg, target="hyperpod", tp=2, image=IMAGE, dry_run=True)
     out = capsys.readouterr()
-    assert "kind: Deployment" in out.out and "Deployment/mini-vllm-gptoss-tp2: new" in out.err
+    assert "kind: Deployment" in out.out and "Deployment/mini-vllm-gpt-oss-20b: new" in out.err
     assert not [r for r in emu.requests if r["method"] != "GET"]          # a dry run changes nothing
     for obj in render_kubernetes(cfg, make_plan(cfg, "hyperpod", 2, image=IMAGE)):
         emu._apply((obj["kind"].lower() + "s", NS, obj["metadata"]["name"]), json.loads(json.dumps(obj)), "mini-vllm")
     assert rollout(cfg, target="hyperpod", tp=2, image=IMAGE, dry_run=True)
-    assert "Deployment/mini-vllm-gptoss-tp2: unchanged" in capsys.readouterr().err
+    assert "Deployment/mini-vllm-gpt-oss-20b: unchanged" in capsys.readouterr().err
     new = IMAGE.replace("ab" * 32, "cd" * 32)
     assert rollout(cfg, target="hyperpod", tp=2, image=new, dry_run=True)
     out = capsys.readouterr()
-    assert "Deployment/mini-vllm-gptoss-tp2: changes" in out.err
+    assert "Deployment/mini-vllm-gpt-oss-20b: changes" in out.err
     assert f"-        image: {IMAGE}" in out.out and f"+        image: {new}" in out.out
 
 
@@ -144,7 +144,7 @@ def test_dry_run_without_a_cluster_says_so(cfg, tmp_path, monkeypatch, capsys):
 
 
 def test_delete_removes_what_rollout_made_by_label(cfg, emu):
-    emu.on_poll = lambda e: e.put("deployments", {**e.get("deployments", "default", "mini-vllm-gptoss-tp1"), "status": {
+    emu.on_poll = lambda e: e.put("deployments", {**e.get("deployments", "default", "mini-vllm-gpt-oss-20b"), "status": {
         "observedGeneration": 1, "replicas": 1, "updatedReplicas": 1, "availableReplicas": 1}})
     assert rollout(cfg, target="eks", tp=1, image=IMAGE)
     emu.put("services", {"metadata": {"name": "someone-else", "namespace": "default", "labels": {"app": "other"}}})
@@ -162,6 +162,62 @@ def test_wrong_token_is_a_clear_error(cfg, emu, tmp_path, monkeypatch, capsys):
     assert "401" in capsys.readouterr().err
 
 
+def _ready(e: KubeEmulator, name: str, ns: str = NS) -> None:
+    e.put("deployments", {**e.get("deployments", ns, name), "status": {
+        "observedGeneration": e.get("deployments", ns, name)["metadata"]["generation"],
+        "replicas": 1, "updatedReplicas": 1, "availableReplicas": 1}})
+
+
+def test_two_models_side_by_side_then_delete_one(cfg, emu, capsys):
+    from minibuild.cluster import status
+
+    emu.on_poll = lambda e: [_ready(e, k[2]) for k in list(e.objects) if k[0] == "deployments"]
+    assert rollout(cfg, target="hyperpod", tp=1, image=IMAGE, model="/mnt/s3/inference/models/gpt-oss-20b")
+    assert rollout(cfg, target="hyperpod", tp=2, image=IMAGE, model="/mnt/s3/inference/models/gpt-oss-120b")
+    deps = {k[2] for k in emu.objects if k[0] == "deployments"}
+    assert deps == {"mini-vllm-gpt-oss-20b", "mini-vllm-gpt-oss-120b"}
+    big = emu.get("deployments", NS, "mini-vllm-gpt-oss-120b")["spec"]["template"]["spec"]["containers"][0]
+    assert big["command"][big["command"].index("--served-model-name") + 1] == "gpt-oss-120b"
+    assert big["resources"]["limits"]["nvidia.com/gpu"] == 2
+    capsys.readouterr()
+    status(cfg, target="hyperpod")
+    err = capsys.readouterr().err
+    assert "mini-vllm-gpt-oss-20b: ready" in err and "mini-vllm-gpt-oss-120b: ready" in err
+    assert rollout(cfg, target="hyperpod", delete=True, served_name="gpt-oss-20b")
+    assert {k[2] for k in emu.objects if k[0] in ("deployments", "services")} == {"mini-vllm-gpt-oss-120b"}
+
+
+def test_logs_follow_streams_lines_as_they_come(cfg, emu, capsys):
+    import threading
+    import time
+
+    from minibuild.cluster import logs
+
+    pod = _pod("Running", conditions=[{"type": "Ready", "status": "True"}])
+    emu.put("deployments", {"metadata": {"name": NAME, "namespace": NS, "labels": {"app": NAME}}, "spec": {}})
+    emu.put("pods", pod)
+    key = (NS, pod["metadata"]["name"])
+    emu.logs[key] = ["old 1", "old 2"]
+
+    def writer() -> None:
+        for i in range(3):
+            time.sleep(0.3)
+            with emu.lock:
+                emu.logs[key].append(f"new {i}")
+        time.sleep(0.2)
+        emu.ended.add(key)           # the container stops: the stream ends, as kubectl logs -f does
+
+    t = threading.Thread(target=writer)
+    t.start()
+    start = time.monotonic()
+    logs(cfg, target="hyperpod", served_name="gpt-oss-20b", tail=1, follow=True)
+    t.join()
+    assert capsys.readouterr().out.splitlines() == ["old 2", "new 0", "new 1", "new 2"]
+    assert time.monotonic() - start >= 0.9          # it waited for the lines, it did not read once
+    follow = [r for r in emu.requests if r["path"].endswith("/log")][-1]
+    assert follow["query"] == {"container": "server", "tailLines": "1", "follow": "true"}
+
+
 def test_status_and_logs_read_the_live_objects(cfg, emu, capsys):
     from minibuild.cluster import logs, status
 
@@ -171,8 +227,8 @@ def test_status_and_logs_read_the_live_objects(cfg, emu, capsys):
     emu.on_poll = _controller([({"replicas": 1, "updatedReplicas": 1, "availableReplicas": 1}, [pod])])
     assert rollout(cfg, target="hyperpod", tp=2, image=IMAGE)
     capsys.readouterr()
-    status(cfg, target="hyperpod", tp=2)
+    status(cfg, target="hyperpod")
     out = capsys.readouterr()
     assert "ready" in out.err and pod["metadata"]["name"] in out.out
-    logs(cfg, target="hyperpod", tp=2, tail=10)
+    logs(cfg, target="hyperpod", tail=10)
     assert "ready in 812.4 s" in capsys.readouterr().out

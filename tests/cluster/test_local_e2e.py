@@ -3,9 +3,10 @@ from __future__ import annotations
 
 import json
 
+import httpx
 import pytest
 
-from cluster_helpers import free_port, invoke, tiny_model
+from cluster_helpers import follow_logs, free_port, invoke, tiny_model, wait_for_line
 from minibuild.cluster.local import alive
 
 pytestmark = pytest.mark.slow
@@ -21,13 +22,24 @@ def test_rollout_verify_status_logs_delete(model, tmp_path):
            "MINI_VLLM_API_KEY": "sk-local-test"}
     r = invoke("rollout", "--target", "local", "--model", str(model), env=env)
     assert r.returncode == 0, r.stdout
-    state = json.loads((tmp_path / "rollout/local/mini-vllm-gptoss-tp1.json").read_text())
+    state = json.loads((tmp_path / "rollout/local/mini-vllm-tiny-gpt-oss.json").read_text())
+    follower = None
     try:
         assert alive(state["pid"]) and state["url"].endswith(env["MINI_VLLM_PORT"])
         again = invoke("rollout", "--target", "local", "--model", str(model), env=env)
         assert again.returncode == 0 and "already serving" in again.stdout     # idempotent
+        follower = follow_logs(env, "--tail", "0")
         v = invoke("verify", env=env)
         assert v.returncode == 0, v.stdout
+        # logs -f: the request lines the server writes while it runs reach the follower as they come
+        seen = wait_for_line(follower, "POST /v1/chat/completions", timeout=5)
+        for _ in range(5):     # the follower may have started after verify's requests: send more
+            if seen:
+                break
+            httpx.post(f"{state['url']}/v1/chat/completions", headers={"Authorization": "Bearer sk-local-test"},
+                       json={"messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}, timeout=60)
+            seen = wait_for_line(follower, "POST /v1/chat/completions", timeout=5)
+        assert seen, "logs -f showed no request line"
         for check in ("health", "models", "completion", "chat", "chat stream", "metrics", "verify passed"):
             assert check in v.stdout
         bad = invoke("verify", "--api-key", "sk-wrong", env=env)
@@ -39,6 +51,7 @@ def test_rollout_verify_status_logs_delete(model, tmp_path):
     finally:
         d = invoke("rollout", "--target", "local", "--delete", env=env)
     assert d.returncode == 0 and not alive(state["pid"])
+    assert follower.wait(timeout=30) == 0      # the server stopped: logs -f ends by itself
     assert "not deployed" in invoke("status", env=env).stdout
     assert invoke("verify", env=env).returncode != 0
 
@@ -50,4 +63,4 @@ def test_a_server_that_cannot_load_fails_fast_and_leaves_nothing(tmp_path):
     r = invoke("rollout", "--target", "local", "--model", str(empty), env=env, timeout=120)
     assert r.returncode == 1
     assert "rollout failed" in r.stdout and "last lines of" in r.stdout
-    assert not (tmp_path / "rollout/local/mini-vllm-gptoss-tp1.json").exists()
+    assert not (tmp_path / "rollout/local/mini-vllm-not-a-model.json").exists()

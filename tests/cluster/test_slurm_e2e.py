@@ -1,17 +1,19 @@
-"""`invoke rollout --target slurm` on a real Slurm (munge + slurmctld + slurmd started here): a job
-serves the tiny model on the CPU with the GPUs Slurm assigned it, `invoke verify` passes, a TP=8 job
-beside it waits with reason Resources, and `--delete` cancels both. TP=2 runs once the server's
-tensor-parallel code is in the tree.
+"""`invoke rollout --target slurm` on a real Slurm (munge + slurmctld + slurmd started here, one cluster for
+the module): two models served side by side as their own jobs on their own ports, both verified; a TP=8
+job beside them waits with reason Resources; `invoke logs -f` follows a job's output as the server
+writes it; deleting one model leaves the other serving; a server that cannot load fails the rollout.
 """
 from __future__ import annotations
 
 import copy
+import json
 import os
 import subprocess
 
+import httpx
 import pytest
 
-from cluster_helpers import ROOT, free_port, invoke, tiny_model
+from cluster_helpers import ROOT, follow_logs, free_port, invoke, tiny_model, wait_for_line
 from minibuild.cluster import rollout
 from minibuild.config import load_config
 from slurm_cluster import SlurmCluster, missing_binaries
@@ -31,6 +33,15 @@ def slurm(tmp_path_factory):
     cluster.stop()
 
 
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    """Two model directories named like the user's (the tiny checkpoint behind both)."""
+    d = tmp_path_factory.mktemp("models")
+    small = tiny_model(d / "gpt-oss-20b")
+    (d / "gpt-oss-120b").symlink_to(small)
+    return d / "gpt-oss-20b", d / "gpt-oss-120b"
+
+
 def _squeue(env: dict[str, str], name: str) -> str:
     return subprocess.run(["squeue", "-h", "-n", name, "-o", "%T %r"], env=env, capture_output=True,
                           text=True).stdout.strip()
@@ -41,51 +52,65 @@ def _env(slurm: SlurmCluster, tmp_path) -> dict[str, str]:
             "MINI_VLLM_PORT": str(free_port())}
 
 
-def _serve_and_verify(slurm: SlurmCluster, tmp_path, env: dict[str, str], tp: int, model) -> None:
+def _serve(slurm: SlurmCluster, tmp_path, env: dict[str, str], tp: int, model) -> str:
+    """Roll out and verify one model; returns the URL it serves at."""
     r = invoke("rollout", "--target", "slurm", "--tp", str(tp), "--model", str(model), env=env, timeout=400)
     assert r.returncode == 0, r.stdout
-    assert f"RUNNING on {slurm.node}" in r.stdout
-    out = next((tmp_path / "rollout/slurm").glob(f"mini-vllm-gptoss-tp{tp}-*.out")).read_text()
-    gpus = ",".join(str(i) for i in range(tp))
-    assert f"CUDA_VISIBLE_DEVICES={gpus}\n" in out          # Slurm gave the job tp of the 8 GPUs
-    v = invoke("verify", "--target", "slurm", "--tp", str(tp), env=env)
-    assert v.returncode == 0, v.stdout
-    assert "verify passed" in v.stdout
+    assert f"RUNNING on {slurm.node}" in r.stdout and "runtime: venv" in r.stdout
+    name = f"mini-vllm-{model.name}"
+    out = next((tmp_path / "rollout/slurm").glob(f"{name}-*.out")).read_text()
+    gpus = {1: "0", 2: "1,2"}[tp]                      # the second job gets the GPUs after the first's
+    assert f"CUDA_VISIBLE_DEVICES={gpus}\n" in out, out
+    v = invoke("verify", "--target", "slurm", "--served-model-name", model.name, env=env)
+    assert v.returncode == 0 and "verify passed" in v.stdout, v.stdout
+    return json.loads((tmp_path / f"rollout/slurm/{name}.json").read_text())["url"]
 
 
-def test_tp1_serves_and_tp8_beside_it_queues(slurm, tmp_path, monkeypatch):
-    model = tiny_model(tmp_path / "tiny-gpt-oss")
+def _models(url: str) -> list[str]:
+    return [m["id"] for m in httpx.get(f"{url}/v1/models", timeout=10).json()["data"]]
+
+
+def test_two_models_side_by_side_follow_logs_delete_one(slurm, models, tmp_path, monkeypatch):
+    small, big = models
     env = _env(slurm, tmp_path)
+    follower = None
     try:
-        _serve_and_verify(slurm, tmp_path, env, 1, model)
-        # TP=8 beside it: 8 GPUs wanted, 7 free -> queued, not failed; rollout says so and leaves it queued.
+        url_small = _serve(slurm, tmp_path, env, 1, small)
+        url_big = _serve(slurm, tmp_path, env, 2, big)
+        assert url_small != url_big and url_small.rsplit(":", 1)[1] == env["MINI_VLLM_PORT"]
+        assert _models(url_small) == ["gpt-oss-20b"] and _models(url_big) == ["gpt-oss-120b"]
+        st = invoke("status", "--target", "slurm", env=env)
+        assert st.stdout.count("RUNNING") == 2 and "gpt-oss-120b" in st.stdout and "gpt-oss-20b" in st.stdout, st.stdout
+
+        # TP=8 beside them: 8 GPUs wanted, 5 free -> queued, not failed; rollout says so and leaves it queued.
         for k, v in env.items():
             monkeypatch.setenv(k, v)
         cfg = copy.deepcopy(load_config(ROOT / "build_config.yaml"))
         cfg["cluster"]["targets"]["slurm"]["queue_timeout_s"] = 4
-        assert rollout(cfg, target="slurm", tp=8, model=str(model)) is False
-        assert _squeue(env, "mini-vllm-gptoss-tp8") == "PENDING Resources"
-        st = invoke("status", "--target", "slurm", "--tp", "8", env=env)
-        assert "PENDING" in st.stdout and "Resources" in st.stdout, st.stdout
-        lg = invoke("logs", "--target", "slurm", "--tp", "1", env=env)
-        assert "serving" in lg.stdout and "tp=1" in lg.stdout
-    finally:
-        d1 = invoke("rollout", "--target", "slurm", "--tp", "1", "--delete", env=env)
-        d8 = invoke("rollout", "--target", "slurm", "--tp", "8", "--delete", env=env)
-    assert d1.returncode == 0 and d8.returncode == 0
-    assert _squeue(env, "mini-vllm-gptoss-tp1") == "" and _squeue(env, "mini-vllm-gptoss-tp8") == ""
+        assert rollout(cfg, target="slurm", tp=8, model=str(small), served_name="wide") is False
+        assert _squeue(env, "mini-vllm-wide") == "PENDING Resources"
+        assert "Resources" in invoke("status", "--target", "slurm", "--served-model-name", "wide", env=env).stdout
 
+        # logs -f follows the job's output file: a request's access-log line arrives while the job runs
+        follower = follow_logs({**env}, "--target", "slurm", "--served-model-name", "gpt-oss-120b", "--tail", "0")
+        assert any(httpx.post(f"{url_big}/v1/completions", json={"prompt": "hi", "max_tokens": 2}, timeout=60)
+                   and wait_for_line(follower, "POST /v1/completions", timeout=5) for _ in range(6)), \
+            "logs -f showed no request line"   # (requests repeat: the follower may start after the first)
 
-def test_tp2_serves_on_two_gpus(slurm, tmp_path):
-    pytest.importorskip("mini_vllm.parallel", reason="the server's tensor-parallel code (mini_vllm.parallel, "
-                        "gloo on CPU) is not in the tree yet")
-    model = tiny_model(tmp_path / "tiny-gpt-oss")
-    env = _env(slurm, tmp_path)
-    try:
-        _serve_and_verify(slurm, tmp_path, env, 2, model)
+        # delete one model: the other keeps serving
+        d = invoke("rollout", "--target", "slurm", "--delete", "--served-model-name", "gpt-oss-120b", env=env)
+        assert d.returncode == 0 and _squeue(env, "mini-vllm-gpt-oss-120b") == ""
+        assert follower.wait(timeout=60) == 0           # its job left the queue: logs -f ends by itself
+        assert _squeue(env, "mini-vllm-gpt-oss-20b") == "RUNNING None"
+        v = invoke("verify", "--target", "slurm", env=env)     # the only one left is found without a name
+        assert v.returncode == 0 and "verify passed" in v.stdout, v.stdout
     finally:
-        invoke("rollout", "--target", "slurm", "--tp", "2", "--delete", env=env)
-    assert _squeue(env, "mini-vllm-gptoss-tp2") == ""
+        if follower and follower.poll() is None:
+            follower.kill()
+        for name in ("gpt-oss-20b", "gpt-oss-120b", "wide"):
+            invoke("rollout", "--target", "slurm", "--delete", "--served-model-name", name, env=env)
+    for name in ("gpt-oss-20b", "gpt-oss-120b", "wide"):
+        assert _squeue(env, f"mini-vllm-{name}") == ""
 
 
 def test_a_job_whose_server_cannot_load_fails(slurm, tmp_path):
@@ -96,4 +121,4 @@ def test_a_job_whose_server_cannot_load_fails(slurm, tmp_path):
     assert r.returncode == 1
     # load first, listen after: the server exits 1 with one line, so the job itself fails (nothing to cancel)
     assert "model failed to load" in r.stdout and "last lines of" in r.stdout
-    assert _squeue(env, "mini-vllm-gptoss-tp1") == ""
+    assert _squeue(env, "mini-vllm-not-a-model") == ""

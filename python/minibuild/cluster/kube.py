@@ -6,7 +6,9 @@ each new verdict - so "queued by Kueue" reads as waiting and a crash loop shows 
 """
 from __future__ import annotations
 
+import dataclasses
 import difflib
+import threading
 import time
 from typing import Any
 
@@ -16,11 +18,12 @@ from rich.table import Table
 from minibuild import ui
 from minibuild.cluster.kube_api import ApiError, ClusterUnreachable, Kube
 from minibuild.cluster.render import render_kubernetes, to_yaml
-from minibuild.cluster.settings import Plan, RolloutError
+from minibuild.cluster.settings import MANAGED, Plan, RolloutError
 from minibuild.cluster.waiter import Verdict, assess, crashlooping
 from minibuild.config import require
 
 LOG_LINES = 20
+SERVED_ANNOTATION = "mini-vllm/served-model-name"
 
 
 def project(live: Any, ours: Any) -> Any:
@@ -129,7 +132,8 @@ def rollout(cfg: dict[str, Any], plan: Plan, dry_run: bool, delete: bool) -> boo
     except (ClusterUnreachable, ApiError) as exc:
         raise RolloutError(str(exc)) from exc
     if verdict.ok:
-        ui.console().print(f"[green]serving[/] {plan.served_name}: `invoke verify --target {plan.target} --tp {plan.tp}`")
+        ui.console().print(f"[green]serving[/] {plan.served_name}: `invoke verify --target {plan.target} "
+                           f"--served-model-name {plan.served_name}`")
         return True
     ui.console().print(f"[red]rollout failed ({verdict.state}):[/] {verdict.message}")
     if verdict.logs:
@@ -139,13 +143,31 @@ def rollout(cfg: dict[str, Any], plan: Plan, dry_run: bool, delete: bool) -> boo
     return False
 
 
-def status(cfg: dict[str, Any], plan: Plan) -> None:
+def deployed(cfg: dict[str, Any], plan: Plan) -> list[str]:
+    """Served names of the Deployments rollout made in the plan's namespace."""
     try:
-        kube = _connect()
-        verdict = observe(kube, plan)
-        pods = kube.list("Pod", plan.namespace, f"app={plan.name}")
+        deps = _connect().list("Deployment", plan.namespace, MANAGED)
     except (ClusterUnreachable, ApiError) as exc:
         raise RolloutError(str(exc)) from exc
+    return sorted(((d["metadata"].get("annotations") or {}).get(SERVED_ANNOTATION) or d["metadata"]["name"])
+                  for d in deps)
+
+
+def status(cfg: dict[str, Any], plan: Plan, only: bool = False) -> None:
+    """Each Deployment rollout made (or only the plan's): its verdict and its pods."""
+    try:
+        kube = _connect()
+        names = [plan.name] if only else sorted(d["metadata"]["name"] for d in kube.list("Deployment", plan.namespace, MANAGED))
+        if not names:
+            ui.console().print(f"{plan.target} {plan.namespace}: nothing deployed (no Deployment labelled {MANAGED})")
+        for name in names:
+            one = dataclasses.replace(plan, name=name)
+            _status_one(one, observe(kube, one), kube.list("Pod", plan.namespace, f"app={name}"))
+    except (ClusterUnreachable, ApiError) as exc:
+        raise RolloutError(str(exc)) from exc
+
+
+def _status_one(plan: Plan, verdict: Verdict, pods: list[dict[str, Any]]) -> None:
     ui.console().print(f"{plan.target} {plan.namespace}/{plan.name}: [bold]{verdict.state}[/] - {verdict.message}")
     table = Table(title=f"pods of {plan.name}")
     for col in ("pod", "phase", "ready", "restarts", "node"):
@@ -158,13 +180,42 @@ def status(cfg: dict[str, Any], plan: Plan) -> None:
     Console().print(table)
 
 
-def logs(cfg: dict[str, Any], plan: Plan, lines: int) -> None:
+def logs(cfg: dict[str, Any], plan: Plan, lines: int, follow: bool = False) -> None:
+    """Each pod's server log (kubectl logs); with follow, streamed until the containers stop."""
     try:
         kube = _connect()
-        pods = kube.list("Pod", plan.namespace, f"app={plan.name}")
-        for p in pods:
-            print(f"==> {p['metadata']['name']} <==")
-            for line in kube.pod_logs(plan.namespace, p["metadata"]["name"], lines):
-                print(line)
+        pods = [p["metadata"]["name"] for p in kube.list("Pod", plan.namespace, f"app={plan.name}")]
+        if not pods:
+            raise RolloutError(f"no pods of {plan.name} in {plan.namespace}")
+        if not follow:
+            for pod in pods:
+                print(f"==> {pod} <==")
+                for line in kube.pod_logs(plan.namespace, pod, lines):
+                    print(line)
+            return
+        _follow(kube, plan.namespace, pods, lines)
     except (ClusterUnreachable, ApiError) as exc:
         raise RolloutError(str(exc)) from exc
+
+
+def _follow(kube: Kube, namespace: str, pods: list[str], lines: int) -> None:
+    """One stream per pod (lines prefixed with the pod's name when there are several)."""
+    lock = threading.Lock()
+    errors: list[BaseException] = []
+
+    def pump(pod: str) -> None:
+        try:
+            for line in kube.follow_logs(namespace, pod, lines):
+                with lock:
+                    print(f"[{pod}] {line}" if len(pods) > 1 else line, flush=True)
+        except (ClusterUnreachable, ApiError) as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=pump, args=(pod,), daemon=True) for pod in pods]
+    for t in threads:
+        t.start()
+    for t in threads:
+        while t.is_alive():
+            t.join(0.2)
+    if errors:
+        raise errors[0]

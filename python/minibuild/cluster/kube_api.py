@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterator
 from typing import Any
 from urllib.parse import urlencode
 
@@ -61,8 +62,9 @@ class Kube:
         p = f"{prefix}/namespaces/{namespace}/{plural}"
         return p + (f"/{name}" if name else "") + (f"/{sub}" if sub else "")
 
-    def request(self, method: str, path: str, query: dict[str, Any] | None = None, body: Any = None,
-                content_type: str = "application/json", raw: bool = False) -> Any:
+    def _call(self, method: str, path: str, query: dict[str, Any] | None, body: Any, content_type: str,
+              timeout: Any) -> Any:
+        """One API call; the response unread (its .response streams)."""
         from kubernetes.client.exceptions import ApiException
         from urllib3.exceptions import HTTPError
 
@@ -73,10 +75,19 @@ class Kube:
             url += "?" + urlencode(query)
         data = json.dumps(body) if body is not None else None
         try:
-            resp = self.api.call_api(method, url, header_params=headers, body=data, _request_timeout=30)
-            resp.read()
+            return self.api.call_api(method, url, header_params=headers, body=data, _request_timeout=timeout)
         except ApiException as exc:
             raise ApiError(exc.status, exc.body or str(exc.reason)) from exc
+        except (HTTPError, OSError) as exc:
+            raise ClusterUnreachable(f"API server {self.api.configuration.host} unreachable: {exc}") from exc
+
+    def request(self, method: str, path: str, query: dict[str, Any] | None = None, body: Any = None,
+                content_type: str = "application/json", raw: bool = False) -> Any:
+        from urllib3.exceptions import HTTPError
+
+        resp = self._call(method, path, query, body, content_type, 30)
+        try:
+            resp.read()
         except (HTTPError, OSError) as exc:
             raise ClusterUnreachable(f"API server {self.api.configuration.host} unreachable: {exc}") from exc
         if resp.status >= 400:
@@ -127,3 +138,21 @@ class Kube:
             return self.request("GET", self.path("Pod", namespace, pod, "log"), query, raw=True).splitlines()
         except ApiError:
             return []
+
+    def follow_logs(self, namespace: str, pod: str, tail: int) -> Iterator[str]:
+        """`kubectl logs -f`: the last `tail` lines, then each new line until the container stops."""
+        query = {"container": "server", "tailLines": str(tail), "follow": "true"}
+        resp = self._call("GET", self.path("Pod", namespace, pod, "log"), query, None, "application/json", (10, None))
+        if resp.status >= 400:
+            raise ApiError(resp.status, resp.read().decode(errors="replace"))
+        pending = b""
+        try:
+            for chunk in resp.response.stream(4096, decode_content=True):
+                pending += chunk
+                *whole, pending = pending.split(b"\n")
+                for line in whole:
+                    yield line.decode(errors="replace")
+        finally:
+            resp.response.release_conn()
+        if pending:
+            yield pending.decode(errors="replace")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -20,6 +21,7 @@ from rich.console import Console
 from rich.table import Table
 
 from minibuild import ui
+from minibuild.cluster.follow import follow_file
 from minibuild.cluster.health import probe, tail, wait_healthy
 from minibuild.cluster.render import server_args
 from minibuild.cluster.settings import Plan, RolloutError, repo_root, resolve_path, state_dir
@@ -62,6 +64,32 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def _states(cfg: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every recorded server process (its state file's content plus `name`; routers / gateways are not)."""
+    out = []
+    for f in sorted(state_dir(cfg, "local").glob("*.json")):
+        try:
+            state = json.loads(f.read_text())
+        except (json.JSONDecodeError, OSError):
+            continue
+        if "served_name" in state:
+            out.append(dict(state, name=f.stem))
+    return out
+
+
+def deployed(cfg: dict[str, Any], plan: Plan) -> list[str]:
+    """Served names of the local servers that run."""
+    return [s.get("served_name", s["name"]) for s in _states(cfg) if alive(s["pid"])]
+
+
+def ports(cfg: dict[str, Any], plan: Plan) -> tuple[int | None, dict[int, str]]:
+    """(this deployment's recorded port, {port: name} held by the other running servers)."""
+    own = read_state(cfg, plan)
+    mine = re.compile(rf"^{re.escape(plan.name)}(-r\d+)?$")    # this deployment and its replicas
+    taken = {s["port"]: s["name"] for s in _states(cfg) if not mine.match(s["name"]) and alive(s["pid"])}
+    return (own or {}).get("port"), taken
 
 
 def ensure_model(cfg: dict[str, Any], plan: Plan) -> None:
@@ -110,7 +138,11 @@ def rollout(cfg: dict[str, Any], plan: Plan, dry_run: bool, delete: bool) -> boo
         return True
     if old and not dry_run:
         stop(cfg, plan)
-    port = plan.port if _port_free(plan.port) else _free_port()
+    port = plan.port
+    while not _port_free(port):   # something outside our records holds it
+        if plan.port_fixed:
+            raise RolloutError(f"port {port} (cluster.models.{plan.served_name}.port) is in use on this machine")
+        port += 1
     argv = [sys.executable, "-m", "mini_vllm.cli", *server_args(plan, host="127.0.0.1")]
     argv[argv.index("--port") + 1] = str(port)
     if dry_run:
@@ -144,26 +176,34 @@ def rollout(cfg: dict[str, Any], plan: Plan, dry_run: bool, delete: bool) -> boo
 def url(cfg: dict[str, Any], plan: Plan) -> str:
     state = read_state(cfg, plan)
     if not state or not alive(state["pid"]):
-        raise RolloutError(f"{plan.name} is not running locally: `invoke rollout --target local --tp {plan.tp}` first")
+        raise RolloutError(f"{plan.name} is not running locally: `invoke rollout --target local "
+                           f"--served-model-name {plan.served_name}` first")
     return state["url"]
 
 
-def status(cfg: dict[str, Any], plan: Plan) -> None:
-    state = read_state(cfg, plan)
-    table = Table(title=f"local {plan.name}")
-    for col in ("pid", "state", "url", "healthy", "model", "log"):
+def status(cfg: dict[str, Any], plan: Plan, only: bool = False) -> None:
+    """A row per local deployment (only `plan`'s with only=True)."""
+    table = Table(title="local deployments")
+    for col in ("name", "model", "pid", "state", "url", "healthy", "tp", "log"):
         table.add_column(col)
-    if not state:
-        table.add_row("-", "not deployed", "-", "-", "-", "-")
-    else:
-        up = alive(state["pid"])
-        table.add_row(str(state["pid"]), "running" if up else "exited", state["url"],
-                      "yes" if up and probe(state["url"]) else "no", state["model"], state["log"])
+    states = [s for s in _states(cfg) if not only or s["name"] == plan.name]
+    for st in states:
+        up = alive(st["pid"])
+        table.add_row(st["name"], st.get("served_name", "-"), str(st["pid"]), "running" if up else "exited",
+                      st["url"], "yes" if up and probe(st["url"]) else "no", str(st.get("tp", "-")), st["log"])
+    if not states:
+        table.add_row(plan.name if only else "-", "-", "-", "not deployed", "-", "-", "-", "-")
     Console().print(table)
 
 
-def logs(cfg: dict[str, Any], plan: Plan, lines: int) -> None:
+def logs(cfg: dict[str, Any], plan: Plan, lines: int, follow: bool = False) -> None:
+    """The server's log; with follow, new lines as they are written until the process exits."""
     state = read_state(cfg, plan)
     log = Path(state["log"]) if state else state_dir(cfg, "local") / f"{plan.name}.log"
-    for line in tail(log, lines):
-        print(line)
+    if not follow:
+        for line in tail(log, lines):
+            print(line)
+        return
+    if not state:
+        raise RolloutError(f"{plan.name} is not deployed locally: nothing to follow")
+    follow_file(log, lines, lambda: alive(state["pid"]))

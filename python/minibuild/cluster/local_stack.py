@@ -27,7 +27,8 @@ from rich.table import Table
 from minibuild import ui
 from minibuild.cluster import local
 from minibuild.cluster.health import probe, tail, wait_healthy
-from minibuild.cluster.settings import Plan, repo_root, state_dir
+from minibuild.cluster.follow import follow_files
+from minibuild.cluster.settings import Plan, RolloutError, repo_root, state_dir
 from minibuild.cluster.stack import (gateway_config, gateway_name, replica_name, replica_plans, router_args,
                                      router_name, stack_settings, tool_path)
 from minibuild.config import require
@@ -261,9 +262,33 @@ def stack_exists(cfg: dict[str, Any], plan: Plan) -> bool:
                 any(i > 0 for i, _ in replica_states(cfg, plan)))
 
 
-def status(cfg: dict[str, Any], plan: Plan) -> None:
-    if not stack_exists(cfg, plan):
-        return local.status(cfg, plan)   # one replica, no router: the plain table
+def deployed(cfg: dict[str, Any], plan: Plan) -> list[str]:
+    return sorted(set(local.deployed(cfg, plan)))
+
+
+def ports(cfg: dict[str, Any], plan: Plan) -> tuple[int | None, dict[int, str]]:
+    return local.ports(cfg, plan)
+
+
+def status(cfg: dict[str, Any], plan: Plan, only: bool = False) -> None:
+    """One deployment's parts (replicas, router, gateway) with only=True when it has any; else a row per
+    server process, and the routers / gateways that run."""
+    if not (only and stack_exists(cfg, plan)):
+        local.status(cfg, plan, only)
+        helpers = sorted(f.stem for f in state_dir(cfg, "local").glob("*.json")
+                         if f.stem.endswith(("-router", "-gateway")) and (not only or f.stem.startswith(plan.name)))
+        if not helpers:
+            return
+        table = Table(title="local routers and gateways")
+        for col in ("name", "pid", "url", "ready"):
+            table.add_column(col)
+        for name in helpers:
+            rec = _read(cfg, name) or {}
+            path = ROUTER_READY if name.endswith("-router") else GATEWAY_READY
+            table.add_row(name, str(rec.get("pid", "-")), rec.get("url", "-"),
+                          "yes" if running(rec) and probe(rec["url"], path=path) else "no")
+        Console().print(table)
+        return
     table = Table(title=f"local {plan.name}")
     for col in ("role", "name", "pid", "url", "ready", "in router"):
         table.add_column(col)
@@ -273,9 +298,22 @@ def status(cfg: dict[str, Any], plan: Plan) -> None:
     Console().print(table)
 
 
-def logs(cfg: dict[str, Any], plan: Plan, lines: int) -> None:
-    for i, st in replica_states(cfg, plan) or [(0, {"log": str(state_dir(cfg, "local") / f"{plan.name}.log")})]:
-        print(f"==> {replica_name(plan, i)} <==")
+def logs(cfg: dict[str, Any], plan: Plan, lines: int, follow: bool = False) -> None:
+    """Each replica's log, then the router's and the gateway's; with follow, all of them as they grow."""
+    replicas = replica_states(cfg, plan)
+    if follow:
+        if not replicas:
+            raise RolloutError(f"{plan.name} is not deployed locally: nothing to follow")
+        sources = [(replica_name(plan, i), Path(st["log"]), lambda pid=st["pid"]: local.alive(pid)) for i, st in replicas]
+        for name in (router_name(plan), gateway_name(plan)):
+            rec = _read(cfg, name)
+            if rec:
+                sources.append((name, Path(rec["log"]), lambda rec=rec: running(rec)))
+        follow_files(sources, lines)
+        return
+    for i, st in replicas or [(0, {"log": str(state_dir(cfg, "local") / f"{plan.name}.log")})]:
+        if len(replicas) > 1 or stack_exists(cfg, plan):
+            print(f"==> {replica_name(plan, i)} <==")
         for line in tail(st["log"], lines):
             print(line)
     for name in (router_name(plan), gateway_name(plan)):

@@ -97,7 +97,7 @@ def forward_to_deployment(cfg: dict[str, Any], plan: Plan) -> Iterator[str]:
     pod = ready_pod(kube.list("Pod", plan.namespace, f"app={plan.name}"))
     if pod is None:
         raise RolloutError(f"no ready pod of {plan.name} in {plan.namespace}: "
-                           f"`invoke status --target {plan.target} --tp {plan.tp}`")
+                           f"`invoke status --target {plan.target}`")
 
     def connect() -> Any:
         pf = portforward(kube.core.connect_get_namespaced_pod_portforward, pod, plan.namespace,

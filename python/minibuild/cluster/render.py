@@ -111,7 +111,8 @@ def render_kubernetes(cfg: dict[str, Any], plan: Plan) -> list[dict[str, Any]]:
     values: dict[str, Any] = {
         "name": plan.name, "namespace": plan.namespace, "labels": labels, "service_labels": service_labels,
         "pvc_labels": {k: v for k, v in plan.labels.items() if k.startswith("app.kubernetes.io/")},
-        "image": plan.image, "image_source": plan.image_source, "port": plan.port, "tp": plan.tp,
+        "image": plan.image, "image_source": plan.image_source, "served_name": plan.served_name,
+        "port": plan.port, "tp": plan.tp,
         "cpu": str(plan.variant["cpu"]), "memory": str(plan.variant["memory"]),
         "command": ["mini-vllm", *server_args(plan)], "env": _env(cfg, plan),
         "node_selector": node_selector or None, "tolerations": s.get("tolerations") or None,
@@ -133,15 +134,28 @@ def to_yaml(objects: list[dict[str, Any]]) -> str:
     return yaml.safe_dump_all(objects, sort_keys=False, default_flow_style=False)
 
 
-def render_slurm(cfg: dict[str, Any], plan: Plan, output: Path, python: str, host: str = "0.0.0.0",
-                 extra_env: dict[str, str] | None = None) -> str:
-    """The sbatch script for a server job (cluster/slurm/serve.sbatch)."""
+# sbatch flags a deployment's settings may set (cluster.targets.slurm, cluster.models.<name>.slurm)
+SBATCH_OPTIONS = {"partition": "--partition", "account": "--account", "qos": "--qos", "time_limit": "--time",
+                  "memory": "--mem", "constraint": "--constraint"}
+
+
+def sbatch_options(settings: dict[str, Any]) -> str:
+    """`#SBATCH` lines for the optional per-deployment resources that are set."""
+    return "\n".join(f"#SBATCH {flag}={settings[key]}" for key, flag in SBATCH_OPTIONS.items()
+                     if settings.get(key) not in (None, ""))
+
+
+def render_slurm(cfg: dict[str, Any], plan: Plan, output: Path, launch: str, runtime: str,
+                 kind: str = "serve", extra_env: dict[str, str] | None = None,
+                 values: dict[str, Any] | None = None) -> str:
+    """A job script (cluster/slurm/KIND.sbatch) that runs `launch` (the runtime's command line)."""
     s = plan.settings
     env = {**(require(cfg, "cluster.env") or {}), "MINI_VLLM_TP": plan.tp, **(extra_env or {})}
-    text = (template_dir(cfg) / "slurm/serve.sbatch").read_text()
+    text = (template_dir(cfg) / f"slurm/{kind}.sbatch").read_text()
     return string.Template(text).substitute(
-        job_name=plan.name, tp=plan.tp, cpus=max(1, int(s.get("cpus_per_gpu", 1)) * plan.tp),
-        output=str(output), partition_line=f"#SBATCH --partition={s['partition']}" if s.get("partition") else "",
+        job_name=plan.name if kind == "serve" else f"{plan.name}-{kind}", comment=f"mini-vllm:{kind}:{plan.served_name}",
+        tp=plan.tp, cpus=max(1, int(s.get("cpus_per_gpu", 1)) * plan.tp), output=str(output),
+        sbatch_options=sbatch_options(s),
         env_lines="\n".join(f"export {k}={shlex.quote(str(v))}" for k, v in sorted(env.items())),
-        model=shlex.quote(plan.model_path), port=plan.port, python=shlex.quote(python), host=host,
-        served_name=shlex.quote(plan.served_name))
+        model=shlex.quote(plan.model_path), port=plan.port, served_name=shlex.quote(plan.served_name),
+        launch=launch, runtime=runtime, **(values or {}))

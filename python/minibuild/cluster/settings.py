@@ -6,6 +6,7 @@ Deployment, so a tag-only reference is refused here, before anything is rendered
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -28,29 +29,98 @@ class RolloutError(RuntimeError):
 class Plan:
     target: str
     tp: int
-    name: str                      # object / job name, NAME-tpN
+    name: str                      # object / job name: PREFIX-<served name as a DNS label>
     namespace: str | None          # Kubernetes only
     port: int
     model_path: str
     served_name: str
-    image: str | None              # Kubernetes only: REPO@sha256:...
-    image_source: str = ""         # where the image reference came from
-    settings: dict[str, Any] = field(default_factory=dict)   # cluster.targets.<target>
+    image: str | None              # Kubernetes (and containerised Slurm): REPO@sha256:...
+    image_source: str = ""         # where the image reference came from (Slurm without one: why not)
+    settings: dict[str, Any] = field(default_factory=dict)   # cluster.targets.<target> + the model's overrides
     variant: dict[str, Any] = field(default_factory=dict)    # cluster.variants.<tp>
     replicas: int = 1                  # model servers (stack.py: replicas, router, gateway)
     router: str | None = None          # vllm-router policy in front of the replicas, or None
     gateway: str | None = None         # "litellm" in front of the router / Service, or None
+    port_fixed: bool = False       # the port comes from cluster.models.<served>.port (not allocated)
+
+    @property
+    def slug(self) -> str:
+        return slug(self.served_name)
 
     @property
     def labels(self) -> dict[str, str]:
         """Labels on everything rollout makes; `--delete` and status select by `selector`."""
         return {"app": self.name, "app.kubernetes.io/name": "mini-vllm",
-                "app.kubernetes.io/managed-by": "mini-vllm", "mini-vllm/tp": str(self.tp),
-                "mini-vllm/stack": self.name}
+                "app.kubernetes.io/managed-by": "mini-vllm", "mini-vllm/model": self.slug,
+                "mini-vllm/tp": str(self.tp), "mini-vllm/stack": self.name}
 
     @property
     def selector(self) -> str:
         return f"app={self.name},app.kubernetes.io/managed-by=mini-vllm"
+
+
+MANAGED = "app.kubernetes.io/managed-by=mini-vllm"   # selects every deployment rollout made
+
+
+def slug(served: str) -> str:
+    """A served model name as a DNS-1035 label part ("openai/gpt-oss-120b" -> "openai-gpt-oss-120b")."""
+    s = re.sub(r"[^a-z0-9]+", "-", served.lower()).strip("-")
+    if not s:
+        raise RolloutError(f"served model name {served!r} has no letters or digits: pass --served-model-name NAME")
+    if not s[0].isalpha():
+        s = "m-" + s
+    return s
+
+
+def object_name(cfg: dict[str, Any], served: str) -> str:
+    """PREFIX-SLUG, at most 63 characters (a Service name); a long name keeps a hash of the whole."""
+    name = f"{require(cfg, 'cluster.name')}-{slug(served)}"
+    if len(name) > 63:
+        name = name[:56].rstrip("-") + "-" + hashlib.sha256(served.encode()).hexdigest()[:6]
+    return name
+
+
+def served_name_of(model_path: str) -> str:
+    """The default served name: the model directory's last component (as `mini-vllm serve` does)."""
+    return Path(str(model_path).rstrip("/")).name or str(model_path)
+
+
+def model_overrides(cfg: dict[str, Any], served: str) -> dict[str, Any]:
+    """cluster.models.<served>: its port and per-target overrides ({} when the model has none)."""
+    models = (cfg.get("cluster") or {}).get("models") or {}
+    entry = models.get(served) or {}
+    if not isinstance(entry, dict):
+        raise ConfigError(f"build_config.yaml: cluster.models.{served} must be a mapping")
+    return entry
+
+
+def base_port(cfg: dict[str, Any]) -> int:
+    return int(os.environ.get("MINI_VLLM_PORT") or require(cfg, "cluster.port"))
+
+
+def reserved_ports(cfg: dict[str, Any], served: str) -> dict[int, str]:
+    """Ports that cluster.models gives to other models: allocation never hands them out."""
+    models = (cfg.get("cluster") or {}).get("models") or {}
+    return {int(m["port"]): f"cluster.models.{name}" for name, m in models.items()
+            if name != served and isinstance(m, dict) and m.get("port") is not None}
+
+
+def choose_port(plan: Plan, own: int | None, taken: dict[int, str], reserved: dict[int, str] | None = None) -> int:
+    """The port for a local / Slurm deployment: a configured port (an error when another deployment holds
+    it), else the one it had, else the lowest from the base that no other live deployment holds and no
+    other model has configured."""
+    if plan.port_fixed:
+        if plan.port in taken:
+            raise RolloutError(f"port {plan.port} (cluster.models.{plan.served_name}.port) is held by "
+                               f"{taken[plan.port]}: change one of them or delete it")
+        return plan.port
+    busy = {**(reserved or {}), **taken}
+    if own is not None and own not in busy:
+        return own
+    port = plan.port
+    while port in busy:
+        port += 1
+    return port
 
 
 def repo_root(cfg: dict[str, Any]) -> Path:
@@ -99,9 +169,10 @@ def image_reference(cfg: dict[str, Any], image: str | None) -> tuple[str, str]:
     return ref, source
 
 
-def make_plan(cfg: dict[str, Any], target: str, tp: int, image: str | None = None,
-              model: str | None = None) -> Plan:
-    """Everything a rollout of (target, tp) needs, with config errors named."""
+def make_plan(cfg: dict[str, Any], target: str, tp: int = 1, image: str | None = None,
+              model: str | None = None, served_name: str | None = None) -> Plan:
+    """Everything a rollout of (target, model) needs, with config errors named. The name - and so the
+    Kubernetes objects, the Slurm job, the local process - derives from the served model name."""
     if target not in TARGETS:
         raise RolloutError(f"unknown target {target!r}: choose one of {', '.join(TARGETS)}")
     tp = int(tp)
@@ -111,16 +182,32 @@ def make_plan(cfg: dict[str, Any], target: str, tp: int, image: str | None = Non
         raise RolloutError(f"no TP variant {tp} in build_config.yaml cluster.variants "
                            f"(have {sorted(variants)})")
     settings = dict(require(cfg, f"cluster.targets.{target}") or {})
-    name = f"{require(cfg, 'cluster.name')}-tp{tp}"
     if target == "local":
-        model_path = model or settings.get("model_path") or str(resolve_path(cfg, require(cfg, "model.tiny_dir")))
+        default_model = settings.get("model_path") or str(resolve_path(cfg, require(cfg, "model.tiny_dir")))
     else:
-        model_path = model or settings.get("model_path") or require(cfg, "model.path")
-    served = (require(cfg, "model.served_name") if target in ("hyperpod", "eks", "slurm")
-              else Path(model_path).name)
-    ref, source = (image_reference(cfg, image) if target in KUBE_TARGETS else (None, ""))
+        default_model = settings.get("model_path") or require(cfg, "model.path")
+    model_path = model or default_model
+    served = served_name or served_name_of(model_path)
+    if not served or any(c.isspace() for c in served):
+        raise RolloutError(f"served model name {served!r} is empty or has spaces: pass --served-model-name NAME")
+    overrides = model_overrides(cfg, served)
+    settings.update(overrides.get(target) or {})
+    ref, source = None, ""
+    if target in KUBE_TARGETS:
+        ref, source = image_reference(cfg, image)
+    elif target == "slurm":   # a container runtime runs the image; without one the job runs the checkout
+        try:
+            ref, source = image_reference(cfg, image)
+        except RolloutError as exc:
+            if image:
+                raise
+            source = str(exc)   # why there is no image (slurm_runtime reports it)
     if target in KUBE_TARGETS and not settings.get("namespace"):
         raise ConfigError(f"build_config.yaml: missing key 'cluster.targets.{target}.namespace'")
-    return Plan(target=target, tp=tp, name=name, namespace=settings.get("namespace"),
-                port=int(os.environ.get("MINI_VLLM_PORT") or require(cfg, "cluster.port")), model_path=str(model_path), served_name=served,
-                image=ref, image_source=source, settings=settings, variant=dict(variants[tp]))
+    # Kubernetes: every pod has its own IP, so all models listen on cluster.port. Local / Slurm share
+    # hosts: the model's configured port, else one allocated at rollout (choose_port).
+    fixed = target not in KUBE_TARGETS and overrides.get("port") is not None
+    port = int(overrides["port"]) if fixed else base_port(cfg)
+    return Plan(target=target, tp=tp, name=object_name(cfg, served), namespace=settings.get("namespace"),
+                port=port, model_path=str(model_path), served_name=served, image=ref, image_source=source,
+                settings=settings, variant=dict(variants[tp]), port_fixed=fixed)

@@ -1,15 +1,16 @@
-"""The `slurm` target: the server as a batch job - sbatch, follow to RUNNING and healthy, scancel.
+"""The `slurm` target: each served model as its own batch job - sbatch, follow to RUNNING and healthy, scancel.
 
-Slurm allocates the GPUs (`--gres=gpu:TP` sets CUDA_VISIBLE_DEVICES) and picks the node; we learn
-the node from `scontrol show job` and its address from `scontrol show node`, then wait on /health
-while the job stays RUNNING. A job that waits for resources is queued, not failed: rollout says so
-and leaves it in the queue when its wait runs out (status / --delete find it by name).
+Like the user's Slurm guide (serve_phi3.sh and serve_mistral.sh side by side), a job is named for its
+served model and listens on its own port, so several models share a cluster - and a node. Slurm
+allocates the GPUs (`--gres=gpu:TP` sets CUDA_VISIBLE_DEVICES) and picks the node; we learn the node
+from `scontrol show job` and its address from `scontrol show node`, then wait on /health while the
+job stays RUNNING. A job that waits for resources is queued, not failed: rollout says so and leaves
+it in the queue when its wait runs out (status / --delete find it by name).
 """
 from __future__ import annotations
 
 import json
-import re
-import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -18,55 +19,37 @@ from rich.console import Console
 from rich.table import Table
 
 from minibuild import ui
+from minibuild.cluster import slurm_runtime
+from minibuild.cluster.follow import follow_file
 from minibuild.cluster.health import probe, tail, wait_healthy
-from minibuild.cluster.render import render_slurm
+from minibuild.cluster.render import render_slurm, server_args
 from minibuild.cluster.settings import Plan, RolloutError, repo_root, resolve_path, state_dir
+from minibuild.cluster.slurm_jobs import ACTIVE, cancel, job_info, job_state, node_address, queued, submit
 from minibuild.config import require
 
-ACTIVE = {"PENDING", "CONFIGURING", "RUNNING", "COMPLETING", "RESIZING", "REQUEUED", "SUSPENDED"}
-_KV = re.compile(r"(\w+)=(\S*)")
 
-
-def _run(argv: list[str]) -> str:
-    try:
-        r = subprocess.run(argv, capture_output=True, text=True, timeout=30)
-    except FileNotFoundError as exc:
-        raise RolloutError(f"{argv[0]} not found: is this a Slurm login node?") from exc
-    if r.returncode != 0:
-        raise RolloutError(f"{' '.join(argv)} failed: {(r.stderr or r.stdout).strip()}")
-    return r.stdout
-
-
-def parse_record(line: str) -> dict[str, str]:
-    """One `scontrol show -o` record as a dict."""
-    return dict(_KV.findall(line))
-
-
-def job_info(job_id: str) -> dict[str, str] | None:
-    """scontrol's view of a job (None once Slurm forgot it)."""
-    try:
-        out = _run(["scontrol", "show", "job", "-o", job_id])
-    except RolloutError as exc:
-        if "Invalid job id" in str(exc):
-            return None
-        raise
-    return parse_record(out.strip().splitlines()[0]) if out.strip() else None
-
-
-def node_address(node: str) -> str:
-    rec = parse_record(_run(["scontrol", "show", "node", "-o", node]).strip())
-    return rec.get("NodeAddr") or node
-
-
-def _state_file(cfg: dict[str, Any], plan: Plan) -> Path:
-    return state_dir(cfg, "slurm") / f"{plan.name}.json"
+def _state_file(cfg: dict[str, Any], name: str) -> Path:
+    return state_dir(cfg, "slurm") / f"{name}.json"
 
 
 def read_state(cfg: dict[str, Any], plan: Plan) -> dict[str, Any] | None:
     try:
-        return json.loads(_state_file(cfg, plan).read_text())
+        return json.loads(_state_file(cfg, plan.name).read_text())
     except (FileNotFoundError, json.JSONDecodeError):
         return None
+
+
+def _states(cfg: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Every recorded server job of this checkout, by name."""
+    out = {}
+    for f in sorted(state_dir(cfg, "slurm").glob("*.json")):
+        try:
+            state = json.loads(f.read_text())
+        except (json.JSONDecodeError, OSError):
+            continue
+        if state.get("kind", "serve") == "serve":
+            out[f.stem] = state
+    return out
 
 
 def _output(state: dict[str, Any], info: dict[str, str] | None) -> Path:
@@ -75,39 +58,61 @@ def _output(state: dict[str, Any], info: dict[str, str] | None) -> Path:
     return Path(state["output"].replace("%j", state["job_id"]))
 
 
-def cancel(cfg: dict[str, Any], plan: Plan) -> list[str]:
-    """scancel every active job of this name (and the recorded one); returns the job ids."""
-    ids = set(_run(["squeue", "-h", "-n", plan.name, "-o", "%i"]).split())
+def deployed(cfg: dict[str, Any], plan: Plan) -> list[str]:
+    """Served names of the server jobs in the queue (found by their comment)."""
+    return sorted({j.served for j in queued("serve")})
+
+
+def ports(cfg: dict[str, Any], plan: Plan) -> tuple[int | None, dict[int, str]]:
+    """(this model's recorded port, {port: name} of the other recorded jobs still in the queue)."""
+    active = {j.job_id for j in queued("serve")}
+    states = _states(cfg)
+    taken = {s["port"]: name for name, s in states.items() if name != plan.name and s["job_id"] in active}
+    return (states.get(plan.name) or {}).get("port"), taken
+
+
+def cancel_plan(cfg: dict[str, Any], plan: Plan) -> list[str]:
+    """scancel every server job of this name (and the recorded one); returns the job ids."""
+    ids = {j.job_id for j in queued("serve") if j.name == plan.name}
     state = read_state(cfg, plan)
     if state:
         ids.add(state["job_id"])
-    for job in sorted(ids):
-        subprocess.run(["scancel", job], capture_output=True, timeout=30)
-    _state_file(cfg, plan).unlink(missing_ok=True)
-    deadline = time.monotonic() + 60   # until the server is gone (its port free), within Slurm's KillWait
-    while ids and time.monotonic() < deadline:
-        states = [(job_info(j) or {}).get("JobState") for j in ids]
-        if not any(s in ACTIVE for s in states):
-            break
-        time.sleep(0.3)
-    return sorted(ids)
+    _state_file(cfg, plan.name).unlink(missing_ok=True)
+    return cancel(ids)
 
 
-def submit(cfg: dict[str, Any], plan: Plan, dry_run: bool) -> dict[str, Any] | None:
+def job_script(cfg: dict[str, Any], plan: Plan, kind: str, args: list[str], output: Path,
+               mounts: list[tuple[str, bool]], values: dict[str, Any] | None = None
+               ) -> tuple[str, slurm_runtime.Runtime]:
+    """The sbatch script of a serve / batch job and the runtime it uses (image by digest, or the checkout)."""
+    runtime = slurm_runtime.for_plan(cfg, plan)
+    python = str(resolve_path(cfg, plan.settings["python"])) if plan.settings.get("python") else sys.executable
+    env_names = [*(require(cfg, "cluster.env") or {}), "MINI_VLLM_TP", "CUDA_VISIBLE_DEVICES",
+                 *(ref["env"] for ref in (require(cfg, "cluster.secrets") or {}).values())]
+    line = slurm_runtime.launch(cfg, runtime, args, python, mounts, env_names)
+    extra_env = {"PYTHONPATH": str(repo_root(cfg) / "python")} if runtime.name == "venv" else {}
+    script = render_slurm(cfg, plan, output, line, runtime.name, kind=kind, extra_env=extra_env,
+                          values={"runtime_reason": " ".join(runtime.reason.split()), **(values or {})})
+    return script, runtime
+
+
+def submit_server(cfg: dict[str, Any], plan: Plan, dry_run: bool) -> dict[str, Any] | None:
     d = state_dir(cfg, "slurm")
     output = d / f"{plan.name}-%j.out"
-    python = str(resolve_path(cfg, plan.settings.get("python") or ".venv/bin/python"))
-    script = render_slurm(cfg, plan, output, python, extra_env={"PYTHONPATH": str(repo_root(cfg) / "python")})
+    script, runtime = job_script(cfg, plan, "serve", server_args(plan), output, [(plan.model_path, True)])
+    ui.console().print(f"runtime: [bold]{runtime.name}[/] ({runtime.reason})" +
+                       (f"; image {runtime.image}" if runtime.image else ""))
     if dry_run:
         print(script)
         return None
     path = d / f"{plan.name}.sbatch"
     path.write_text(script)
-    job_id = _run(["sbatch", "--parsable", str(path)]).strip().split(";")[0]
-    state = {"job_id": job_id, "script": str(path), "output": str(output), "port": plan.port, "tp": plan.tp,
-             "model": plan.model_path, "submitted": time.time()}
-    _state_file(cfg, plan).write_text(json.dumps(state, indent=2))
-    ui.console().print(f"submitted job {job_id} ({plan.name}, --gres=gpu:{plan.tp}) script: {path}")
+    job_id = submit(str(path))
+    state = {"kind": "serve", "job_id": job_id, "script": str(path), "output": str(output), "port": plan.port,
+             "tp": plan.tp, "model": plan.model_path, "served_name": plan.served_name, "runtime": runtime.name,
+             "image": runtime.image, "submitted": time.time()}
+    _state_file(cfg, plan.name).write_text(json.dumps(state, indent=2))
+    ui.console().print(f"submitted job {job_id} ({plan.name}, --gres=gpu:{plan.tp}, port {plan.port}) script: {path}")
     return state
 
 
@@ -128,13 +133,14 @@ def follow(cfg: dict[str, Any], plan: Plan, state: dict[str, Any]) -> bool:
             time.sleep(0.5)
         else:
             ui.console().print(f"[yellow]queued:[/] job {job} is still {info.get('JobState')} "
-                          f"(reason {info.get('Reason')}); left in the queue - `invoke status --target slurm "
-                          f"--tp {plan.tp}` to follow, `--delete` to cancel")
+                               f"(reason {info.get('Reason')}); left in the queue - `invoke status --target slurm` "
+                               f"to follow, `invoke rollout --target slurm --delete --served-model-name "
+                               f"{plan.served_name}` to cancel")
             return False
     node = info["NodeList"]
     url = f"http://{node_address(node)}:{state['port']}"
     state.update(node=node, url=url)
-    _state_file(cfg, plan).write_text(json.dumps(state, indent=2))
+    _state_file(cfg, plan.name).write_text(json.dumps(state, indent=2))
     ui.console().print(f"job {job} RUNNING on {node}")
 
     def dead() -> str | None:
@@ -146,7 +152,7 @@ def follow(cfg: dict[str, Any], plan: Plan, state: dict[str, Any]) -> bool:
     if why:   # a server that will not serve must not keep holding GPUs
         info = job_info(job)
         if (info or {}).get("JobState") in ACTIVE:
-            cancel(cfg, plan)
+            cancel_plan(cfg, plan)
             why += f"; cancelled job {job}"
         return _failed(state, info, why)
     ui.console().print(f"[green]serving[/] {plan.served_name} at {url} (job {job} on {node})")
@@ -164,8 +170,8 @@ def _failed(state: dict[str, Any], info: dict[str, str] | None, why: str) -> boo
 
 def rollout(cfg: dict[str, Any], plan: Plan, dry_run: bool, delete: bool) -> bool:
     if delete:
-        ids = cancel(cfg, plan)
-        ui.console().print(f"cancelled {', '.join(ids)}" if ids else f"no job named {plan.name}")
+        ids = cancel_plan(cfg, plan)
+        ui.console().print(f"cancelled {', '.join(ids)} ({plan.name})" if ids else f"no job named {plan.name}")
         return True
     old = read_state(cfg, plan)
     if not dry_run and old:
@@ -174,8 +180,8 @@ def rollout(cfg: dict[str, Any], plan: Plan, dry_run: bool, delete: bool) -> boo
                 and old.get("port") == plan.port:
             ui.console().print(f"job {old['job_id']} ({plan.name}) is already {info['JobState']}; following it")
             return follow(cfg, plan, old)
-        cancel(cfg, plan)
-    state = submit(cfg, plan, dry_run)
+        cancel_plan(cfg, plan)
+    state = submit_server(cfg, plan, dry_run)
     return True if state is None else follow(cfg, plan, state)
 
 
@@ -183,32 +189,45 @@ def url(cfg: dict[str, Any], plan: Plan) -> str:
     state = read_state(cfg, plan)
     info = job_info(state["job_id"]) if state else None
     if not state or not info or info.get("JobState") != "RUNNING":
-        raise RolloutError(f"no RUNNING job {plan.name}: `invoke rollout --target slurm --tp {plan.tp}` first")
+        raise RolloutError(f"no RUNNING job {plan.name}: `invoke rollout --target slurm --served-model-name "
+                           f"{plan.served_name}` first")
     return f"http://{node_address(info['NodeList'])}:{state['port']}"
 
 
-def status(cfg: dict[str, Any], plan: Plan) -> None:
-    table = Table(title=f"slurm {plan.name}")
-    for col in ("job", "state", "reason", "node", "healthy", "output"):
+def status(cfg: dict[str, Any], plan: Plan, only: bool = False) -> None:
+    """A row per server job: those in the queue (any checkout) and those this checkout recorded."""
+    table = Table(title="slurm deployments")
+    for col in ("name", "model", "job", "state", "reason", "node", "port", "healthy", "runtime", "output"):
         table.add_column(col)
-    out = _run(["squeue", "-h", "-n", plan.name, "-o", "%i"]).split()
-    state = read_state(cfg, plan)
-    ids = sorted(set(out) | ({state["job_id"]} if state else set()))
-    for job in ids:
-        info = job_info(job) or {}
+    states = _states(cfg)
+    rows = {j.job_id: (j.name, j.served) for j in queued("serve")}
+    rows.update({s["job_id"]: (name, s.get("served_name", "-")) for name, s in states.items()})
+    shown = 0
+    for job, (name, served) in sorted(rows.items(), key=lambda kv: (kv[1][0], kv[0])):
+        if only and name != plan.name:
+            continue
+        info, state = job_info(job) or {}, states.get(name) or {}
+        port = state.get("port") if state.get("job_id") == job else None
         healthy = "-"
-        if info.get("JobState") == "RUNNING" and state:
-            healthy = "yes" if probe(f"http://{node_address(info['NodeList'])}:{state['port']}") else "no"
-        table.add_row(job, info.get("JobState", "gone"), info.get("Reason", "-"), info.get("NodeList", "-"),
-                      healthy, info.get("StdOut", "-"))
-    if not ids:
-        table.add_row("-", "not deployed", "-", "-", "-", "-")
+        if info.get("JobState") == "RUNNING" and port:
+            healthy = "yes" if probe(f"http://{node_address(info['NodeList'])}:{port}") else "no"
+        table.add_row(name, served, job, info.get("JobState", "gone"), info.get("Reason", "-"),
+                      info.get("NodeList", "-"), str(port or "-"), healthy, state.get("runtime", "-"),
+                      info.get("StdOut", "-"))
+        shown += 1
+    if not shown:
+        table.add_row(plan.name if only else "-", "-", "-", "not deployed", *["-"] * 6)
     Console().print(table)
 
 
-def logs(cfg: dict[str, Any], plan: Plan, lines: int) -> None:
+def logs(cfg: dict[str, Any], plan: Plan, lines: int, follow: bool = False) -> None:
+    """The job's output file; with follow, new lines as the job writes them, until it leaves the queue."""
     state = read_state(cfg, plan)
     if not state:
         raise RolloutError(f"no job recorded for {plan.name}")
-    for line in tail(_output(state, job_info(state["job_id"])), lines):
-        print(line)
+    job = state["job_id"]
+    if not follow:
+        for line in tail(_output(state, job_info(job)), lines):
+            print(line)
+        return
+    follow_file(lambda: _output(state, job_info(job)), lines, lambda: job_state(job) in ACTIVE)
