@@ -10,7 +10,7 @@ release as a small device copy does, and sleeping `--step-ms` with the GIL relea
 device sync does), so everything measured is the API path. It is NOT a model.
 
 The server is started through `mini_vllm.cli.main(["serve", ...])` - the exact code `mini-vllm serve`
-runs - with only `load_engine` swapped, plus one bench route, GET /bench/stats, that reports the
+runs - with only `load_engine` (mini_vllm.entrypoints.serve) swapped, plus one bench route, GET /bench/stats, that reports the
 stand-in's step intervals and CPU time (and resets them).
 
     .venv/bin/python bench/api_overhead_server.py MODEL_DIR --step-ms 20 -- --port 8123 [serve flags]
@@ -154,6 +154,7 @@ def main() -> None:
 
     from mini_vllm import cli
     from mini_vllm.api import app as app_mod
+    from mini_vllm.entrypoints import serve as serve_mod
     from mini_vllm.engine.async_engine import AsyncEngine
 
     holder: dict[str, BenchFakeStepEngine] = {}
@@ -176,7 +177,7 @@ def main() -> None:
             return dict(eng.reset_stats() if eng else {}, process_cpu_s=time.process_time())
         return app
 
-    cli.load_engine = load_engine
+    serve_mod.load_engine = load_engine
     app_mod.build_app = build_app
     cli.main(["serve", a.model, *flags])
 

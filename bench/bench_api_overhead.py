@@ -39,7 +39,8 @@ sys.path.insert(0, str(ROOT / "python"))
 sys.path.insert(0, str(ROOT / "bench"))
 
 from api_overhead_server import TOKEN_CHARS  # noqa: E402
-from mini_vllm.api.launcher import ServerProcess, free_port  # noqa: E402
+sys.path.insert(0, str(ROOT / "tests"))
+from server_process import ServerProcess, free_port  # noqa: E402
 
 PROMPT = "Once upon a time, in a small village by the sea, there lived an old fisherman"
 

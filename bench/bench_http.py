@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import sys
 import tempfile
 import time
 import uuid
@@ -21,10 +22,13 @@ import httpx
 from rich.console import Console
 from rich.table import Table
 
-from mini_vllm.api.launcher import start_server
-from mini_vllm.cli import engine_args, load_engine, parse_args
+from mini_vllm.cli import engine_args, parse_args
+from mini_vllm.entrypoints.serve import load_engine
 from mini_vllm.model.tiny import write_tiny_checkpoint
 from mini_vllm.sampling_params import SamplingParams
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from server_process import start_server  # noqa: E402 - the tests' server launcher
 
 PROMPT = "Once upon a time, in a small village by the sea, there lived an old fisherman"
 

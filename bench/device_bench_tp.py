@@ -2,7 +2,7 @@
 """Tensor parallelism on several GPUs: TP=N against TP=1 on the same checkpoint, in one run.
 
 For the multi-GPU issue (needs a machine with >= 2 GPUs; NVLink multicast stays off: the env below).
-For each TP size it starts the offline engine (rank 0 here, workers spawned by mini_vllm.parallel over
+For each TP size it starts the offline engine (rank 0 here, workers spawned by mini_vllm.engine.tensor_parallel over
 NCCL), then
   1. greedy generation of a few prompts: tokens must be identical to TP=1;
   2. logprobs of the first generated tokens: max |difference| to TP=1 (bf16 tolerance);
@@ -28,7 +28,7 @@ sys.path.insert(0, str(ROOT / "python"))
 
 from mini_vllm.engine.llm_engine import LLMEngine  # noqa: E402
 from mini_vllm.engine_args import EngineArgs  # noqa: E402
-from mini_vllm.parallel import start_tensor_parallel  # noqa: E402
+from mini_vllm.engine.tensor_parallel import start_tensor_parallel  # noqa: E402
 from mini_vllm.sampling_params import SamplingParams  # noqa: E402
 
 PROMPTS = [[(i * 13 + j * 7) % 800 for j in range(n)] for i, n in enumerate((5, 40, 200))]

@@ -374,7 +374,7 @@ def main() -> int:
     args = ap.parse_args()
     global DEV
     if args.ext_dir:
-        os.environ["MINI_VLLM_EXT_DIR"] = str(Path(args.ext_dir).resolve())
+        ext.use_ext_dir(Path(args.ext_dir).resolve())
     if args.cpu_dry_run:
         DEV = "cpu"
     elif not torch.cuda.is_available():

@@ -50,8 +50,10 @@ def copy_bandwidth() -> float:
 def engine(model: Path, **kw):
     from mini_vllm.engine.llm_engine import LLMEngine
     from mini_vllm.engine_args import EngineArgs
+    from mini_vllm.environment import env_defaults
 
-    return LLMEngine(EngineArgs(model=str(model), **kw))
+    # MINI_VLLM_* knobs (device_run.sh exports MINI_VLLM_MOE_CONFIGS) apply as they do to `mini-vllm serve`
+    return LLMEngine(EngineArgs(model=str(model), **{**env_defaults(), **kw}))
 
 
 

@@ -1,16 +1,17 @@
 """One real `mini-vllm serve` process on the tiny GPT-OSS checkpoint, shared by the API tests."""
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import httpx
 import openai
 import pytest
 
-from mini_vllm.api.launcher import ServerProcess, start_server
 from mini_vllm.model.tiny import write_tiny_checkpoint
 
-from mini_vllm.cli import TEST_FAULT_ENV
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))   # tests/: server_process.py
+from server_process import ServerProcess, start_server  # noqa: E402
 
 from api_helpers import FAULT_AFTER, FAULT_MARKER, MAX_MODEL_LEN, MODEL
 
@@ -32,7 +33,7 @@ def logs(tmp_path_factory) -> Path:
 def server(tiny_model, logs) -> ServerProcess:
     # test-only fault injection: prompts starting with FAULT_MARKER fail inside the engine (test_faults.py)
     fault = ",".join(map(str, FAULT_MARKER)) + f"@{FAULT_AFTER}"
-    srv = start_server(tiny_model, *SERVER_FLAGS, log_dir=logs, env={TEST_FAULT_ENV: fault})
+    srv = start_server(tiny_model, *SERVER_FLAGS, "--test-fault-prompt", fault, log_dir=logs)
     try:
         srv.wait_ready()
         yield srv

@@ -1,6 +1,6 @@
 """A request that fails inside the engine gets an error; concurrent requests and the server carry on.
 
-The session server runs with the test-only MINI_VLLM_TEST_FAULT_PROMPT hook (see conftest): the
+The session server runs with the test-only --test-fault-prompt hook (see conftest): the
 engine raises while accepting the 3rd token of any sequence whose prompt starts with FAULT_MARKER.
 """
 from __future__ import annotations

@@ -7,7 +7,7 @@ import httpx
 import openai
 import pytest
 
-from mini_vllm.api.launcher import start_server
+from server_process import start_server
 
 from api_helpers import MODEL
 

@@ -3,8 +3,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from mini_vllm.cli import api_key, engine_args, parse_args
-from mini_vllm.metrics import ServerMetrics
+import pytest
+
+from mini_vllm.cli import engine_args, parse_args
+from mini_vllm.entrypoints.serve import api_key
+from mini_vllm.environment import EnvError, env_defaults
+from mini_vllm.api.metrics import ServerMetrics
 
 
 def test_cli_flags_map_onto_engine_args(monkeypatch):
@@ -21,6 +25,22 @@ def test_cli_flags_map_onto_engine_args(monkeypatch):
     assert api_key(ns) == "from-env"
     assert api_key(parse_args(["serve", "m", "--api-key", "flag"])) == "flag"
     assert engine_args(parse_args(["serve", "m", "--served-model-name", "x"])).served_model_name == "x"
+
+
+def test_environment_knobs_are_flag_defaults_and_flags_win(monkeypatch):
+    """MINI_VLLM_* variables are read in one place (environment.py) as the CLI's defaults."""
+    for var, value in (("MINI_VLLM_FUSED_OPS", "0"), ("MINI_VLLM_ATTENTION", "triton"),
+                       ("MINI_VLLM_SWITCH_INTERVAL_MS", "0.5"), ("MINI_VLLM_DEQUANT_CACHE_MB", "0"),
+                       ("MINI_VLLM_STREAM_COALESCE", "false")):
+        monkeypatch.setenv(var, value)
+    a = engine_args(parse_args(["serve", "m"]))
+    assert (a.fused_ops, a.attention_backend, a.switch_interval_ms, a.dequant_cache_mb, a.stream_coalesce) == \
+        (False, "triton", 0.5, 0, False)
+    a = engine_args(parse_args(["serve", "m", "--fused-ops", "--attention-backend", "fa3", "--stream-coalesce"]))
+    assert (a.fused_ops, a.attention_backend, a.stream_coalesce) == (True, "fa3", True)
+    monkeypatch.setenv("MINI_VLLM_GC_FREEZE", "maybe")
+    with pytest.raises(EnvError, match=r"MINI_VLLM_GC_FREEZE='maybe': expected 1/0.*--gc-freeze"):
+        env_defaults()
 
 
 @dataclass
@@ -100,20 +120,22 @@ def test_precomputed_chunks_match_the_general_encoding_byte_for_byte():
         assert chunks.event([encode(c) for c in two]) == _old_event(dict(head, choices=two))
 
 
-def test_switch_interval_knob():
+def test_switch_interval_knob(monkeypatch):
     import sys
 
-    import pytest
-
-    from mini_vllm.api.app import SWITCH_INTERVAL_ENV, set_switch_interval
+    from mini_vllm.api.app import set_switch_interval
 
     before = sys.getswitchinterval()
     try:
-        assert set_switch_interval({}) == before                       # unset: left alone
-        assert abs(set_switch_interval({SWITCH_INTERVAL_ENV: "1"}) - 0.001) < 1e-9
-        for bad in ("0", "-1", "fast", "5000"):
-            with pytest.raises(ValueError, match=SWITCH_INTERVAL_ENV):
-                set_switch_interval({SWITCH_INTERVAL_ENV: bad})
+        assert set_switch_interval(None) == before                     # unset: left alone
+        assert abs(set_switch_interval(1.0) - 0.001) < 1e-9
+        for bad in (0.0, -1.0, 5000.0):
+            with pytest.raises(ValueError, match="expected milliseconds"):
+                set_switch_interval(bad)
         assert abs(sys.getswitchinterval() - 0.001) < 1e-9              # a bad value changes nothing
+        for bad in ("0", "-1", "fast", "5000"):                           # from the environment: refused at parse
+            monkeypatch.setenv("MINI_VLLM_SWITCH_INTERVAL_MS", bad)
+            with pytest.raises(EnvError, match="MINI_VLLM_SWITCH_INTERVAL_MS"):
+                env_defaults()
     finally:
         sys.setswitchinterval(before)

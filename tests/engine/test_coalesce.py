@@ -138,8 +138,7 @@ class _HookedEngine(LLMEngine):
 
 @pytest.mark.parametrize("defer", ["1", "0"])
 def test_outputs_handed_over_in_the_gpu_wait_hook_stay_exact_and_ordered(tiny_dir, texts, monkeypatch, defer):
-    monkeypatch.setenv("MINI_VLLM_DELIVER_IN_GPU_WAIT", defer)
-    inner = _HookedEngine(EngineArgs(model=str(tiny_dir)))
+    inner = _HookedEngine(EngineArgs(model=str(tiny_dir), deliver_in_gpu_wait=defer == "1"))
     eng = AsyncEngine(inner)
     assert (inner.gpu_wait_hook is not None) == (defer == "1")
     delivered: list[bool] = []              # per hand-over: was it made from inside the hook?

@@ -169,18 +169,16 @@ def test_check_fused_picks_unfused_with_a_warning_when_a_kernel_disagrees(monkey
     model = _fake_model()
     # the fused router is opt-in (measured slower on the H100); a correct rope kernel is on by default
     assert cuda_forward.check_fused(model) == ("unfused", "fused")
-    monkeypatch.setenv(cuda_forward.FUSED_ROUTER_ENV, "1")
-    assert cuda_forward.check_fused(model) == ("fused", "fused")
+    assert cuda_forward.check_fused(model, router_wanted=True) == ("fused", "fused")
     monkeypatch.setattr(selfcheck, "router_topk_problem", lambda *a, **k: "T=1: chose an expert outside the top-k")
     with caplog.at_level(logging.WARNING, logger=cuda_forward.__name__):
-        router, rope_kv = cuda_forward.check_fused(model)
+        router, rope_kv = cuda_forward.check_fused(model, router_wanted=True)
     assert (router, rope_kv) == ("unfused", "fused")
     assert "fused router kernel disagrees" in caplog.text and "outside the top-k" in caplog.text
     backends = cuda_forward.Backends("fa3", "triton-mxfp4", True, router, rope_kv)
     assert "router+top-k=unfused, rope+kv-write=fused" in backends.describe()
-    monkeypatch.setenv(cuda_forward.FUSED_ENV, "0")
     monkeypatch.setattr(selfcheck, "rope_write_kv_problem", lambda *a, **k: pytest.fail("no check when turned off"))
-    assert cuda_forward.check_fused(model) == ("unfused", "unfused")
+    assert cuda_forward.check_fused(model, enabled=False) == ("unfused", "unfused")
 
 
 def test_check_fused_does_not_claim_fused_for_inputs_the_kernels_do_not_take(caplog):

@@ -90,8 +90,7 @@ def test_cubins_are_sm90_and_ctypes_loads_them(kernels_so):
 def test_loader_rejects_foreign_arch_and_missing_module(kernels_so, tmp_path, monkeypatch):
     with pytest.raises(ext.ExtensionError, match=r"built for \['sm_90'\].*this GPU is sm_100"):
         ext.load("mini_vllm_kernels", kernels_so, device_arch="sm_100")
-    monkeypatch.setenv("MINI_VLLM_EXT_DIR", str(tmp_path))
-    # only the env dir: a developer's own build/ext (which may hold the FA3 module) must not count here
+    # only this dir: a developer's own build/ext (which may hold the FA3 module) must not count here
     monkeypatch.setattr(ext, "search_dirs", lambda: [tmp_path])
     with pytest.raises(ext.ExtensionError, match=f"mini_vllm_fa3.so not found.*{tmp_path}.*invoke kernels"):
         ext.find_module("mini_vllm_fa3")

@@ -9,6 +9,7 @@ pytest.importorskip("triton")
 
 import json  # noqa: E402
 
+from mini_vllm.ops.triton import fused_moe  # noqa: E402
 from mini_vllm.ops.triton.fused_moe import (GemmTiles, MoeConfig, fused_moe_mxfp4,  # noqa: E402
                                             pick_config)
 from mini_vllm.ops.triton.interpret import interpreted  # noqa: E402
@@ -169,7 +170,8 @@ def test_config_table_is_data(tmp_path, monkeypatch):
                          {"max_tokens": 10**9, **cfg.to_dict()}]}
     path = tmp_path / "t.json"
     path.write_text(json.dumps(table))
-    monkeypatch.setenv("MINI_VLLM_MOE_CONFIGS", str(path))
+    monkeypatch.setattr(fused_moe, "_TABLE_IN_USE", None)       # restored after the test
+    fused_moe.use_config_table(str(path))                         # what the engine does for --moe-configs
     assert pick_config(1, 4, 32) == gemv and gemv.down_tiles().split_k == 4
     assert pick_config(2, 4, 32) == MoeConfig().from_dict(MoeConfig().to_dict())
     assert pick_config(3, 4, 32) == cfg

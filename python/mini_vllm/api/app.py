@@ -11,11 +11,10 @@ from __future__ import annotations
 import gc
 import hmac
 import logging
-import os
 import sys
 import time
 from contextlib import asynccontextmanager
-from typing import Any, Callable, Mapping
+from typing import Any, Callable
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse
@@ -24,6 +23,7 @@ from mini_vllm import __version__
 from mini_vllm.api import sse
 from mini_vllm.api.chat import create_chat_completion
 from mini_vllm.api.completions import create_completion
+from mini_vllm.api.engine_client import EngineClient
 from mini_vllm.api.errors import APIError, error_body, install_error_handlers
 from mini_vllm.api.limits import DEFAULT_MAX_REQUEST_BYTES, BodyLimitMiddleware
 from mini_vllm.api.schemas import ChatCompletionRequest, CompletionRequest
@@ -31,25 +31,17 @@ from mini_vllm.api.state import ServerState
 
 log = logging.getLogger("mini_vllm.api")
 OPEN_PATHS = frozenset({"/health", "/metrics", "/version", "/ping"})   # matched exactly, never by prefix
-# The GIL switch interval of the server process, in ms, when set (unset: Python's 5 ms). The engine
-# thread and the event loop share the GIL; bench/bench_api_overhead.py measured 5, 1 and 0.5 ms alike
-# at 256 streams with a simulated 20 ms GPU step, so the default is left alone; the knob is for A/B runs.
-SWITCH_INTERVAL_ENV = "MINI_VLLM_SWITCH_INTERVAL_MS"
-# "0": no gc.freeze() after the model loaded (the bench's peer). A full collection of the start-up heap
-# (~276k objects) takes ~200 ms on the CPU box, holding the GIL (bench/bench_engine_overhead.py --gc-freeze).
-GC_FREEZE_ENV = "MINI_VLLM_GC_FREEZE"
 
 
-def set_switch_interval(environ: Mapping[str, str] = os.environ) -> float:
-    """Apply MINI_VLLM_SWITCH_INTERVAL_MS if set; returns the interval in force, in seconds."""
-    raw = environ.get(SWITCH_INTERVAL_ENV, "").strip()
-    if raw:
-        try:
-            ms = float(raw)
-            if not 0 < ms <= 1000:
-                raise ValueError
-        except ValueError:
-            raise ValueError(f"{SWITCH_INTERVAL_ENV}={raw!r}: expected milliseconds in (0, 1000]") from None
+def set_switch_interval(ms: float | None) -> float:
+    """Set the process's GIL switch interval (None: leave Python's 5 ms); returns the one in force, in s.
+
+    The engine thread and the event loop share the GIL; bench/bench_api_overhead.py measured 5, 1 and
+    0.5 ms alike at 256 streams with a simulated 20 ms GPU step, so the default is left alone; the
+    knob (--switch-interval-ms) is for A/B runs."""
+    if ms is not None:
+        if not 0 < ms <= 1000:
+            raise ValueError(f"switch interval {ms} ms: expected milliseconds in (0, 1000]")
         sys.setswitchinterval(ms / 1000)
     return sys.getswitchinterval()
 
@@ -70,15 +62,18 @@ class APIKeyMiddleware:
         await self.app(scope, receive, send)
 
 
-def load_model(state: ServerState, load: Callable[[], Any]) -> None:
+def load_model(state: ServerState, load: Callable[[], EngineClient]) -> None:
     """Build and start the engine (`load()`) before the server listens; raises whatever the load raised."""
     t0 = time.monotonic()
     engine = load()
     state.load_seconds = time.monotonic() - t0
-    if os.environ.get(GC_FREEZE_ENV, "1").strip() != "0":
+    # The start-up heap (torch, weights' wrappers, fastapi; ~276k objects) is never scanned again:
+    # a full collection of it takes ~200 ms on the CPU box holding the GIL, stalling both threads
+    # (bench/bench_engine_overhead.py --gc-freeze). --no-gc-freeze is the bench's peer.
+    if state.gc_freeze:
         gc.collect()
-        gc.freeze()                    # the start-up heap (torch, weights' wrappers, fastapi) is never
-    state.engine = engine              # scanned again: full collections stop stalling both threads
+        gc.freeze()
+    state.engine = engine
     log.info("model %s ready in %.1f s (max_model_len %s)", state.model_name, state.load_seconds,
              getattr(engine.model_config, "max_model_len", "?"))
 
@@ -89,7 +84,7 @@ def build_app(state: ServerState, max_request_bytes: int = DEFAULT_MAX_REQUEST_B
     @asynccontextmanager
     async def lifespan(_: FastAPI):
         state.created = sse.now()
-        log.info("GIL switch interval %.2f ms", set_switch_interval() * 1000)
+        log.info("GIL switch interval %.2f ms", set_switch_interval(state.switch_interval_ms) * 1000)
         yield
 
     app = FastAPI(title="mini-vLLM", version=__version__, lifespan=lifespan)
@@ -100,7 +95,7 @@ def build_app(state: ServerState, max_request_bytes: int = DEFAULT_MAX_REQUEST_B
 
     @app.get("/health")
     async def health() -> JSONResponse:
-        if state.engine is None or not getattr(state.engine, "is_ready", True):
+        if state.engine is None or not state.engine.is_ready:
             return JSONResponse(error_body(503, "model is not ready"), 503)
         return JSONResponse({"status": "ok"})
 
@@ -110,11 +105,14 @@ def build_app(state: ServerState, max_request_bytes: int = DEFAULT_MAX_REQUEST_B
 
     @app.get("/v1/models")
     async def models() -> dict[str, Any]:
-        card: dict[str, Any] = {"id": state.model_name, "object": "model", "created": state.created,
-                                "owned_by": "mini-vllm", "root": state.model_name, "parent": None}
-        if state.engine is not None:
-            card["max_model_len"] = state.max_model_len
-        return {"object": "list", "data": [card]}
+        cards = []
+        for name in (state.model_name, *state.aliases):
+            card: dict[str, Any] = {"id": name, "object": "model", "created": state.created,
+                                    "owned_by": "mini-vllm", "root": state.model_name, "parent": None}
+            if state.engine is not None:
+                card["max_model_len"] = state.max_model_len
+            cards.append(card)
+        return {"object": "list", "data": cards}
 
     @app.get("/metrics")
     async def metrics() -> PlainTextResponse:

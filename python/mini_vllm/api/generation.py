@@ -13,10 +13,11 @@ from typing import Any, AsyncIterator, Awaitable, TypeVar
 
 from fastapi import Request
 
+from mini_vllm.api.engine_client import EngineClient
 from mini_vllm.api.errors import APIError
 from mini_vllm.api.schemas import _Sampling
 from mini_vllm.engine.outputs import RequestOutput
-from mini_vllm.metrics import ServerMetrics
+from mini_vllm.api.metrics import ServerMetrics
 from mini_vllm.sampling_params import SamplingParams
 
 T = TypeVar("T")
@@ -54,7 +55,7 @@ def _engine_errors() -> tuple[type[BaseException], type[BaseException]]:
     return QueueFullError, EngineDeadError
 
 
-async def _run(engine: Any, metrics: ServerMetrics, request_id: str, prompt_ids: list[int],
+async def _run(engine: EngineClient, metrics: ServerMetrics, request_id: str, prompt_ids: list[int],
                params: SamplingParams) -> AsyncIterator[RequestOutput]:
     """engine.generate with our error mapping and metrics; aborts the request if the consumer stops early."""
     queue_full, dead = _engine_errors()
@@ -95,7 +96,7 @@ async def _run(engine: Any, metrics: ServerMetrics, request_id: str, prompt_ids:
             metrics.observe_finished("abort", time.monotonic() - start)
 
 
-async def start_request(engine: Any, metrics: ServerMetrics, request_id: str, prompt_ids: list[int],
+async def start_request(engine: EngineClient, metrics: ServerMetrics, request_id: str, prompt_ids: list[int],
                         params: SamplingParams) -> AsyncIterator[RequestOutput]:
     """Submit a request and wait for its first output; returns the stream of all its outputs.
 
@@ -112,7 +113,7 @@ async def start_request(engine: Any, metrics: ServerMetrics, request_id: str, pr
     return _chain(first, stream)
 
 
-async def start_all(engine: Any, metrics: ServerMetrics, requests: list[tuple[str, list[int]]],
+async def start_all(engine: EngineClient, metrics: ServerMetrics, requests: list[tuple[str, list[int]]],
                     params: SamplingParams) -> list[AsyncIterator[RequestOutput]]:
     """start_request for several prompts at once; if any is refused, the others are aborted."""
     results = await asyncio.gather(*(start_request(engine, metrics, rid, ids, params) for rid, ids in requests),

@@ -6,32 +6,40 @@ request arrives; `require_engine()` still guards the handlers (a 503, never an A
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING
 
+from mini_vllm.api.engine_client import EngineClient
 from mini_vllm.api.errors import APIError
-from mini_vllm.metrics import ServerMetrics
+from mini_vllm.api.metrics import ServerMetrics
+
+if TYPE_CHECKING:
+    from mini_vllm.harmony import HarmonyTokens
 
 
 @dataclass
 class ServerState:
     model_name: str
+    aliases: tuple[str, ...] = ()              # further --served-model-name values (listed in /v1/models)
+    also_accepted: tuple[str, ...] = ()        # names requests may use that are not listed (a local model path)
     api_key: str | None = None
-    engine: Any | None = None
+    switch_interval_ms: float | None = None   # the GIL switch interval to set at startup (None: leave it)
+    gc_freeze: bool = True                    # gc.freeze() the start-up heap once the engine is loaded
+    engine: EngineClient | None = None
     load_seconds: float | None = None
     created: int = 0
     metrics: ServerMetrics = field(init=False)
-    _harmony: Any = field(default=None, init=False, repr=False)
+    _harmony: "HarmonyTokens | None" = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
         self.metrics = ServerMetrics(self.model_name)
 
-    def require_engine(self) -> Any:
+    def require_engine(self) -> EngineClient:
         if self.engine is None:
             raise APIError(503, "model is not loaded")
         return self.engine
 
     def check_model(self, requested: str | None) -> None:
-        if requested and requested != self.model_name:
+        if requested and requested != self.model_name and requested not in self.aliases + self.also_accepted:
             raise APIError(404, f"The model `{requested}` does not exist.", "model", "model_not_found")
 
     @property
@@ -39,7 +47,7 @@ class ServerState:
         return int(self.require_engine().model_config.max_model_len)
 
     @property
-    def harmony(self) -> Any:
+    def harmony(self) -> "HarmonyTokens":
         """HarmonyTokens of the loaded tokenizer (looked up once)."""
         if self._harmony is None:
             from mini_vllm.harmony import HarmonyTokens

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import threading
 from collections import deque
 from typing import AsyncIterator
@@ -25,11 +24,6 @@ from mini_vllm.model.tokenizer import Tokenizer
 from mini_vllm.sampling_params import SamplingParams
 
 log = logging.getLogger(__name__)
-
-# "0" turns stream coalescing off (the bench's peer); anything else, or unset, leaves it on
-COALESCE_ENV = "MINI_VLLM_STREAM_COALESCE"
-# "0" delivers each step's outputs at once even when the engine offers a gpu_wait_hook (the bench's peer)
-DEFER_ENV = "MINI_VLLM_DELIVER_IN_GPU_WAIT"
 
 __all__ = ["AsyncEngine", "EngineStats", "QueueFullError", "EngineDeadError"]
 
@@ -66,20 +60,21 @@ class AsyncEngine:
         self._dead: BaseException | None = None
         self._stats = engine.stats()
         # merge a stream's queued outputs into one (one SSE event for several tokens when the consumer
-        # is behind); see engine/coalesce.py
-        self.coalesce = os.environ.get(COALESCE_ENV, "1").strip() != "0"
+        # is behind); see engine/coalesce.py. args.stream_coalesce=False is the bench's peer.
+        self.coalesce = self.args.stream_coalesce
         # An engine with a `gpu_wait_hook` attribute calls it once per step after enqueueing the forward
         # and before blocking on its results; a step's outputs are then handed to the event loop from
-        # there (one step later, while the device is busy). Engines without it: delivered at once.
+        # there (one step later, while the device is busy). Engines without it, or with
+        # args.deliver_in_gpu_wait=False (the bench's peer): delivered at once.
         self._held: list[RequestOutput] | None = None
-        self._hooked = hasattr(engine, "gpu_wait_hook") and os.environ.get(DEFER_ENV, "1").strip() != "0"
+        self._hooked = hasattr(engine, "gpu_wait_hook") and self.args.deliver_in_gpu_wait
         if self._hooked:
             engine.gpu_wait_hook = self._flush_held  # type: ignore[attr-defined]
 
     @classmethod
     def from_args(cls, args: EngineArgs) -> "AsyncEngine":
         if args.tensor_parallel_size > 1:
-            from mini_vllm.parallel import start_tensor_parallel
+            from mini_vllm.engine.tensor_parallel import start_tensor_parallel
             engine, group = start_tensor_parallel(args)
             return cls(engine, owner=group)
         return cls(LLMEngine(args))

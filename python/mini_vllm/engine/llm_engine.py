@@ -14,6 +14,7 @@ from typing import Callable
 
 from mini_vllm.engine import detokenizer
 from mini_vllm.engine.block_manager import BlockManager
+from mini_vllm.engine.faults import fault_hook
 from mini_vllm.engine.model_runner import ModelRunner, build_step_inputs
 from mini_vllm.engine.output_builder import request_output
 from mini_vllm.engine.outputs import RequestOutput, TokenLogprob
@@ -37,7 +38,7 @@ class LLMEngine:
     def __init__(self, args: EngineArgs, runner: ModelRunner | None = None, tokenizer: Tokenizer | None = None):
         self.args = args
         self.cfg = runner.cfg if runner is not None else GptOssConfig.from_pretrained(args.model)
-        self.tokenizer = tokenizer or Tokenizer.from_pretrained(args.model)
+        self.tokenizer = tokenizer or Tokenizer.from_pretrained(args.tokenizer or args.model)
         self.runner = runner or ModelRunner(args, self.cfg)
         self.model_config = ModelInfo.build(args, self.cfg, self.tokenizer, self.runner.num_blocks)
         self.eos_ids = frozenset(self.tokenizer.eos_token_ids or self.cfg.eos_token_id)
@@ -49,7 +50,9 @@ class LLMEngine:
         self._seq_ids = itertools.count()
         self.prompt_tokens_total = 0
         self.generation_tokens_total = 0
-        self.fault_hook: Callable[[Sequence], None] | None = None   # tests: raise to fail one sequence
+        # tests: raise to fail one sequence (engine/faults.py)
+        self.fault_hook: Callable[[Sequence], None] | None = fault_hook(args.test_fault_prompt) \
+            if args.test_fault_prompt else None
 
     # ---- requests ------------------------------------------------------------------------------
     def validate(self, prompt_token_ids: list[int], params: SamplingParams) -> None:

@@ -6,7 +6,6 @@ same tensors and attention metadata (`prepare`) and runs its shard of the model.
 """
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -19,13 +18,12 @@ from mini_vllm.engine_args import EngineArgs
 from mini_vllm.model.attention import AttnMetadata, build_group
 from mini_vllm.model.config import GptOssConfig
 from mini_vllm.model.gpt_oss import GptOssModel
-from mini_vllm.model.layers import AllReduce
+from mini_vllm.model.layers import DEQUANT_BUDGET, AllReduce
 from mini_vllm.model.loader import CheckpointReader
 
 CPU_DEFAULT_KV_GB = 0.25
 # Intra-op threads on CPU: the engine's ops are small, and OpenMP's spinning workers lose badly on a
-# shared 2-core machine (a 0.2 ms einsum took 16 ms with 2 threads under load). Override by env.
-CPU_THREADS_ENV = "MINI_VLLM_CPU_THREADS"
+# shared 2-core machine (a 0.2 ms einsum took 16 ms with 2 threads under load): EngineArgs.cpu_threads.
 
 
 @dataclass
@@ -127,7 +125,11 @@ class ModelRunner:
         self.broadcast: Callable[[StepInputs], None] | None = None   # TP rank 0: send inputs to workers
         self.block_size = args.block_size
         if self.device.type == "cpu":
-            torch.set_num_threads(int(os.environ.get(CPU_THREADS_ENV, "1")))
+            torch.set_num_threads(args.cpu_threads)
+            DEQUANT_BUDGET.set_limit_mb(args.dequant_cache_mb)
+        if args.ext_dir:
+            from mini_vllm.ops import ext
+            ext.use_ext_dir(args.ext_dir)
         torch.manual_seed(args.seed)
         reader = CheckpointReader(args.model)
         self.model = GptOssModel(cfg, self.dtype, self.device, cfg.max_position_embeddings,
@@ -149,7 +151,11 @@ class ModelRunner:
         from mini_vllm.engine.cuda_step import CudaStep
         from mini_vllm.model.cuda_forward import CudaForward, select_backends
 
-        backends = select_backends(self.model, os.environ.get("MINI_VLLM_ATTENTION", "auto"))
+        a = self.args
+        if a.moe_configs:
+            from mini_vllm.ops.triton.fused_moe import use_config_table
+            use_config_table(a.moe_configs)
+        backends = select_backends(self.model, a.attention_backend, a.fused_ops, a.fused_router)
         max_len = min(self.args.max_model_len or self.cfg.max_position_embeddings, self.num_blocks * self.block_size)
         step = CudaStep(CudaForward(self.model, backends), self.kv_caches, self.model.lm_head, max_len,
                         self.block_size, self.args.max_num_seqs, use_graphs=not self.args.enforce_eager)

@@ -12,12 +12,11 @@ Python lists, no host sync), and each layer is a short chain of fused launches:
 
 `select_backends` decides once at start-up what can run (module built? kernel compiled for this GPU?
 fused kernels agreeing with their unfused two-launch paths on this GPU - ops/selfcheck.py) and says so;
-the engine prints the choice. MINI_VLLM_FUSED_OPS=0 keeps the unfused paths (for A/B runs).
+the engine prints the choice. `--no-fused-ops` (EngineArgs.fused_ops) keeps the unfused paths (A/B runs).
 """
 from __future__ import annotations
 
 import logging
-import os
 from dataclasses import dataclass
 
 import torch
@@ -60,19 +59,15 @@ class Backends:
                 f"router+top-k={self.router}, rope+kv-write={self.rope_kv}")
 
 
-FUSED_ENV = "MINI_VLLM_FUSED_OPS"
-FUSED_ROUTER_ENV = "MINI_VLLM_FUSED_ROUTER"
-
-
-def check_fused(model: GptOssModel) -> tuple[str, str]:
+def check_fused(model: GptOssModel, enabled: bool = True, router_wanted: bool = False) -> tuple[str, str]:
     """(router, rope_kv) backends: "fused" where the fused kernel agrees with its unfused path here.
 
     A disagreement or an error is logged as a warning and that op stays unfused.
     """
     from mini_vllm.ops import selfcheck
 
-    if os.environ.get(FUSED_ENV, "1") == "0":
-        log.info("%s=0: fused router/rope kernels off", FUSED_ENV)
+    if not enabled:
+        log.info("fused ops off (--no-fused-ops): fused router/rope kernels unused")
         return "unfused", "unfused"
     lw, cfg = model.layers[0], model.cfg
     problems = {
@@ -85,17 +80,16 @@ def check_fused(model: GptOssModel) -> tuple[str, str]:
             log.warning("fused %s kernel disagrees with its unfused path on this GPU (%s): using the unfused "
                         "path", name, problem)
     # The fused router is correct but measured slower than cuBLAS + our top-k on the H100 (call 10:
-    # 10.9 vs 8.6 us at T=1, 21 vs 10 us at T=256), so it is opt-in until it wins.
-    router_wanted = os.environ.get(FUSED_ROUTER_ENV, "0") == "1"
+    # 10.9 vs 8.6 us at T=1, 21 vs 10 us at T=256), so it is opt-in (--fused-router) until it wins.
     return ("fused" if router_wanted and not problems["router"] else "unfused",
             "unfused" if problems["rope_kv"] else "fused")
 
 
-def check_fa3_sched(model: GptOssModel) -> str:
+def check_fa3_sched(model: GptOssModel, enabled: bool = True) -> str:
     """"per-step" if FA3 with scheduler metadata shared across layers matches FA3 per call here."""
     from mini_vllm.ops import selfcheck
 
-    if os.environ.get(FUSED_ENV, "1") == "0":
+    if not enabled:
         return "per-layer"
     problem = selfcheck.fa3_plan_problem(model.n_heads, model.n_kv, model.device)
     if problem:
@@ -104,8 +98,10 @@ def check_fa3_sched(model: GptOssModel) -> str:
     return "per-layer" if problem else "per-step"
 
 
-def select_backends(model: GptOssModel, prefer: str = "auto") -> Backends:
-    """Pick the fastest backend available for this model on this GPU; `prefer` forces attention."""
+def select_backends(model: GptOssModel, prefer: str = "auto", fused_ops: bool = True,
+                    fused_router: bool = False) -> Backends:
+    """Pick the fastest backend available for this model on this GPU; `prefer` forces attention;
+    `fused_ops`/`fused_router` are EngineArgs' switches for the fused kernels (see check_fused)."""
     from mini_vllm.ops import attention_fa3
 
     probe = torch.empty(1, model.n_heads, model.cfg.head_dim, dtype=model.dtype, device=model.device)
@@ -116,10 +112,10 @@ def select_backends(model: GptOssModel, prefer: str = "auto") -> Backends:
                            "(run `invoke kernels`; see mini_vllm.ops.ext.load_errors)")
     packed = all(lw.experts.packed is not None for lw in model.layers)
     kernels = ops.kernels_available()
-    router, rope_kv = check_fused(model) if kernels else ("unfused", "unfused")
+    router, rope_kv = check_fused(model, fused_ops, fused_router) if kernels else ("unfused", "unfused")
     return Backends(attention="fa3" if fa3_ok else "triton", moe="triton-mxfp4" if packed else "torch",
                     kernels=kernels, router=router, rope_kv=rope_kv,
-                    fa3_sched=check_fa3_sched(model) if fa3_ok else "per-layer")
+                    fa3_sched=check_fa3_sched(model, fused_ops) if fa3_ok else "per-layer")
 
 
 class CudaForward:

@@ -6,7 +6,6 @@ MoE keeps MXFP4 experts packed (see mxfp4.py), expanding only the experts a step
 """
 from __future__ import annotations
 
-import os
 import threading
 from typing import Callable
 
@@ -23,8 +22,8 @@ _MOE_CHUNK_ELEMS = 64 * 1024 * 1024
 # Optional, bounded, process-wide budget for keeping dequantised copies of whole expert layers next to
 # the packed weights (CPU only). Expanding MXFP4 costs more than the tiny model's whole matmul work, so a
 # layer whose expansion fits the remaining budget is expanded once; larger models (gpt-oss-20b: ~3 GB a
-# layer) stay on the transient per-step path. 0 disables it. Never used on CUDA.
-DEQUANT_CACHE_ENV = "MINI_VLLM_DEQUANT_CACHE_MB"
+# layer) stay on the transient per-step path. 0 disables it. Never used on CUDA. The engine sets it
+# from EngineArgs.dequant_cache_mb (`--dequant-cache-mb`) before loading.
 _DEFAULT_DEQUANT_CACHE_MB = 64
 
 
@@ -32,9 +31,13 @@ class _DequantBudget:
     def __init__(self) -> None:
         self.lock = threading.Lock()
         self.used = 0
+        self.limit = _DEFAULT_DEQUANT_CACHE_MB * 1024 * 1024
+
+    def set_limit_mb(self, mb: int) -> None:
+        self.limit = int(mb) * 1024 * 1024
 
     def take(self, nbytes: int) -> bool:
-        limit = int(os.environ.get(DEQUANT_CACHE_ENV, _DEFAULT_DEQUANT_CACHE_MB)) * 1024 * 1024
+        limit = self.limit
         with self.lock:
             if self.used + nbytes > limit:
                 return False

@@ -4,7 +4,8 @@ Why ctypes and not torch extensions: our modules export `extern "C"` functions t
 pointers and a cudaStream_t, so they build without torch headers, their build-cache keys do not depend
 on torch, and an object compiled against one torch version loads under another (docs/kernels.md).
 
-Search order for `<module>.so`: $MINI_VLLM_EXT_DIR, <repo>/build/ext, then next to this package
+Search order for `<module>.so`: the directory given to `use_ext_dir` (the engine passes
+`--ext-dir`, EngineArgs.ext_dir, whose default is $MINI_VLLM_EXT_DIR), <repo>/build/ext, then next to this package
 (`mini_vllm/_ext/`, where images install them). Problems are reported, never hidden: a missing module,
 a module that fails to load, or one whose cubins target another GPU architecture raise ExtensionError
 with the paths searched and what was found; `try_load` turns that into None for the CPU fallback.
@@ -13,7 +14,6 @@ from __future__ import annotations
 
 import ctypes
 import functools
-import os
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -72,10 +72,22 @@ class KernelError(RuntimeError):
     """A kernel entry point returned a CUDA error code."""
 
 
+_EXT_DIR: Path | None = None      # searched first; set by use_ext_dir
+
+
+def use_ext_dir(path: str | Path | None) -> None:
+    """Search `path` first for extension modules (None: only the default places); forgets earlier loads."""
+    global _EXT_DIR
+    new = Path(path) if path else None
+    if new != _EXT_DIR:
+        _EXT_DIR = new
+        try_load.cache_clear()
+
+
 def search_dirs() -> list[Path]:
     dirs = []
-    if os.environ.get("MINI_VLLM_EXT_DIR"):
-        dirs.append(Path(os.environ["MINI_VLLM_EXT_DIR"]))
+    if _EXT_DIR is not None:
+        dirs.append(_EXT_DIR)
     dirs.append(Path(__file__).resolve().parents[3] / "build" / "ext")
     dirs.append(Path(__file__).resolve().parents[1] / "_ext")
     return dirs
@@ -89,7 +101,7 @@ def find_module(name: str) -> Path:
         if p.is_file():
             return p
     raise ExtensionError(f"extension module {name}.so not found (looked in: {', '.join(tried)}); "
-                         f"build it with `invoke kernels` or set MINI_VLLM_EXT_DIR")
+                         f"build it with `invoke kernels` or pass --ext-dir (default $MINI_VLLM_EXT_DIR)")
 
 
 def fatbin_archs(path: Path) -> set[str]:

@@ -5,14 +5,13 @@ launches and a bf16 copy of every weight); here it is align -> gate_up(+SwiGLU) 
 with the grid fixed by the shapes so the whole thing is CUDA-graph capturable (no host sync).
 Small T (decode) can take the GEMV kernels instead (moe_gemv.py; bucket field "kernel": "gemv",
 whose block_m is slots per program, 1 = no align launch). Tile sizes follow the token count and are DATA: `moe_configs.json` (next to this file, or the file
-named by $MINI_VLLM_MOE_CONFIGS) maps T buckets to tiles, so tuned winners from
+named by `--moe-configs`, EngineArgs.moe_configs) maps T buckets to tiles, so tuned winners from
 bench/device_tune_moe.py drop in without code changes. The stages are exposed one by one
 (`moe_gate_up`, `moe_down`, `moe_sum`) so the tuner can time each with its own candidates.
 """
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import asdict, dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -26,7 +25,7 @@ from .moe_gemv import moe_down_gemv_kernel, moe_gate_up_gemv_kernel
 from .mxfp4 import SWIGLU_ALPHA, SWIGLU_LIMIT, MoeWeights
 
 CONFIG_TABLE = Path(__file__).with_name("moe_configs.json")
-CONFIG_ENV = "MINI_VLLM_MOE_CONFIGS"
+_TABLE_IN_USE: str | None = None     # set by use_config_table (the engine, from --moe-configs)
 KERNELS = ("grouped", "gemv")
 
 
@@ -96,6 +95,12 @@ def load_config_table(path: str) -> tuple[tuple[int, MoeConfig], ...]:
     return table
 
 
+def use_config_table(path: str | None) -> None:
+    """Make `path` the table pick_config reads (None: the shipped moe_configs.json)."""
+    global _TABLE_IN_USE
+    _TABLE_IN_USE = path
+
+
 def pick_config(num_tokens: int, top_k: int, num_experts: int, table: str | None = None) -> MoeConfig:
     """The first bucket with num_tokens <= max_tokens (the last bucket catches larger T).
 
@@ -103,7 +108,7 @@ def pick_config(num_tokens: int, top_k: int, num_experts: int, table: str | None
     gpt-oss (k=4, E=32/128), where T alone decides.
     """
     del top_k, num_experts
-    rows = load_config_table(table or os.environ.get(CONFIG_ENV) or str(CONFIG_TABLE))
+    rows = load_config_table(table or _TABLE_IN_USE or str(CONFIG_TABLE))
     for max_tokens, cfg in rows:
         if num_tokens <= max_tokens:
             return cfg
@@ -271,4 +276,5 @@ __all__ = [
     "moe_gate_up_gemv",
     "moe_sum",
     "pick_config",
+    "use_config_table",
 ]

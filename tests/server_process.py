@@ -1,7 +1,8 @@
 """Start `mini-vllm serve` as a child process on a free 127.0.0.1 port, wait for it, stop it.
 
-Used by the API tests and bench/bench_http.py (both need a real server process, not an in-process
-app: the point is to exercise uvicorn, the socket and the CLI exactly as deployed).
+A test and bench helper (not part of the server): the API tests, bench/bench_http.py and
+bench/bench_api_overhead.py need a real server process, not an in-process app - the point is to
+exercise uvicorn, the socket and the CLI exactly as deployed. Benches put tests/ on sys.path for it.
 """
 from __future__ import annotations
 

@@ -1,0 +1,104 @@
+"""Parsed flags -> EngineArgs -> a running server (uvicorn + the API app + the engine, loaded in the background).
+
+Shared by `mini-vllm serve` (cli.py) and `python -m mini_vllm.entrypoints.openai.api_server`, so both
+accept the same flags and behave the same. A flag value we cannot honour ends the process with one
+line and exit status 2 before anything loads; flags that change nothing are named once in the log.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import sys
+from pathlib import Path
+
+from mini_vllm.api.engine_client import EngineClient
+from mini_vllm.engine_args import EngineArgs
+from mini_vllm.entrypoints.flags import UsageError, check_supported, given_model, namespace_fields
+from mini_vllm.environment import api_key as env_api_key
+
+log = logging.getLogger("mini_vllm")
+
+
+def is_local_path(model: str) -> bool:
+    return model.startswith(("/", "./", "../", "~")) or Path(model).expanduser().exists()
+
+
+def served_names(ns: argparse.Namespace) -> list[str]:
+    """--served-model-name values, else the model as given - a Hugging Face id or s3:// URI as vLLM
+    does; a local path by its directory's name (on purpose: clients and dashboards get a short name,
+    not a filesystem path; requests naming the path as given are accepted too, see ServerState)."""
+    if ns.served_model_name:
+        return list(ns.served_model_name)
+    model = given_model(ns)
+    return [Path(model).expanduser().resolve().name] if is_local_path(model) else [model]
+
+
+def engine_args(ns: argparse.Namespace, model_dir: str | None = None) -> EngineArgs:
+    """EngineArgs from parsed flags; `model_dir` is where the model was resolved to (default: as given)."""
+    names = served_names(ns)
+    args = EngineArgs(model=model_dir or given_model(ns), served_model_name=names[0], **namespace_fields(ns))
+    if args.dtype == "half":
+        args.dtype = "float16"
+    elif args.dtype == "float":
+        args.dtype = "float32"
+    return args
+
+
+def api_key(ns: argparse.Namespace) -> str | None:
+    return ns.api_key or env_api_key()
+
+
+def load_engine(args: EngineArgs) -> EngineClient:
+    """Build and start the engine (runs in the loader thread; heavy imports happen here, not at startup)."""
+    from mini_vllm.engine.async_engine import AsyncEngine
+
+    engine = AsyncEngine.from_args(args)
+    engine.start()
+    return engine
+
+
+def fail(prog: str, message: str) -> None:
+    print(f"{prog}: error: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
+def setup_logging(level: str) -> None:
+    logging.basicConfig(level=getattr(logging, level.upper()), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+def serve(ns: argparse.Namespace, prog: str = "mini-vllm serve") -> None:
+    """Load the model, then listen (a model that cannot load exits 1 with one line and never opens the port)."""
+    import uvicorn
+
+    from mini_vllm.api.app import build_app, load_model
+    from mini_vllm.api.state import ServerState
+
+    try:
+        notes = check_supported(ns)
+    except UsageError as e:
+        fail(prog, str(e))
+    for note in notes:
+        log.info("%s", note)
+    args = engine_args(ns)
+    names = served_names(ns)
+    key = api_key(ns)
+    log.info("serving %s as %r on %s:%d; engine args %s; api key %s", args.model, args.served_model_name,
+             ns.host, ns.port, dataclasses.asdict(args), "required" if key else "not set")
+    hidden = (given_model(ns),) if not ns.served_model_name and given_model(ns) != names[0] else ()
+    state = ServerState(model_name=names[0], aliases=tuple(names[1:]), also_accepted=hidden, api_key=key,
+                        switch_interval_ms=args.switch_interval_ms, gc_freeze=args.gc_freeze)
+    try:
+        load_model(state, lambda: load_engine(args))
+    except Exception as e:  # noqa: BLE001 - any load failure is a failed start: one line, non-zero exit
+        reason = str(e).splitlines()[0] if str(e) else ""
+        print(f"{prog}: model failed to load from {args.model}: {type(e).__name__}: {reason}",
+              file=sys.stderr, flush=True)
+        raise SystemExit(1) from None
+    try:
+        uvicorn.run(build_app(state, ns.max_request_bytes), host=ns.host, port=ns.port,
+                    log_level=ns.uvicorn_log_level or ns.log_level, access_log=not ns.disable_uvicorn_access_log,
+                    timeout_graceful_shutdown=5)
+    finally:
+        state.engine.shutdown()
