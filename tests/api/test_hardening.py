@@ -12,7 +12,7 @@ import httpx
 import pytest
 from tokenizers import Tokenizer
 
-from mini_vllm.api.launcher import free_port, start_server
+from server_process import free_port, start_server
 
 from api_helpers import MODEL
 
