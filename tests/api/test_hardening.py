@@ -89,9 +89,10 @@ def test_logit_bias_is_honoured(http, tiny_model):
 
 
 @pytest.fixture(scope="module")
-def small_limit(tiny_model, logs):
+def keyed(tiny_model, logs):
+    """A server with an API key and the default body limit (so this file also runs against older code)."""
     srv = start_server(tiny_model, "--max-model-len", "256", "--kv-cache-memory-gb", "0.02", "--device", "cpu",
-                       "--max-request-bytes", "4096", log_dir=logs, env={"MINI_VLLM_API_KEY": "k"})
+                       log_dir=logs, env={"MINI_VLLM_API_KEY": "k"})
     try:
         srv.wait_ready()
         yield srv
@@ -99,8 +100,14 @@ def small_limit(tiny_model, logs):
         srv.stop()
 
 
-def test_body_over_the_limit_is_413_before_it_is_read(small_limit):
-    port = int(small_limit.url.rsplit(":", 1)[1])
+def test_max_request_bytes_flag():
+    from mini_vllm.cli import parse_args
+    assert parse_args(["serve", "m"]).max_request_bytes == 8 * 1024 * 1024
+    assert parse_args(["serve", "m", "--max-request-bytes", "4096"]).max_request_bytes == 4096
+
+
+def test_body_over_the_limit_is_413_before_it_is_read(keyed):
+    port = int(keyed.url.rsplit(":", 1)[1])
     with socket.create_connection(("127.0.0.1", port), timeout=10) as s:   # declares 16 MB, sends 1 KB
         s.sendall(b"POST /v1/completions HTTP/1.1\r\nhost: x\r\nauthorization: Bearer k\r\n"
                   b"content-type: application/json\r\ncontent-length: 16777216\r\n\r\n" + b" " * 1024)
@@ -108,23 +115,22 @@ def test_body_over_the_limit_is_413_before_it_is_read(small_limit):
     assert head.startswith("HTTP/1.1 413"), head
     assert json.loads(head.split("\r\n\r\n", 1)[1])["error"]["param"] == "body"
 
-    def chunks():                    # no Content-Length: counted as it streams
-        for _ in range(64):
-            yield b" " * 1024
-    r = httpx.post(small_limit.url + "/v1/completions", content=chunks(), timeout=30,
+    def chunks():                    # no Content-Length: counted as it streams (9 MiB > the 8 MiB default)
+        for _ in range(9 * 16):
+            yield b" " * 65536
+    r = httpx.post(keyed.url + "/v1/completions", content=chunks(), timeout=30,
                    headers={"authorization": "Bearer k", "content-type": "application/json"})
     assert err(r, 413)["code"] == "request_too_large"
-    ok = httpx.post(small_limit.url + "/v1/completions", headers={"authorization": "Bearer k"}, timeout=30,
+    ok = httpx.post(keyed.url + "/v1/completions", headers={"authorization": "Bearer k"}, timeout=30,
                     json={"model": MODEL, "prompt": "hi", "max_tokens": 1})
     assert ok.status_code == 200, ok.text
 
 
 @pytest.mark.parametrize("path", ["/healthz", "/health/", "/metricsx", "/version.json", "/pingpong"])
-def test_open_paths_are_exact(small_limit, path):
-    with httpx.Client(base_url=small_limit.url) as c:
-        r = c.send(c.build_request("GET", small_limit.url + path))
+def test_open_paths_are_exact(keyed, path):
+    r = httpx.get(keyed.url + path)
     assert r.status_code == 401, (path, r.status_code, r.text)
-    assert httpx.get(small_limit.url + "/health").status_code == 200
+    assert httpx.get(keyed.url + "/health").status_code == 200
 
 
 def test_a_model_that_cannot_load_exits_without_listening(tmp_path):
@@ -135,10 +141,15 @@ def test_a_model_that_cannot_load_exits_without_listening(tmp_path):
     proc = subprocess.Popen([sys.executable, "-m", "mini_vllm.cli", "serve", str(broken), "--host", "127.0.0.1",
                              "--port", str(port), "--device", "cpu"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     listened = False
-    while proc.poll() is None:                          # never accepts a connection while alive
-        with socket.socket() as s:
-            listened |= s.connect_ex(("127.0.0.1", port)) == 0
-        time.sleep(0.05)
+    deadline = time.monotonic() + 60
+    try:
+        while proc.poll() is None and time.monotonic() < deadline:   # never accepts a connection while alive
+            with socket.socket() as s:
+                listened |= s.connect_ex(("127.0.0.1", port)) == 0
+            time.sleep(0.05)
+    finally:
+        if proc.poll() is None:                         # still running after 60 s: a failed start not seen
+            proc.kill()
     out, errs = proc.communicate()
     text = (out + errs).decode()
     assert proc.returncode == 1 and not listened
