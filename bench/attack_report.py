@@ -24,7 +24,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 ATTACK_TESTS = ["tests/api/test_hardening.py", "tests/build/test_attack_archives.py",
                 "tests/build/test_attack_builds.py", "tests/build/test_attack_store.py"]
-HELPERS = ["tests/build/archive_attacks.py"]
+HELPERS = ["tests/build/archive_attacks.py", "tests/server_process.py"]
 
 
 def run_corpus(tree: Path, files: list[str]) -> dict[str, list[bool]]:
