@@ -16,19 +16,18 @@ sys.path.insert(0, str(ROOT / "python"))
 
 
 def _config():
-    from minibuild.config import load_config
+    """build_config.yaml + the environment, read once per task; a bad value is one line and exit 1."""
+    from minibuild.config import ConfigError, load_config
+    from minibuild.ui import error
 
-    return load_config(ROOT / "build_config.yaml")
+    try:
+        return load_config(ROOT / "build_config.yaml")
+    except ConfigError as exc:
+        error(str(exc))
+        raise SystemExit(1) from None
 
 
 # --- build engine (issue: build engine, pinned sources, invoke kernels) ------------------------
-
-def _with_mirror(cfg, mirror_dir):
-    """--mirror-dir DIR: a directory of <name>-<commit>.tar source tarballs tried before other mirrors."""
-    if mirror_dir:
-        cfg["sources_mirror"] = str(Path(mirror_dir).resolve())
-    return cfg
-
 
 @task(help={"offline": "use only the store and local (file://) mirrors",
             "mirror_dir": "directory of <name>-<commit>.tar source tarballs (default: $MINI_VLLM_MIRROR)"})
@@ -36,7 +35,7 @@ def fetch(c, offline=False, mirror_dir=""):
     """Bring the pinned third-party sources into the store, verified by tree hash."""
     from minibuild.sources import fetch_all
 
-    fetch_all(_with_mirror(_config(), mirror_dir), offline=offline)
+    fetch_all(_config(), offline=offline, mirror=mirror_dir or None)
 
 
 @task(help={
@@ -51,8 +50,8 @@ def kernels(c, explain=False, dry_run=False, offline=False, jobs=0, only="", mir
     """Compile our CUDA kernels and the GPT-OSS subset of FA3 for sm_90a; link extension modules."""
     from minibuild.kernels import build_kernels
 
-    ok = build_kernels(_with_mirror(_config(), mirror_dir), explain=explain, dry_run=dry_run, offline=offline, jobs=jobs or None,
-                       only=[s for s in only.split(",") if s] or None)
+    ok = build_kernels(_config(), explain=explain, dry_run=dry_run, offline=offline, jobs=jobs or None,
+                       only=[s for s in only.split(",") if s] or None, mirror=mirror_dir or None)
     if not ok:
         raise SystemExit(1)
 
@@ -84,7 +83,7 @@ def model(c, tiny=True, out="", seed=0):
     """Write a deterministic random tiny GPT-OSS checkpoint in the published format."""
     from mini_vllm.model.tiny import write_tiny_checkpoint
 
-    path = write_tiny_checkpoint(Path(out or ROOT / _config()["model"]["tiny_dir"]), seed=seed)
+    path = write_tiny_checkpoint(Path(out) if out else _config().model.tiny_dir, seed=seed)
     print(path)
 
 
@@ -92,9 +91,9 @@ def model(c, tiny=True, out="", seed=0):
 def serve(c, model="", port=0, tp=1):
     """Run `mini-vllm serve` in the foreground."""
     cfg = _config()
-    model_dir = model or str(ROOT / cfg["model"]["tiny_dir"])
+    model_dir = model or str(cfg.model.tiny_dir)
     argv = [sys.executable, "-m", "mini_vllm.cli", "serve", model_dir,
-            "--port", str(port or cfg["server"]["port"]), "--tensor-parallel-size", str(tp)]
+            "--port", str(port or cfg.server_port), "--tensor-parallel-size", str(tp)]
     os.execvp(argv[0], argv)
 
 
@@ -109,13 +108,13 @@ def image(c, stage="all", push="", explain=False, dry_run=False, lock=False, pro
     from minibuild.image import IMAGE_ERRORS, build_images, lock_images
     from minibuild.ui import error
 
-    if profile:
-        os.environ["MINI_VLLM_IMAGE_PROFILE"] = profile
+    cfg = _config()
     try:
         if lock:
-            lock_images(_config(), profile=profile or None)
+            lock_images(cfg, profile=profile or None)
         else:
-            build_images(_config(), stage=stage, push=push or None, explain=explain, dry_run=dry_run)
+            build_images(cfg, stage=stage, push=push or None, explain=explain, dry_run=dry_run,
+                         profile=profile or None)
     except IMAGE_ERRORS as exc:
         error(str(exc))
         raise SystemExit(1) from None
@@ -181,8 +180,9 @@ def verify(c, target="local", url="", served_model_name="", api_key=""):
     """Prove the deployed server works: health, models, completions, chat, streaming, metrics."""
     from minibuild.verify import verify as do_verify
 
-    ok = do_verify(_config(), target=target, url=url or None, served_name=served_model_name or None,
-                   api_key=api_key or os.environ.get("MINI_VLLM_API_KEY"))
+    cfg = _config()
+    ok = do_verify(cfg, target=target, url=url or None, served_name=served_model_name or None,
+                   api_key=api_key or cfg.cluster.api_key)
     if not ok:
         raise SystemExit(1)
 

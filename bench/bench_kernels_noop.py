@@ -24,7 +24,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "python"))
 
-from minibuild.config import load_config  # noqa: E402
+from minibuild.config import read_document  # noqa: E402
 
 
 def timed(cmd: list[str], cwd: Path, env: dict[str, str]) -> float:
@@ -51,7 +51,7 @@ def main() -> None:
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--set", default="ours")
     args = ap.parse_args()
-    spec = load_config(ROOT / "build_config.yaml")["kernels"][args.set]
+    spec = read_document(ROOT / "build_config.yaml")["kernels"][args.set]
     work = Path(tempfile.mkdtemp(prefix="bench-kernels-"))
     ours, peer = work / "ours", work / "make"
     for d in (ours, peer):

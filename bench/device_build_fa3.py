@@ -24,10 +24,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "python"))
 
-from minibuild.compile import KernelSet, PathMap, nvcc_command  # noqa: E402
+from minibuild.compile import PathMap, nvcc_command  # noqa: E402
 from minibuild.config import load_config  # noqa: E402
 from minibuild.kernels import build_kernels  # noqa: E402
-from minibuild.sources import pins  # noqa: E402
 from minibuild.store import Store  # noqa: E402
 from minibuild.toolchain import detect  # noqa: E402
 
@@ -43,30 +42,29 @@ def main() -> None:
     os.environ["MINI_VLLM_CACHE"] = str(work / "store")
     os.environ["MINI_VLLM_EXT_DIR"] = args.ext_dir or str(work / "ext")
     cfg = load_config(ROOT / "build_config.yaml")
-    cfg["sources_mirror"] = args.mirror
 
     t0 = time.perf_counter()
-    ok = build_kernels(cfg, offline=True, jobs=args.jobs)
+    ok = build_kernels(cfg, offline=True, jobs=args.jobs, mirror=args.mirror)
     cold = time.perf_counter() - t0
     if not ok:
         raise SystemExit("cold build failed")
     t0 = time.perf_counter()
-    build_kernels(cfg, offline=True, jobs=args.jobs)
+    build_kernels(cfg, offline=True, jobs=args.jobs, mirror=args.mirror)
     noop = time.perf_counter() - t0
 
     print(f"cold build {cold:.0f} s, no-op {noop:.2f} s")
     if args.sample == 0:
         return
-    store = Store.from_config(cfg)
-    tc = detect(cfg, store)
-    fa3 = KernelSet.from_config("fa3", cfg["kernels"]["fa3"])
-    pm = PathMap(ROOT.resolve(), {n: store.tree_dir(pins(cfg)[n].tree_id) for n in fa3.sources_used})
+    store = Store.from_config(cfg.store)
+    tc = detect(cfg.toolchain, store)
+    fa3 = cfg.kernels["fa3"]
+    pm = PathMap(ROOT.resolve(), {n: store.tree_dir(cfg.sources[n].tree_id) for n in fa3.sources_used})
     inst = pm.trees["fa3"] / "hopper" / "instantiations"
     ours = {Path(u).name for u in fa3.units}
     others = sorted(p.name for p in inst.glob("*_sm90.cu") if p.name not in ours)
     step = max(1, len(others) // args.sample)
     sample = others[::step][:args.sample]
-    peer_set = replace(fa3, units=[f"@fa3/hopper/instantiations/{u}" for u in sample])
+    peer_set = replace(fa3, units=tuple(f"@fa3/hopper/instantiations/{u}" for u in sample))
     outdir = work / "peer"
     outdir.mkdir()
 
@@ -84,7 +82,7 @@ def main() -> None:
     peer_wall = time.perf_counter() - t0
     full = peer_wall * (len(others) + len(ours)) / len(sample)
 
-    n_ours = len(fa3.units) + len((cfg["kernels"].get("ours") or {}).get("sources", []))
+    n_ours = len(fa3.units) + (len(cfg.kernels["ours"].units) if "ours" in cfg.kernels else 0)
     print(f"\nmachine: {os.cpu_count()} cores, nvcc {tc.nvcc_version}, jobs {args.jobs}")
     print("| build | units | wall (s) |")
     print("|---|---|---|")

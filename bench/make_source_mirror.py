@@ -17,7 +17,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "python"))
 
 from minibuild.config import load_config  # noqa: E402
-from minibuild.sources import make_mirror_tarball, pins  # noqa: E402
+from minibuild.sources import make_mirror_tarball  # noqa: E402
 
 SNAPSHOTS = Path("/work/.mirror")
 
@@ -27,7 +27,7 @@ def main() -> None:
     ap.add_argument("--out", default=str(ROOT / ".carry" / "mirror"))
     ap.add_argument("--snapshots", default=str(SNAPSHOTS), help="dir of OWNER+NAME/repo bare git dirs")
     args = ap.parse_args()
-    for name, pin in pins(load_config(ROOT / "build_config.yaml")).items():
+    for name, pin in load_config(ROOT / "build_config.yaml").sources.items():
         git_dir = Path(args.snapshots) / pin.repo.replace("/", "+") / "repo"
         out = make_mirror_tarball(git_dir, pin, Path(args.out))
         print(f"{name}: {out} ({out.stat().st_size / 1e6:.1f} MB)")

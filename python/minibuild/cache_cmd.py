@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from .atomic import make_writable, unlink_quietly
+from .config import Config
 from .store import Store
 from . import ui
 
@@ -141,7 +142,7 @@ def collect_garbage(store: Store, max_age_days: int = 0, install_dirs: list[Path
 
 
 def run_cache_command(store: Store, stats: bool, gc: bool, max_age_days: int,
-                      install_dirs: list[Path] = ()) -> None:
+                      install_dirs: list[Path] = (), root_from: str = "") -> None:
     if gc:
         r = collect_garbage(store, max_age_days, install_dirs)
         ui.out(f"gc: removed {r['actions']} action records, {r['blobs']} blobs, {r['trees']} trees, "
@@ -154,13 +155,12 @@ def run_cache_command(store: Store, stats: bool, gc: bool, max_age_days: int,
         ui.out(f"  trees   {s['trees']:>7}  {_human(s['tree_bytes'])}")
         ui.out(f"  roots   {s['roots']:>7}")
         ui.out(f"  remote  {s['remote'] or '-'}")
-        if os.environ.get("MINI_VLLM_CACHE"):
-            ui.out("  (from $MINI_VLLM_CACHE)")
+        if root_from.startswith("$"):
+            ui.out(f"  (from {root_from})")
 
 
-def cache_command(cfg: dict, stats: bool = True, gc: bool = False, max_age_days: int = 0) -> None:
-    """`invoke cache`: print stats and/or garbage-collect the store."""
-    from .kernels import ext_dir
-
-    installs = [ext_dir(cfg), Path(cfg.get("_root", ".")) / "build"]
-    run_cache_command(Store.from_config(cfg), stats=stats, gc=gc, max_age_days=max_age_days, install_dirs=installs)
+def cache_command(cfg: Config, stats: bool = True, gc: bool = False, max_age_days: int = 0) -> None:
+    """`invoke cache`: print stats and/or garbage-collect the store (and .tmp-* leftovers in build/)."""
+    installs = [cfg.ext_dir, cfg.root / "build"]
+    run_cache_command(Store.from_config(cfg.store), stats=stats, gc=gc, max_age_days=max_age_days,
+                      install_dirs=installs, root_from=cfg.store.root_from)

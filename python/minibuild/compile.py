@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from . import children, graph
+from .config import KernelSet
 from .graph import Input, Task
 from .hashing import canonical_key
 from .store import Store
@@ -89,38 +90,6 @@ class PathMap:
 
 
 @dataclass
-class KernelSet:
-    """One `kernels:` entry of build_config.yaml (format in docs/build.md)."""
-
-    name: str
-    units: list[str]            # logical paths
-    include_dirs: list[str]     # logical ('kernels/include', '@fa3/hopper')
-    defines: list[str]
-    flags: list[str]
-    gencode: list[str]
-    uses_torch: bool
-    mem_gb_per_job: float
-    module: str
-    link_flags: list[str]
-    sources_used: list[str]     # pinned source names this set needs
-
-    @classmethod
-    def from_config(cls, name: str, spec: dict[str, Any]) -> "KernelSet":
-        src = spec.get("source")
-        units = [f"@{src}/{u}" for u in spec.get("units") or []] if src else []
-        units += list(spec.get("sources") or []) + list(spec.get("extra_sources") or [])
-        incs = [str(i) for i in spec.get("include_dirs") or []]
-        used = sorted(({src} if src else set()) | {i[1:].split("/")[0] for i in incs if i.startswith("@")})
-        if not units:
-            raise ValueError(f"build_config.yaml kernels.{name}: no sources/units")
-        return cls(name=name, units=units, include_dirs=incs, defines=[str(d) for d in spec.get("defines") or []],
-                   flags=[str(f) for f in spec.get("flags") or []], gencode=[str(g) for g in spec.get("gencode") or []],
-                   uses_torch=bool(spec.get("uses_torch", False)), mem_gb_per_job=float(spec.get("mem_gb_per_job", 1.0)),
-                   module=str(spec.get("module") or name), link_flags=[str(f) for f in spec.get("link_flags") or []],
-                   sources_used=used)
-
-
-@dataclass
 class ObjectPlan:
     kset: KernelSet
     unit: str
@@ -141,8 +110,8 @@ def key1_inputs(store: Store, pm: PathMap, tc: Toolchain, ks: KernelSet, unit: s
     d = pm.digest(store, unit)
     if d is None:
         raise FileNotFoundError(f"kernels.{ks.name}: source {unit} not found ({pm.physical(unit)})")
-    return [Input("file", unit, d), Input("flags", "flags", ks.flags), Input("flags", "defines", ks.defines),
-            Input("flags", "include_dirs", ks.include_dirs), Input("flags", "gencode", ks.gencode),
+    return [Input("file", unit, d), Input("flags", "flags", list(ks.flags)), Input("flags", "defines", list(ks.defines)),
+            Input("flags", "include_dirs", list(ks.include_dirs)), Input("flags", "gencode", list(ks.gencode)),
             *tc.inputs(ks.uses_torch)]
 
 
@@ -179,7 +148,7 @@ def nvcc_command(tc: Toolchain, pm: PathMap, ks: KernelSet, unit: str, out: Path
     cmd = [tc.nvcc, "-c", str(pm.physical(unit)), "-o", str(out), "-MD", "-MF", str(dep)]
     for g in ks.gencode:
         cmd += ["-gencode", g]
-    cmd += ks.flags + [f"-D{d}" for d in ks.defines] + [f"-I{pm.physical(i)}" for i in ks.include_dirs]
+    cmd += [*ks.flags] + [f"-D{d}" for d in ks.defines] + [f"-I{pm.physical(i)}" for i in ks.include_dirs]
     if tc.ccbin:
         cmd += ["-ccbin", tc.ccbin]
     return cmd + pm.prefix_map_flags()
@@ -245,7 +214,7 @@ def compile_object(store: Store, pm: PathMap, tc: Toolchain, ks: KernelSet, unit
 def link_task(tc: Toolchain, ks: KernelSet, objects: list[tuple[str, str]]) -> Task:
     """objects: (unit, object digest) in config order."""
     inputs = [Input("artefact", f"object {u}", d) for u, d in objects]
-    inputs += [Input("flags", "link_flags", ks.link_flags), Input("flags", "gencode", ks.gencode),
+    inputs += [Input("flags", "link_flags", list(ks.link_flags)), Input("flags", "gencode", list(ks.gencode)),
                Input("config", "module", ks.module), *tc.inputs(ks.uses_torch)]
     return Task(f"link:{ks.name}", "link", inputs)
 

@@ -16,18 +16,17 @@ from typing import Any
 import yaml
 
 from . import ui
-from .compile import KernelSet
+from .config import Config
 
 
-def build_graph(cfg: dict[str, Any]) -> tuple[dict[str, str], list[tuple[str, str]]]:
+def build_graph(cfg: Config) -> tuple[dict[str, str], list[tuple[str, str]]]:
     """(node id -> label, edges (from, to)) for the whole pipeline."""
     nodes: dict[str, str] = {}
     edges: list[tuple[str, str]] = []
-    for name, spec in (cfg.get("sources") or {}).items():
-        nodes[f"src:{name}"] = f"source {name} {spec.get('version') or str(spec.get('commit', ''))[:12]}"
+    for name, pin in cfg.sources.items():
+        nodes[f"src:{name}"] = f"source {name} {pin.version or pin.commit[:12]}"
     modules: list[str] = []
-    for name, spec in (cfg.get("kernels") or {}).items():
-        ks = KernelSet.from_config(name, spec)
+    for name, ks in cfg.kernels.items():
         mod = f"mod:{ks.module}"
         nodes[mod] = f"module {ks.module}.so"
         modules.append(mod)
@@ -45,22 +44,18 @@ def build_graph(cfg: dict[str, Any]) -> tuple[dict[str, str], list[tuple[str, st
         if any(str(layer.get("from", "")).startswith("build/ext") for layer in spec.get("layers") or []):
             edges.extend((m, f"img:{stage}") for m in modules)
     top = _top_stage(stages)
-    for target in ((cfg.get("cluster") or {}).get("targets") or {}):
+    for target in cfg.cluster.targets:
         nodes[f"roll:{target}"] = f"rollout {target}"
         if top:
             edges.append((f"img:{top}", f"roll:{target}"))
     return nodes, edges
 
 
-def _image_stages(cfg: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    ref = (cfg.get("images") or {}).get("stages")
-    if isinstance(ref, dict):
-        return ref
-    if isinstance(ref, str):
-        p = Path(cfg.get("_root", ".")) / ref
-        if p.is_file():
-            data = yaml.safe_load(p.read_text()) or {}
-            return {k: v for k, v in data.items() if isinstance(v, dict)}
+def _image_stages(cfg: Config) -> dict[str, dict[str, Any]]:
+    p = cfg.path(cfg.images.stages)
+    if p.is_file():
+        data = yaml.safe_load(p.read_text()) or {}
+        return {k: v for k, v in data.items() if isinstance(v, dict)}
     return {}
 
 
@@ -95,7 +90,7 @@ def to_text(nodes: dict[str, str], edges: list[tuple[str, str]]) -> str:
     return "\n".join(out)
 
 
-def show_graph(cfg: dict[str, Any], dot: str | None = None, png: str | None = None) -> None:
+def show_graph(cfg: Config, dot: str | None = None, png: str | None = None) -> None:
     nodes, edges = build_graph(cfg)
     ui.out(to_text(nodes, edges))
     text = to_dot(nodes, edges)

@@ -4,7 +4,7 @@ Why this shape: planning is separated from doing. First every object and module 
 (keys computed from content, cache looked up) - that is all a no-op run does, and it is what
 `--dry-run` prints and `--explain` annotates. Then only the missing objects are compiled, in parallel
 under a budget of cores *and* memory (an FA3 unit needs ~8 GB), modules whose objects changed are
-relinked, and modules are installed atomically into build/ext (or $MINI_VLLM_EXT_DIR) with a
+relinked, and modules are installed atomically into build/ext (config: ext_dir) with a
 manifest.json the runtime and the image builder read.
 """
 from __future__ import annotations
@@ -15,30 +15,24 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 from . import children, graph, ui
-from .compile import (CompileError, CorruptTree, KernelSet, ObjectPlan, PathMap, compile_object, explain_object,
+from .compile import (CompileError, CorruptTree, ObjectPlan, PathMap, compile_object, explain_object,
                       link_module, link_task, plan_object)
 from .hashing import canonical_key
-from .sources import SourceError, ensure_source, mirror_dir, pins, tree_changes
+from .config import Config, KernelSet
+from .sources import SourceError, ensure_source, mirror_dir, tree_changes
 from .atomic import atomic_write_bytes
 from .store import Store
 from .toolchain import ToolchainError, detect
 
 
-def ext_dir(cfg: dict[str, Any]) -> Path:
-    """Where modules are installed: $MINI_VLLM_EXT_DIR, else <repo>/build/ext."""
-    env = os.environ.get("MINI_VLLM_EXT_DIR")
-    return Path(env) if env else Path(cfg.get("_root", ".")) / "build" / "ext"
-
-
-def kernel_sets(cfg: dict[str, Any], only: list[str] | None = None) -> list[KernelSet]:
-    specs = cfg.get("kernels") or {}
-    unknown = sorted(set(only or []) - set(specs))
+def kernel_sets(sets: Mapping[str, KernelSet], only: list[str] | None = None) -> list[KernelSet]:
+    unknown = sorted(set(only or []) - set(sets))
     if unknown:
-        raise ValueError(f"unknown kernel set(s) {', '.join(unknown)}; build_config.yaml has: {', '.join(specs)}")
-    return [KernelSet.from_config(n, s) for n, s in specs.items() if not only or n in only]
+        raise ValueError(f"unknown kernel set(s) {', '.join(unknown)}; build_config.yaml has: {', '.join(sets)}")
+    return [ks for n, ks in sets.items() if not only or n in only]
 
 
 class Budget:
@@ -75,17 +69,20 @@ def mem_available_gb() -> float:
 class Build:
     """One `invoke kernels` run: state shared by planning, compiling, linking and installing."""
 
-    def __init__(self, cfg: dict[str, Any], sets: list[KernelSet], offline: bool, dry_run: bool) -> None:
-        self.cfg, self.sets, self.offline, self.dry_run = cfg, sets, offline, dry_run
-        self.store = Store.from_config(cfg)
-        self.tc = detect(cfg, self.store)
-        self.pins = pins(cfg)
-        self.pm = PathMap(Path(cfg.get("_root", ".")).resolve())
+    def __init__(self, cfg: Config, sets: list[KernelSet], offline: bool, dry_run: bool,
+                 mirror: str | os.PathLike[str] | None = None) -> None:
+        self.sets, self.offline, self.dry_run = sets, offline, dry_run
+        self.store = Store.from_config(cfg.store)
+        self.tc = detect(cfg.toolchain, self.store)
+        self.mem_reserve_gb = cfg.toolchain.mem_reserve_gb
+        self.pins = dict(cfg.sources)
+        self.mdir = mirror_dir(cfg, mirror)
+        self.pm = PathMap(cfg.root)
         self.missing_sources: list[str] = []
-        self.out = ext_dir(cfg)
+        self.out = cfg.ext_dir
 
     def prepare_sources(self) -> None:
-        mdir = mirror_dir(self.cfg)
+        mdir = self.mdir
         for name in sorted({s for ks in self.sets for s in ks.sources_used}):
             if name not in self.pins:
                 raise SourceError(f"a kernel set uses '@{name}' but build_config.yaml sources has no '{name}'")
@@ -184,12 +181,15 @@ def _compile_all(b: Build, todo: list[ObjectPlan], jobs: int, mem_gb: float) -> 
     return done, errors
 
 
-def build_kernels(cfg: dict[str, Any], explain: bool = False, dry_run: bool = False, offline: bool = False,
-                  jobs: int | None = None, only: list[str] | None = None) -> bool:
-    """Build (or check) every kernel set; True when all modules are built and installed."""
+def build_kernels(cfg: Config, explain: bool = False, dry_run: bool = False, offline: bool = False,
+                  jobs: int | None = None, only: list[str] | None = None,
+                  mirror: str | os.PathLike[str] | None = None) -> bool:
+    """Build (or check) every kernel set; True when all modules are built and installed.
+
+    `mirror`: a directory of source tarballs tried first (--mirror-dir; default $MINI_VLLM_MIRROR)."""
     t0 = time.monotonic()
     try:
-        b = Build(cfg, kernel_sets(cfg, only), offline=offline, dry_run=dry_run)
+        b = Build(cfg, kernel_sets(cfg.kernels, only), offline=offline, dry_run=dry_run, mirror=mirror)
         b.prepare_sources()
         plans = b.plan()
     except (ToolchainError, SourceError, ValueError, FileNotFoundError, CorruptTree, KeyError) as exc:
@@ -230,7 +230,7 @@ def _run(b: Build, plans: list[ObjectPlan], explain: bool, dry_run: bool, jobs: 
 
     compiled: list[str] = []
     if todo:
-        n_jobs, mem = default_jobs(b.sets, float((b.cfg.get("toolchain") or {}).get("mem_reserve_gb", 1.0)))
+        n_jobs, mem = default_jobs(b.sets, b.mem_reserve_gb)
         n_jobs = jobs or n_jobs
         ui.info(f"compiling {len(todo)} of {len(plans)} objects, up to {n_jobs} jobs within {mem:.1f} GB")
         done, errors = _compile_all(b, todo, n_jobs, mem)

@@ -11,28 +11,27 @@ import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 from rich.console import Console
 from rich.table import Table
 
-from minibuild.config import require
+from minibuild.config import Config
 
 console = Console(soft_wrap=True)
 
 
-def _tiny_model(cfg: dict[str, Any], root: Path) -> str:
+def _tiny_model(cfg: Config, root: Path) -> str:
     from mini_vllm.model.tiny import write_tiny_checkpoint
 
-    out = root / require(cfg, "model.tiny_dir")
+    out = cfg.model.tiny_dir
     if (out / "config.json").exists():
         return f"present: {out}"
     write_tiny_checkpoint(out)
     return f"written: {out}"
 
 
-def _kernels(cfg: dict[str, Any], root: Path) -> str:
-    if shutil.which(str((cfg.get("toolchain") or {}).get("nvcc") or "nvcc")) is None:
+def _kernels(cfg: Config, root: Path) -> str:
+    if shutil.which(cfg.toolchain.nvcc) is None:
         return "SKIP: no nvcc on PATH (the CPU path needs no kernels)"
     from minibuild.kernels import build_kernels
 
@@ -41,7 +40,7 @@ def _kernels(cfg: dict[str, Any], root: Path) -> str:
     return "ours built; FA3 skipped on this machine (`invoke kernels` builds it: ~2 min, 7.6 GB per unit)"
 
 
-def _images(cfg: dict[str, Any], root: Path) -> str:
+def _images(cfg: Config, root: Path) -> str:
     from minibuild.image import build_images
 
     results = build_images(cfg, stage="all", push=None, explain=False, dry_run=False)
@@ -50,7 +49,7 @@ def _images(cfg: dict[str, Any], root: Path) -> str:
     return ", ".join(f"{k} {v['digest'][:19]}" for k, v in results.items() if not k.startswith("_"))
 
 
-def _rollout(cfg: dict[str, Any], root: Path) -> str:
+def _rollout(cfg: Config, root: Path) -> str:
     from minibuild.cluster import rollout
 
     if not rollout(cfg, target="local", tp=1):
@@ -61,17 +60,15 @@ def _rollout(cfg: dict[str, Any], root: Path) -> str:
     return f"serving at {url(cfg, plan_for(cfg, 'local'))}"
 
 
-def _verify(cfg: dict[str, Any], root: Path) -> str:
-    import os
-
+def _verify(cfg: Config, root: Path) -> str:
     from minibuild.verify import verify
 
-    if not verify(cfg, target="local", api_key=os.environ.get(require(cfg, "cluster.api_key_env"))):
+    if not verify(cfg, target="local", api_key=cfg.cluster.api_key):
         raise RuntimeError("verify failed (see the table above)")
     return "all checks passed"
 
 
-STEPS: list[tuple[str, Callable[[dict[str, Any], Path], str], tuple[str, ...]]] = [
+STEPS: list[tuple[str, Callable[[Config, Path], str], tuple[str, ...]]] = [
     ("tiny model", _tiny_model, ()),
     ("kernels", _kernels, ()),
     ("images", _images, ()),
@@ -80,7 +77,7 @@ STEPS: list[tuple[str, Callable[[dict[str, Any], Path], str], tuple[str, ...]]] 
 ]
 
 
-def run_steps(cfg: dict[str, Any], root: Path) -> list[tuple[str, str, float, str]]:
+def run_steps(cfg: Config, root: Path) -> list[tuple[str, str, float, str]]:
     """(step, ok | skipped | FAILED, seconds, detail) for every step; a step whose prerequisite failed is skipped."""
     rows: list[tuple[str, str, float, str]] = []
     failed: set[str] = set()
@@ -106,7 +103,7 @@ def run_steps(cfg: dict[str, Any], root: Path) -> list[tuple[str, str, float, st
     return rows
 
 
-def up(cfg: dict[str, Any], root: Path) -> bool:
+def up(cfg: Config, root: Path) -> bool:
     """Run every step, print a summary table; True if none failed."""
     rows = run_steps(cfg, root)
     table = Table(title="invoke up")

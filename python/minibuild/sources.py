@@ -8,7 +8,7 @@ and nothing is stored. Patches (part of the pin's identity) are applied after ve
 store id of a patched tree is sha256(tree hash + patch digests).
 
 Mirrors, tried in order (`--offline` keeps only the local ones):
-1. a mirror directory (`--mirror-dir`, $MINI_VLLM_MIRROR, or sources_mirror in config) holding
+1. a mirror directory (`--mirror-dir`, else $MINI_VLLM_MIRROR) holding
    `<name>-<commit>.tar[.gz]` or a `<name>-<commit>/` directory (bench/make_source_mirror.py),
 2. the pin's `mirrors:` list: `file:///dir-or-tarball`, `https://...tar.gz`, `git+<url>`,
    `s3://bucket/key.tar`; `{repo}`, `{commit}`, `{name}` are substituted,
@@ -23,13 +23,13 @@ import subprocess
 import tempfile
 import time
 from urllib.parse import unquote
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from . import ui
 from .archive import Limits, copy_tree, extract_tar
-from .hashing import canonical_key, digest_file, tree_hash_of_listing, tree_listing
+from .config import Config, SourcePin
+from .hashing import tree_hash_of_listing, tree_listing
 from .atomic import make_writable
 from .store import Store
 
@@ -40,49 +40,12 @@ class SourceError(RuntimeError):
     """No mirror produced the pinned tree; the message lists what each mirror did."""
 
 
-@dataclass
-class Pin:
-    name: str
-    repo: str
-    commit: str
-    tree_sha256: str
-    subtrees: list[str] = field(default_factory=list)
-    mirrors: list[str] = field(default_factory=list)
-    patches: list[str] = field(default_factory=list)   # repo-relative patch files
-    version: str = ""
-    root: Path = Path(".")
-    limits: Limits = field(default_factory=Limits)     # caps on its archives (build_config.yaml)
-
-    @property
-    def tree_id(self) -> str:
-        """Store id: the tree hash, or a hash of it and the patches' contents when patched."""
-        if not self.patches:
-            return self.tree_sha256
-        return canonical_key({"tree": self.tree_sha256,
-                              "patches": [digest_file(self.root / p) for p in self.patches]})
+Pin = SourcePin   # a pinned source as build_config.yaml's `sources:` declares it (config.py reads it)
 
 
-def pins(cfg: dict[str, Any]) -> dict[str, Pin]:
-    root = Path(cfg.get("_root", "."))
-    out: dict[str, Pin] = {}
-    try:
-        base = Limits().override(cfg.get("source_limits"), "build_config.yaml source_limits")
-        for name, spec in (cfg.get("sources") or {}).items():
-            if not isinstance(spec, dict) or not spec.get("commit") or not spec.get("tree_sha256"):
-                raise SourceError(f"build_config.yaml sources.{name}: needs 'commit' and 'tree_sha256'")
-            out[name] = Pin(name=name, repo=spec.get("repo", ""), commit=str(spec["commit"]),
-                            tree_sha256=str(spec["tree_sha256"]), subtrees=list(spec.get("subtrees") or []),
-                            mirrors=list(spec.get("mirrors") or []), patches=list(spec.get("patches") or []),
-                            version=str(spec.get("version", "")), root=root,
-                            limits=base.override(spec.get("limits"), f"build_config.yaml sources.{name}.limits"))
-    except ValueError as e:
-        raise SourceError(str(e)) from None
-    return out
-
-
-def mirror_dir(cfg: dict[str, Any], override: str | os.PathLike[str] | None = None) -> Path | None:
-    d = override or os.environ.get("MINI_VLLM_MIRROR") or cfg.get("sources_mirror")
-    return Path(d).expanduser().resolve() if d else None
+def mirror_dir(cfg: Config, override: str | os.PathLike[str] | None = None) -> Path | None:
+    """The mirror directory: a task's --mirror-dir, else $MINI_VLLM_MIRROR (read by config)."""
+    return Path(override).expanduser().resolve() if override else cfg.mirror_dir
 
 
 def candidates(pin: Pin, mdir: Path | None, offline: bool) -> list[str]:
@@ -231,13 +194,13 @@ def ensure_source(store: Store, pin: Pin, offline: bool = False, mdir: Path | No
                           "stored.\n" + "\n".join(failures))
 
 
-def fetch_all(cfg: dict[str, Any], offline: bool = False, mirror: str | None = None,
+def fetch_all(cfg: Config, offline: bool = False, mirror: str | os.PathLike[str] | None = None,
               only: list[str] | None = None) -> dict[str, Path]:
     """`invoke fetch`: every pinned source (or `only` those) present and verified in the store."""
-    store = Store.from_config(cfg)
+    store = Store.from_config(cfg.store)
     mdir = mirror_dir(cfg, mirror)
     out: dict[str, Path] = {}
-    for name, pin in pins(cfg).items():
+    for name, pin in cfg.sources.items():
         if only is not None and name not in only:
             continue
         had = store.has_tree(pin.tree_id)

@@ -32,6 +32,7 @@ from typing import Any, BinaryIO, Iterable, Iterator
 from .atomic import atomic_copy, atomic_write_bytes, make_writable, unlink_quietly
 from .hashing import CHUNK, StatCache, canonical_key, digest_file, normalize_digest
 from . import ui
+from .config import StoreConfig
 
 RECORD_VERSION = 1
 
@@ -42,19 +43,6 @@ class StoreError(RuntimeError):
 
 class MissingBlob(StoreError):
     pass
-
-
-def default_store_root(cfg: dict[str, Any] | None = None) -> Path:
-    """$MINI_VLLM_CACHE, else store.local in config, else $XDG_CACHE_HOME/mini-vllm or ~/.cache."""
-    env = os.environ.get("MINI_VLLM_CACHE")
-    if env:
-        return Path(env).expanduser()
-    local = ((cfg or {}).get("store") or {}).get("local")
-    if local:
-        p = Path(os.path.expandvars(str(local))).expanduser()
-        return p if p.is_absolute() else Path((cfg or {}).get("_root", ".")) / p
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    return (Path(xdg) if xdg else Path.home() / ".cache") / "mini-vllm"
 
 
 class BlobWriter:
@@ -107,14 +95,14 @@ class Store:
         self.stat_cache = StatCache(self.root / "statcache.json")
 
     @classmethod
-    def from_config(cls, cfg: dict[str, Any] | None = None) -> "Store":
-        remote_url = os.environ.get("MINI_VLLM_REMOTE_CACHE") or ((cfg or {}).get("store") or {}).get("remote")
+    def from_config(cls, cfg: StoreConfig) -> "Store":
+        """The store build_config.yaml's `store:` names (environment already applied by config)."""
         remote = None
-        if remote_url:
+        if cfg.remote:
             from .remote import remote_from_url
 
-            remote = remote_from_url(str(remote_url))
-        return cls(default_store_root(cfg), remote=remote)
+            remote = remote_from_url(cfg.remote)
+        return cls(cfg.root, remote=remote)
 
     # ---- blobs ------------------------------------------------------------------------------
     def _blob_file(self, digest: str) -> Path:

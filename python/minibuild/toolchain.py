@@ -20,6 +20,7 @@ import sys
 from dataclasses import dataclass
 from typing import Any
 
+from .config import ToolchainConfig
 from .graph import Input
 from .store import Store
 
@@ -62,11 +63,10 @@ def _which(name: str, what: str) -> str:
     return os.path.realpath(found)
 
 
-def detect(cfg: dict[str, Any], store: Store | None = None) -> Toolchain:
-    tc = cfg.get("toolchain") or {}
-    nvcc = _which(os.environ.get("MINI_VLLM_NVCC") or tc.get("nvcc") or "nvcc", "nvcc")
-    host = _which(tc.get("host_compiler") or "g++", "host compiler")
-    arch = str(tc.get("arch") or "sm_90a")
+def detect(tc: ToolchainConfig, store: Store | None = None) -> Toolchain:
+    nvcc = _which(tc.nvcc, "nvcc")
+    host = _which(tc.host_compiler or "g++", "host compiler")
+    arch = tc.arch
     sig = [_stat_sig(nvcc), _stat_sig(host), arch]
     if store is not None:
         hit = store.get_meta("toolchain", repr(sig))
@@ -82,7 +82,7 @@ def detect(cfg: dict[str, Any], store: Store | None = None) -> Toolchain:
         raise ToolchainError(f"cannot read the nvcc version from: {nv.strip()[-200:]}")
     result = Toolchain(nvcc=nvcc, nvcc_version=m.group(1), host_cc=host,
                        host_version=hv.splitlines()[0].strip() if hv else "unknown", arch=arch,
-                       ccbin=host if tc.get("host_compiler") else "")
+                       ccbin=host if tc.host_compiler else "")
     if store is not None:
         store.put_meta("toolchain", repr(sig), result.__dict__)
     return result

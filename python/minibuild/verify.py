@@ -17,7 +17,7 @@ import httpx
 from rich.console import Console
 from rich.table import Table
 
-from minibuild.config import ConfigError, require
+from minibuild.config import Config, ConfigError, VerifyConfig
 
 console = Console(soft_wrap=True)
 
@@ -58,15 +58,15 @@ def has_metric(names: set[str], want: str) -> bool:
 class Checks:
     """The checks, in order; later ones use what earlier ones found (the served model's id)."""
 
-    def __init__(self, url: str, api_key: str | None, vcfg: dict[str, Any]):
+    def __init__(self, url: str, api_key: str | None, vcfg: VerifyConfig):
         from openai import OpenAI
 
         self.url = url.rstrip("/")
         self.vcfg = vcfg
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-        self.http = httpx.Client(base_url=self.url, headers=headers, timeout=float(vcfg.get("timeout_s", 120)))
+        self.http = httpx.Client(base_url=self.url, headers=headers, timeout=vcfg.timeout_s)
         self.openai = OpenAI(base_url=f"{self.url}/v1", api_key=api_key or "none", max_retries=0,
-                             timeout=float(vcfg.get("timeout_s", 120)))
+                             timeout=vcfg.timeout_s)
         self.model: str | None = None
 
     def health(self) -> str:
@@ -83,14 +83,14 @@ class Checks:
         return ", ".join(m["id"] for m in data)
 
     def completion(self) -> str:
-        out = self.openai.completions.create(model=self.model, prompt=self.vcfg["prompt"],
-                                             max_tokens=int(self.vcfg["max_tokens"]), temperature=0)
+        out = self.openai.completions.create(model=self.model, prompt=self.vcfg.prompt,
+                                             max_tokens=self.vcfg.max_tokens, temperature=0)
         _expect(len(out.choices) == 1 and isinstance(out.choices[0].text, str), f"bad choices: {out}")
         _expect(out.usage is not None and out.usage.completion_tokens > 0, f"no completion tokens: {out.usage}")
         return f"{out.usage.completion_tokens} tokens, finish={out.choices[0].finish_reason}: {out.choices[0].text[:40]!r}"
 
     def _messages(self) -> list[dict[str, str]]:
-        return [{"role": "user", "content": self.vcfg["prompt"]}]
+        return [{"role": "user", "content": self.vcfg.prompt}]
 
     @staticmethod
     def _text(obj: Any) -> str:
@@ -100,7 +100,7 @@ class Checks:
 
     def chat(self) -> str:
         out = self.openai.chat.completions.create(model=self.model, messages=self._messages(),
-                                                  max_tokens=int(self.vcfg["max_tokens"]), temperature=0)
+                                                  max_tokens=self.vcfg.max_tokens, temperature=0)
         msg = out.choices[0].message
         _expect(msg.role == "assistant", f"role {msg.role!r}")
         _expect(out.usage is not None and out.usage.completion_tokens > 0, f"no completion tokens: {out.usage}")
@@ -111,7 +111,7 @@ class Checks:
         chunks, first, finish, role, text = 0, None, None, None, ""
         start = time.perf_counter()
         stream = self.openai.chat.completions.create(model=self.model, messages=self._messages(),
-                                                     max_tokens=int(self.vcfg["max_tokens"]), temperature=0,
+                                                     max_tokens=self.vcfg.max_tokens, temperature=0,
                                                      stream=True)
         for chunk in stream:
             if not chunk.choices:
@@ -134,16 +134,16 @@ class Checks:
         r = self.http.get("/metrics")
         _expect(r.status_code == 200, f"GET /metrics -> {r.status_code}")
         names = metric_names(r.text)
-        missing = [m for m in self.vcfg["metrics"] if not has_metric(names, m)]
+        missing = [m for m in self.vcfg.metrics if not has_metric(names, m)]
         _expect(not missing, f"missing metrics: {', '.join(missing)}")
-        return f"{len(self.vcfg['metrics'])} expected names present"
+        return f"{len(self.vcfg.metrics)} expected names present"
 
     def all(self) -> list[tuple[str, Callable[[], str]]]:
         return [("health", self.health), ("models", self.models), ("completion", self.completion),
                 ("chat", self.chat), ("chat stream", self.stream), ("metrics", self.metrics)]
 
 
-def run_checks(url: str, api_key: str | None, vcfg: dict[str, Any]) -> list[Result]:
+def run_checks(url: str, api_key: str | None, vcfg: VerifyConfig) -> list[Result]:
     """Run every check (stopping after health or models fail: nothing else can pass)."""
     checks = Checks(url, api_key, vcfg)
     results: list[Result] = []
@@ -160,7 +160,7 @@ def run_checks(url: str, api_key: str | None, vcfg: dict[str, Any]) -> list[Resu
 
 
 @contextlib.contextmanager
-def target_url(cfg: dict[str, Any], target: str, served_name: str | None = None) -> Iterator[str]:
+def target_url(cfg: Config, target: str, served_name: str | None = None) -> Iterator[str]:
     """The URL of what `invoke rollout --target T` deployed for a model (a port-forward for Kubernetes)."""
     from minibuild.cluster import plan_for
 
@@ -177,10 +177,10 @@ def target_url(cfg: dict[str, Any], target: str, served_name: str | None = None)
             yield local
 
 
-def verify(cfg: dict[str, Any], target: str = "local", url: str | None = None, served_name: str | None = None,
+def verify(cfg: Config, target: str = "local", url: str | None = None, served_name: str | None = None,
            api_key: str | None = None) -> bool:
     """Check the server at `url` (or the target's); print the table; False names the failed check."""
-    vcfg = require(cfg, "cluster.verify")
+    vcfg = cfg.cluster.verify
     try:
         with contextlib.ExitStack() as stack:
             base = url or stack.enter_context(target_url(cfg, target, served_name))

@@ -29,18 +29,27 @@ UNITS = {
 }
 
 
-def project_config(root: Path, store: Path, flags: list[str] | None = None) -> dict[str, Any]:
-    return {
-        "_root": str(root),
-        "store": {"local": str(store), "remote": None},
-        "sources": {},
-        "toolchain": {"nvcc": "nvcc", "arch": "sm_90a", "mem_reserve_gb": 0.5},
-        "kernels": {"tiny": {
+def config_with(root: Path, **sections: Any) -> Any:
+    """The checkout's build_config.yaml with `sections` replaced, rooted at `root` (environment applied now)."""
+    from minibuild.config import parse_config, read_document
+
+    return parse_config({**read_document(ROOT / "build_config.yaml"), **sections}, root)
+
+
+def project_config(root: Path, store: Path, flags: list[str] | None = None, pins: dict[str, Any] | None = None,
+                   **tiny: Any) -> Any:
+    """The small project's config: one kernel set `tiny` (its keys overridden by `tiny`), `pins` as sources."""
+    return config_with(
+        root,
+        store={"local": str(store), "remote": None},
+        sources=pins or {},
+        toolchain={"nvcc": "nvcc", "arch": "sm_90a", "mem_reserve_gb": 0.5},
+        kernels={"tiny": {
             "sources": ["k/a.cu", "k/b.cu", "k/c.cu"], "include_dirs": ["k/include"], "defines": ["NDEBUG"],
             "flags": flags or ["-O2", "-std=c++17", "-Xcompiler=-fPIC"],
             "gencode": ["arch=compute_90a,code=sm_90a"], "uses_torch": False, "mem_gb_per_job": 0.5,
-            "module": "tiny_kernels", "link_flags": ["-cudart=static"]}},
-    }
+            "module": "tiny_kernels", "link_flags": ["-cudart=static"], **tiny}},
+    )
 
 
 @dataclass
@@ -49,7 +58,7 @@ class Project:
     store: Path
     ext: Path
 
-    def cfg(self, **kw: Any) -> dict[str, Any]:
+    def cfg(self, **kw: Any) -> Any:
         return project_config(self.root, self.store, **kw)
 
     def events(self, kind: str = "compile") -> list[dict[str, Any]]:

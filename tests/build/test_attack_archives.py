@@ -19,7 +19,7 @@ import pytest
 
 from archive_attacks import (ORDERS, many_files, pax_bomb, regular, snapshot, tar_bytes, zero_bomb,
                              escape_entries)
-from build_helpers import ROOT  # noqa: F401  (puts python/ on sys.path)
+from build_helpers import ROOT, config_with
 from minibuild.archive import UnsafeArchive, extract_tar
 from minibuild.sources import SourceError, fetch_all
 from test_remote import aws, s3  # noqa: F401  (moto's S3 server on 127.0.0.1)
@@ -65,12 +65,12 @@ def test_github_style_prefix_and_subtrees_do_not_help(tmp_path: Path) -> None:
 STORE_DEPTH = 5        # tmp_path/store/tmp/.tmp-XXXX/tree/include -> tmp_path
 
 
-def _cfg(tmp_path: Path, mirrors: list[str], limits: dict[str, int] | None = None) -> dict[str, Any]:
+def _cfg(tmp_path: Path, mirrors: list[str], limits: dict[str, int] | None = None) -> Any:
     pin: dict[str, Any] = {"repo": "example/evil", "commit": COMMIT, "subtrees": ["include"],
                            "tree_sha256": "0" * 64, "mirrors": mirrors}
     if limits:
         pin["limits"] = limits
-    return {"_root": str(tmp_path), "sources": {"evil": pin}}
+    return config_with(tmp_path, sources={"evil": pin})
 
 
 @pytest.fixture
@@ -91,7 +91,7 @@ def served(tmp_path: Path) -> Iterator[tuple[Path, str]]:
 
 
 def _publish(kind: str, tmp_path: Path, data: bytes, served: tuple[Path, str], bucket: str | None,
-             monkeypatch: pytest.MonkeyPatch, limits: dict[str, int] | None) -> dict[str, Any]:
+             monkeypatch: pytest.MonkeyPatch, limits: dict[str, int] | None) -> Any:
     """Put `data` where the `kind` of source reads it; returns the config that fetches it."""
     if kind == "mirror-dir":
         mdir = tmp_path / "mirror"
@@ -176,15 +176,14 @@ def test_per_pin_caps_through_every_source(source, tmp_path: Path) -> None:
 
 
 def test_defaults_and_overrides_come_from_the_config(tmp_path: Path) -> None:
-    import yaml
+    from minibuild.config import ConfigError, read_document
 
     from minibuild.archive import Limits
-    from minibuild.sources import pins
 
-    doc = yaml.safe_load((ROOT / "build_config.yaml").read_text())
+    doc = read_document(ROOT / "build_config.yaml")
     base = Limits().override(doc["source_limits"], "source_limits")
     assert base.max_files >= 20_000 and base.max_bytes >= 256 << 20   # CUTLASS's tree fits with room
-    cfg = dict(_cfg(tmp_path, [], limits={"max_bytes": 1234}), source_limits=doc["source_limits"])
-    assert pins(cfg)["evil"].limits == Limits(max_bytes=1234, max_files=base.max_files, max_path=base.max_path)
-    with pytest.raises(SourceError, match="sources.evil.limits: unknown key"):
-        pins(_cfg(tmp_path, [], limits={"max_byte": 1}))
+    cfg = _cfg(tmp_path, [], limits={"max_bytes": 1234})
+    assert cfg.sources["evil"].limits == Limits(max_bytes=1234, max_files=base.max_files, max_path=base.max_path)
+    with pytest.raises(ConfigError, match="sources.evil.limits: unknown key"):
+        _cfg(tmp_path, [], limits={"max_byte": 1})

@@ -12,6 +12,7 @@ import sys
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -165,12 +166,11 @@ def pinned_project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     monkeypatch.setenv("MINI_VLLM_EXT_DIR", str(proj.ext))
     monkeypatch.delenv("MINI_VLLM_MIRROR", raising=False)
 
-    def cfg(flags: list[str]) -> dict:
-        c = project_config(proj.root, proj.store, flags)
-        c["sources"] = {"lib": {"commit": "c0ffee", "subtrees": ["include"], "tree_sha256": tree_hash(src),
-                                "mirrors": [tarball.as_uri()]}}
-        c["kernels"]["tiny"].update(sources=["k/u.cu"], include_dirs=["@lib/include"])
-        return c
+    def cfg(flags: list[str]) -> Any:
+        return project_config(proj.root, proj.store, flags,
+                              pins={"lib": {"commit": "c0ffee", "subtrees": ["include"], "tree_sha256": tree_hash(src),
+                                            "mirrors": [tarball.as_uri()]}},
+                              sources=["k/u.cu"], include_dirs=["@lib/include"])
     return proj, cfg, tree_hash(src)
 
 

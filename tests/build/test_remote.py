@@ -12,7 +12,7 @@ from typing import Iterator
 
 import pytest
 
-from build_helpers import make_project, needs_nvcc
+from build_helpers import config_with, make_project, needs_nvcc
 
 MOTO = Path(sys.executable).parent / "moto_server"
 
@@ -105,6 +105,6 @@ def test_s3_source_mirror(aws: str, tmp_path: Path, monkeypatch: pytest.MonkeyPa
     subprocess.run(["tar", "-cf", str(tarball), "-C", str(src), "include"], check=True)
     s3_client().upload_file(str(tarball), aws, "mirror/x.tar")
     monkeypatch.setenv("MINI_VLLM_CACHE", str(tmp_path / "store"))
-    cfg = {"_root": str(tmp_path), "sources": {"x": {"commit": "c0ffee", "subtrees": ["include"],
-                                                    "tree_sha256": tree_hash(src), "mirrors": [f"s3://{aws}/mirror/x.tar"]}}}
+    cfg = config_with(tmp_path, sources={"x": {"commit": "c0ffee", "subtrees": ["include"],
+                                               "tree_sha256": tree_hash(src), "mirrors": [f"s3://{aws}/mirror/x.tar"]}})
     assert tree_hash(fetch_all(cfg)["x"]) == tree_hash(src)

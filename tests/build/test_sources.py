@@ -11,10 +11,10 @@ from typing import Any
 
 import pytest
 
-from build_helpers import ROOT  # noqa: F401  (puts python/ on sys.path)
+from build_helpers import config_with
 from minibuild.archive import UnsafeArchive, extract_tar
 from minibuild.hashing import tree_hash
-from minibuild.sources import SourceError, candidates, fetch_all, pins
+from minibuild.sources import SourceError, candidates, fetch_all
 from minibuild.store import Store
 
 FILES = {"include/lib.h": "#pragma once\nint f();\n", "include/sub/deep.h": "#define DEEP 1\n",
@@ -44,10 +44,10 @@ def fixture_repo(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     return {"work": work, "commit": commit, "tree": tree_hash(expect), "tarball": tarball, "base": base}
 
 
-def cfg_for(repo: dict[str, Any], mirrors: list[str], tree: str | None = None) -> dict[str, Any]:
-    return {"_root": str(repo["base"]), "sources": {"fix": {
+def cfg_for(repo: dict[str, Any], mirrors: list[str], tree: str | None = None, patches: list[str] | None = None) -> Any:
+    return config_with(repo["base"], sources={"fix": {
         "repo": "example/fixture", "commit": repo["commit"], "subtrees": ["include", "tools"],
-        "tree_sha256": tree or repo["tree"], "mirrors": mirrors}}}
+        "tree_sha256": tree or repo["tree"], "mirrors": mirrors, "patches": patches or []}})
 
 
 @pytest.fixture
@@ -78,11 +78,10 @@ def test_mirror_dir_first_and_offline_skips_network(fixture_repo: dict[str, Any]
     subprocess.run(["git", "-C", str(fixture_repo["work"]), "archive", "--format=tar", "-o",
                     str(mdir / f"fix-{fixture_repo['commit']}.tar"), fixture_repo["commit"], "include", "tools"], check=True)
     cfg = cfg_for(fixture_repo, ["https://codeload.github.com/{repo}/tar.gz/{commit}"])
-    pin = pins(cfg)["fix"]
+    pin = cfg.sources["fix"]
     assert candidates(pin, mdir, offline=True) == [(mdir / f"fix-{fixture_repo['commit']}.tar").as_uri()]
     assert candidates(pin, None, offline=False)[0].endswith(f"/example/fixture/tar.gz/{fixture_repo['commit']}")
-    cfg["sources_mirror"] = str(mdir)
-    assert tree_hash(fetch_all(cfg, offline=True)["fix"]) == fixture_repo["tree"]
+    assert tree_hash(fetch_all(cfg, offline=True, mirror=mdir)["fix"]) == fixture_repo["tree"]
     with pytest.raises(SourceError, match="no mirror to try offline"):
         fetch_all(cfg_for(fixture_repo, ["https://example.invalid/x.tar.gz"], tree="0" * 64), offline=True)
 
@@ -105,8 +104,7 @@ def test_tampered_tree_rejected_with_both_hashes_nothing_stored(fixture_repo: di
 def test_patch_is_part_of_identity(fixture_repo: dict[str, Any], store_env: Path) -> None:
     patch = fixture_repo["base"] / "p.patch"
     patch.write_text("--- a/include/lib.h\n+++ b/include/lib.h\n@@ -1,2 +1,2 @@\n #pragma once\n-int f();\n+int g();\n")
-    cfg = cfg_for(fixture_repo, [fixture_repo["tarball"].as_uri()])
-    cfg["sources"]["fix"]["patches"] = ["p.patch"]
+    cfg = cfg_for(fixture_repo, [fixture_repo["tarball"].as_uri()], patches=["p.patch"])
     tree = fetch_all(cfg, offline=True)["fix"]
     assert "int g();" in (tree / "include/lib.h").read_text()
     assert tree.name != fixture_repo["tree"]

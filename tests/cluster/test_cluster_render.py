@@ -1,6 +1,7 @@
 """Rendering for every target x TP variant; Kubernetes objects pass `kubernetes-validate --strict`."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import shlex
 import subprocess
@@ -14,7 +15,7 @@ from minibuild.cluster.render import render_kubernetes, render_slurm, server_arg
 from minibuild.cluster.settings import RolloutError, choose_port, make_plan, reserved_ports
 from minibuild.cluster.slurm import job_script
 from minibuild.cluster.slurm_runtime import choose, pyxis_uri
-from minibuild.config import load_config
+from minibuild.config import load_config, parse_config, read_document
 
 ROOT = Path(__file__).resolve().parents[2]
 IMAGE = "972488948509.dkr.ecr.eu-west-2.amazonaws.com/engineering/inference/mini-vllm-server@sha256:" + "ab" * 32
@@ -25,6 +26,13 @@ TPS = (1, 2, 8)
 @pytest.fixture(scope="module")
 def cfg():
     return load_config(ROOT / "build_config.yaml")
+
+
+def _edited(edit):
+    """The checkout's config with `edit(doc)` applied to its YAML data."""
+    doc = read_document(ROOT / "build_config.yaml")
+    edit(doc)
+    return parse_config(doc, ROOT)
 
 
 def _deployment(objs):
@@ -73,8 +81,7 @@ def test_kubernetes_objects(cfg, target, tp):
 
 
 def test_priority_class_label(cfg):
-    cfg = json.loads(json.dumps(cfg))
-    cfg["cluster"]["targets"]["hyperpod"]["priority_class"] = "inference-high"
+    cfg = _edited(lambda d: d["cluster"]["targets"]["hyperpod"].update(priority_class="inference-high"))
     dep = _deployment(render_kubernetes(cfg, make_plan(cfg, "hyperpod", 2, image=IMAGE)))
     assert dep["metadata"]["labels"]["kueue.x-k8s.io/priority-class"] == "inference-high"
 
@@ -115,8 +122,8 @@ def test_slurm_script(cfg, tp, tmp_path):
 
 
 def test_two_models_get_their_own_names_and_resources(cfg, tmp_path):
-    cfg = json.loads(json.dumps(cfg))
-    cfg["cluster"]["targets"]["slurm"].update(partition="gpu", account="ml", qos="high", time_limit="1-00:00:00")
+    cfg = _edited(lambda d: d["cluster"]["targets"]["slurm"].update(partition="gpu", account="ml", qos="high",
+                                                                    time_limit="1-00:00:00"))
     small = make_plan(cfg, "slurm", 1, model="/opt/models/gpt-oss-20b")
     big = make_plan(cfg, "slurm", 2, model="/opt/models/gpt-oss-120b")
     named = make_plan(cfg, "slurm", 1, model="/opt/models/x", served_name="openai/gpt-oss-20b")
@@ -135,12 +142,11 @@ def test_two_models_get_their_own_names_and_resources(cfg, tmp_path):
 
 
 def test_ports_are_allocated_without_clashes(cfg):
-    cfg = json.loads(json.dumps(cfg))
     plan = make_plan(cfg, "slurm", 1, served_name="b")
     assert choose_port(plan, None, {}) == 8000
     assert choose_port(plan, None, {8000: "mini-vllm-a", 8001: "mini-vllm-c"}) == 8002
     assert choose_port(plan, 8005, {8000: "mini-vllm-a"}) == 8005          # keeps its own on a re-rollout
-    cfg["cluster"]["models"] = {"a": {"port": 8000}, "b": {"port": 9001}}
+    cfg = _edited(lambda d: d["cluster"].update(models={"a": {"port": 8000}, "b": {"port": 9001}}))
     assert choose_port(make_plan(cfg, "slurm", 1, served_name="c"), None, {}, reserved_ports(cfg, "c")) == 8001
     fixed = make_plan(cfg, "slurm", 1, served_name="b")
     assert fixed.port_fixed and choose_port(fixed, None, {}) == 9001
@@ -167,8 +173,7 @@ def test_runtime_choice():
 
 @pytest.mark.parametrize("name", ["pyxis", "apptainer", "podman"])
 def test_container_scripts(cfg, name, tmp_path):
-    cfg = json.loads(json.dumps(cfg))
-    cfg["cluster"]["targets"]["slurm"]["runtime"] = name
+    cfg = _edited(lambda d: d["cluster"]["targets"]["slurm"].update(runtime=name))
     plan = make_plan(cfg, "slurm", 2, image=IMAGE)
     text, runtime = job_script(cfg, plan, "serve", server_args(plan), tmp_path / "out.log", [(plan.model_path, True)])
     assert runtime.name == name and runtime.image == IMAGE
@@ -204,7 +209,7 @@ def test_bare_digest_means_the_default_registry(cfg):
 
 
 def test_image_from_build_record(cfg, tmp_path):
-    cfg = dict(cfg, _root=str(tmp_path))
+    cfg = dataclasses.replace(cfg, root=tmp_path)
     with pytest.raises(RolloutError, match="no image"):
         make_plan(cfg, "eks", 1)
     rec = tmp_path / "build/images/server.json"

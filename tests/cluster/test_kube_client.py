@@ -3,7 +3,6 @@ through the real kubernetes Python client against an emulated API server over HT
 """
 from __future__ import annotations
 
-import copy
 import json
 from pathlib import Path
 
@@ -14,7 +13,7 @@ from kube_emulator import KubeEmulator
 from minibuild.cluster import rollout
 from minibuild.cluster.render import render_kubernetes
 from minibuild.cluster.settings import make_plan
-from minibuild.config import load_config
+from minibuild.config import parse_config, read_document
 
 ROOT = Path(__file__).resolve().parents[2]
 IMAGE = "972488948509.dkr.ecr.eu-west-2.amazonaws.com/engineering/inference/mini-vllm-server@sha256:" + "ab" * 32
@@ -24,10 +23,15 @@ NAME = "mini-vllm-gpt-oss-20b"
 
 @pytest.fixture()
 def cfg():
-    c = copy.deepcopy(load_config(ROOT / "build_config.yaml"))
+    return _config()
+
+
+def _config(**hyperpod):
+    doc = read_document(ROOT / "build_config.yaml")
     for t in ("hyperpod", "eks"):
-        c["cluster"]["targets"][t].update(poll_s=0.02, wait_timeout_s=10)
-    return c
+        doc["cluster"]["targets"][t].update(poll_s=0.02, wait_timeout_s=10)
+    doc["cluster"]["targets"]["hyperpod"].update(hyperpod)
+    return parse_config(doc, ROOT)
 
 
 @pytest.fixture()
@@ -95,7 +99,7 @@ def test_crash_loop_fails_with_last_log_lines(cfg, emu, capsys):
 
 
 def test_wait_gives_up_while_unschedulable(cfg, emu, capsys):
-    cfg["cluster"]["targets"]["hyperpod"]["wait_timeout_s"] = 0.3
+    cfg = _config(wait_timeout_s=0.3)
     pod = _pod("Pending", conditions=[{"type": "PodScheduled", "status": "False", "reason": "Unschedulable",
                                        "message": "0/2 nodes are available: 2 Insufficient nvidia.com/gpu."}])
     emu.on_poll = _controller([({"replicas": 1, "updatedReplicas": 1}, [pod])])

@@ -5,7 +5,6 @@ writes it; deleting one model leaves the other serving; a server that cannot loa
 """
 from __future__ import annotations
 
-import copy
 import json
 import os
 import subprocess
@@ -15,7 +14,7 @@ import pytest
 
 from cluster_helpers import ROOT, follow_logs, free_port, invoke, tiny_model, wait_for_line
 from minibuild.cluster import rollout
-from minibuild.config import load_config
+from minibuild.config import parse_config, read_document
 from slurm_cluster import SlurmCluster, missing_binaries
 
 pytestmark = pytest.mark.slow
@@ -85,8 +84,9 @@ def test_two_models_side_by_side_follow_logs_delete_one(slurm, models, tmp_path,
         # TP=8 beside them: 8 GPUs wanted, 5 free -> queued, not failed; rollout says so and leaves it queued.
         for k, v in env.items():
             monkeypatch.setenv(k, v)
-        cfg = copy.deepcopy(load_config(ROOT / "build_config.yaml"))
-        cfg["cluster"]["targets"]["slurm"]["queue_timeout_s"] = 4
+        doc = read_document(ROOT / "build_config.yaml")
+        doc["cluster"]["targets"]["slurm"]["queue_timeout_s"] = 4
+        cfg = parse_config(doc, ROOT)
         assert rollout(cfg, target="slurm", tp=8, model=str(small), served_name="wide") is False
         assert _squeue(env, "mini-vllm-wide") == "PENDING Resources"
         assert "Resources" in invoke("status", "--target", "slurm", "--served-model-name", "wide", env=env).stdout

@@ -48,7 +48,7 @@ def small_lock(tmp_path_factory: pytest.TempPathFactory) -> Path:
     d = tmp_path_factory.mktemp("small-lock")
     (d / "small.in").write_text(SMALL_REQS)
     cfg = load_config(REPO / "build_config.yaml")
-    lock_wheels(d / "small.in", d / "small.lock", [str(a) for a in cfg["images"]["profiles"]["local"]["pip_args"]])
+    lock_wheels(d / "small.in", d / "small.lock", list(cfg.images.profiles["local"].pip_args))
     return d / "small.lock"
 
 

@@ -15,7 +15,7 @@ import httpx
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "python"))
 
-from minibuild.config import load_config  # noqa: E402
+from minibuild.config import Config, load_config, parse_config, read_document  # noqa: E402
 
 
 def free_port() -> int:
@@ -90,15 +90,18 @@ def make_checkout(dest: Path) -> Path:
 
 
 
-def small_config(checkout: Path, small_lock: Path) -> dict:
-    """Config of checkout with profile `small`: the local profile's base + the one-package wheel lock."""
+def small_config(checkout: Path, small_lock: Path, **extra_profiles: dict) -> Config:
+    """Config of checkout with profile `small`: the local profile's base + the one-package wheel lock
+    (plus `extra_profiles`, each given as the changes to `small`)."""
     shutil.copy2(small_lock, checkout / "images" / "wheels-small.lock")
     (checkout / "images" / "wheels-small.in").write_text(SMALL_REQS)
-    cfg = load_config(checkout / "build_config.yaml")
-    prof = dict(cfg["images"]["profiles"]["local"])
-    prof["wheels"] = {"requirements": "images/wheels-small.in", "lock": "images/wheels-small.lock"}
-    cfg["images"]["profiles"]["small"] = prof
-    cfg["images"]["profile"] = "small"
-    return cfg
+    doc = read_document(checkout / "build_config.yaml")
+    profiles = doc["images"]["profiles"]
+    profiles["small"] = {**profiles["local"],
+                         "wheels": {"requirements": "images/wheels-small.in", "lock": "images/wheels-small.lock"}}
+    for name, changes in extra_profiles.items():
+        profiles[name] = {**profiles["small"], **changes}
+    doc["images"]["profile"] = "small"
+    return parse_config(doc, checkout)
 
 

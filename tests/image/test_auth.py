@@ -55,7 +55,7 @@ def test_ecr_token_from_moto_is_used_against_a_real_registry(moto_ecr, small_bui
     reg = Registry(tmp_path / "reg", users={creds.username: creds.password})
     try:
         cfg, results = small_build
-        layout = Layout(Path(cfg["_root"]) / cfg["images"]["out_dir"] / "oci")
+        layout = Layout(cfg.path(cfg.images.out_dir) / "oci")
         target = Reference.parse(f"{reg.host}/engineering/inference:ecr")
         stats = push_stage(session_store, layout, "essentials", target, RegistryClient(reg.host, credentials=creds))
         assert stats.blobs_uploaded == 3 and stats.bytes_uploaded > 1_000_000
@@ -100,7 +100,7 @@ def test_bearer_token_flow_against_token_auth_registry(small_build, session_stor
     reg = Registry(tmp_path / "reg", auth=tokens.registry_auth())
     try:
         cfg, results = small_build
-        layout = Layout(Path(cfg["_root"]) / cfg["images"]["out_dir"] / "oci")
+        layout = Layout(cfg.path(cfg.images.out_dir) / "oci")
         write_docker_config(tmp_path / "dc", reg.host, "builder", "t0ken-pw")
         monkeypatch.setenv("DOCKER_CONFIG", str(tmp_path / "dc"))
         s1 = push_stage(session_store, layout, "server", Reference.parse(f"{reg.host}/a/server:v1"))

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 
@@ -32,7 +31,7 @@ def test_tampered_wheel_hash_fails_the_build_without_a_layer(tmp_path, small_loc
     store = session_store          # the base layer may come from the session; the wheels must not
     with pytest.raises(WheelLockError, match="installing the wheels of .*wheels-small.lock failed"):
         build_images(cfg, stage="essentials", store=store)
-    out = Path(cfg["_root"]) / cfg["images"]["out_dir"]
+    out = cfg.path(cfg.images.out_dir)
     assert not (out / "essentials.json").exists()
     assert not any(p.name.startswith("wheels-") for p in store.tmp.iterdir())   # temp install dir removed
 

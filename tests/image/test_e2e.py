@@ -34,8 +34,7 @@ def test_unpacked_server_image_serves_a_completion(tmp_path, session_store):
 
     checkout = make_checkout(tmp_path / "repo")
     cfg = load_config(checkout / "build_config.yaml")
-    cfg["images"]["profile"] = "local"
-    res = build_images(cfg, stage="server", store=session_store)
+    res = build_images(cfg, stage="server", store=session_store, profile="local")
     layout = Path(res["server"]["layout"])
     bundle = tmp_path / "bundle"
     subprocess.run(["umoci", "unpack", "--rootless", "--image", f"{layout}:server", str(bundle)],

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import json
 import subprocess
-from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -12,11 +12,11 @@ from minibuild.image.oci import Layout
 from minibuild.image.registry import Reference, RegistryClient
 from minibuild.store import Store
 
-from image_helpers import write_docker_config
+from image_helpers import small_config, write_docker_config
 
 
-def _layout(cfg: dict) -> Layout:
-    return Layout(Path(cfg["_root"]) / cfg["images"]["out_dir"] / "oci")
+def _layout(cfg: Any) -> Layout:
+    return Layout(cfg.path(cfg.images.out_dir) / "oci")
 
 
 def test_push_skopeo_umoci_and_second_push_uploads_nothing(small_build, registry, session_store, tmp_path):
@@ -41,8 +41,8 @@ def test_push_skopeo_umoci_and_second_push_uploads_nothing(small_build, registry
     subprocess.run(["umoci", "unpack", "--rootless", "--image", f"{tmp_path}/copy:v1", str(tmp_path / "bundle")],
                    capture_output=True, check=True)
     rootfs = tmp_path / "bundle" / "rootfs"
-    site = rootfs / cfg["images"]["profiles"]["local"]["site_packages"]
-    assert (site / "mini_vllm" / "cli.py").read_bytes() == (Path(cfg["_root"]) / "python/mini_vllm/cli.py").read_bytes()
+    site = rootfs / cfg.images.profiles["local"].site_packages
+    assert (site / "mini_vllm" / "cli.py").read_bytes() == (cfg.root / "python/mini_vllm/cli.py").read_bytes()
     assert (site / "yaml" / "__init__.py").is_file()
     assert (rootfs / "usr/local/bin/mini-vllm").read_text().startswith("#!/usr/bin/python3\n")
     assert "mini-vllm:x:1000:1000:" in (rootfs / "etc/passwd").read_text()
@@ -72,7 +72,7 @@ def test_push_through_build_images_writes_reference(small_build, registry, sessi
     res = build_images(cfg, stage="cuda", push=f"{registry.host}/mini-vllm/cuda:t1", store=session_store)
     ref = res["cuda"]["reference"]
     assert ref == f"{registry.host}/mini-vllm/cuda@{res['cuda']['digest']}"
-    written = json.loads((Path(cfg["_root"]) / cfg["images"]["out_dir"] / "cuda.json").read_text())
+    written = json.loads((cfg.path(cfg.images.out_dir) / "cuda.json").read_text())
     assert written["reference"] == ref and written["digest"] == res["cuda"]["digest"]
     # pulling by digest works
     subprocess.run(["skopeo", "inspect", "--tls-verify=false", f"docker://{ref}"], capture_output=True, check=True)
@@ -101,7 +101,7 @@ def test_htpasswd_registry_needs_credentials(small_build, auth_registry, session
     assert json.loads(out.stdout)["Digest"] == results["server"]["digest"]
 
 
-def test_registry_base_is_locked_by_digest_and_pulled(small_build, registry, session_store, tmp_path):
+def test_registry_base_is_locked_by_digest_and_pulled(small_build, small_lock, registry, session_store, tmp_path):
     """A profile whose base is a registry image: `--lock` pins the tag's digest; the build pulls exactly
     that (verified) and stacks the wheel layer on the base's own layers and Env."""
     from minibuild.image import build_images, lock_images
@@ -111,18 +111,17 @@ def test_registry_base_is_locked_by_digest_and_pulled(small_build, registry, ses
     layout = _layout(cfg)
     base_ref = f"{registry.host}/bases/debian:1"
     push_stage(session_store, layout, "essentials", Reference.parse(base_ref), RegistryClient(registry.host))
-    prof = dict(cfg["images"]["profiles"]["small"])
-    prof["base"] = {"kind": "registry", "ref": base_ref, "lock": "images/base-reg.lock.json"}
-    cfg2 = {**cfg, "images": {**cfg["images"], "profile": "reg", "profiles": {**cfg["images"]["profiles"], "reg": prof}}}
-    lock_path = Path(cfg["_root"]) / "images" / "base-reg.lock.json"
+    cfg2 = small_config(cfg.root, small_lock,
+                        reg={"base": {"kind": "registry", "ref": base_ref, "lock": "images/base-reg.lock.json"}})
+    lock_path = cfg.root / "images" / "base-reg.lock.json"
     lock_path.write_text('{"version": 1, "kind": "registry", "ref": "%s", "status": "unresolved: test"}' % base_ref)
     with pytest.raises(PullError, match="unresolved: test"):
-        build_images(cfg2, stage="essentials", store=Store(tmp_path / "s"))
-    lock_images(cfg2)
+        build_images(cfg2, stage="essentials", store=Store(tmp_path / "s"), profile="reg")
+    lock_images(cfg2, profile="reg")
     assert json.loads(lock_path.read_text())["digest"] == results["essentials"]["digest"]
 
     store = Store(tmp_path / "s")
-    res = build_images(cfg2, stage="essentials", store=store)
+    res = build_images(cfg2, stage="essentials", store=store, profile="reg")
     base_doc = json.loads(layout.blob(results["essentials"]["digest"]).read_bytes())
     new_doc = json.loads(layout.blob(res["essentials"]["digest"]).read_bytes())
     assert [d["digest"] for d in new_doc["layers"]] == [d["digest"] for d in base_doc["layers"]] + \

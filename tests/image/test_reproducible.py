@@ -5,7 +5,6 @@ import gzip
 import io
 import json
 import tarfile
-from pathlib import Path
 
 import pytest
 
@@ -16,7 +15,7 @@ from minibuild.store import Store
 
 
 def _manifest(cfg: dict, results: dict, stage: str) -> dict:
-    root = Path(cfg["_root"]) / cfg["images"]["out_dir"] / "oci" / "blobs" / "sha256"
+    root = cfg.path(cfg.images.out_dir) / "oci" / "blobs" / "sha256"
     return json.loads((root / results[stage]["digest"].split(":")[1]).read_bytes())
 
 
@@ -37,7 +36,7 @@ def test_two_clean_builds_identical_then_python_change_rebuilds_server_only(
     assert again["server"]["digest"] == res_b["server"]["digest"]
 
     # change one server file: only the server layer differs; --explain names the file
-    target = Path(cfg_b["_root"]) / "python" / "mini_vllm" / "engine_args.py"
+    target = cfg_b.root / "python" / "mini_vllm" / "engine_args.py"
     target.write_text(target.read_text() + "\n# a Python-only change\n")
     capsys.readouterr()
     changed = build_images(cfg_b, stage="all", store=store_b, explain=True)

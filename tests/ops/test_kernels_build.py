@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from mini_vllm.ops import ext
-from minibuild.config import load_config
+from minibuild.config import read_document
 
 ROOT = Path(__file__).resolve().parents[2]
 NVCC = os.environ.get("MINI_VLLM_NVCC") or shutil.which("nvcc")
@@ -41,7 +41,7 @@ def _compile(src: Path, obj: Path, args: list[str]) -> None:
 
 @pytest.fixture(scope="module")
 def kernels_so(tmp_path_factory) -> Path:
-    kset = load_config()["kernels"]["ours"]
+    kset = read_document()["kernels"]["ours"]
     out = tmp_path_factory.mktemp("ours")
     args = _nvcc_args(kset, [str(ROOT / d) for d in kset["include_dirs"]])
     objs = [out / (Path(s).stem + ".o") for s in kset["sources"]]
@@ -115,7 +115,7 @@ def _extract(source: dict, subtree: str, dest: Path) -> Path:
 
 
 def test_fa3_wrapper_compiles_and_needs_only_the_listed_units(tmp_path):
-    cfg = load_config()
+    cfg = read_document()
     kset, sources = cfg["kernels"]["fa3"], cfg["sources"]
     hopper = _extract(sources["fa3"], "hopper", tmp_path / "fa3")
     cutlass = _extract(sources["cutlass_fa3"], "include", tmp_path / "cutlass")

@@ -9,12 +9,11 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from typing import Any
 
 from minibuild import ui
 from minibuild.cluster.settings import KUBE_TARGETS, Plan, RolloutError, choose_port, make_plan, reserved_ports
 from minibuild.cluster.stack import with_stack
-from minibuild.config import ConfigError
+from minibuild.config import Config, ConfigError
 
 
 def _backend(target: str):
@@ -27,7 +26,7 @@ def _backend(target: str):
     return backend
 
 
-def rollout(cfg: dict[str, Any], target: str = "local", tp: int = 1, dry_run: bool = False,
+def rollout(cfg: Config, target: str = "local", tp: int = 1, dry_run: bool = False,
             delete: bool = False, image: str | None = None, model: str | None = None,
             served_name: str | None = None, replicas: int = 1, router: str | None = None,
             gateway: str | None = None) -> bool:
@@ -45,7 +44,7 @@ def rollout(cfg: dict[str, Any], target: str = "local", tp: int = 1, dry_run: bo
         return False
 
 
-def _port(cfg: dict[str, Any], target: str, plan: Plan, dry_run: bool) -> int:
+def _port(cfg: Config, target: str, plan: Plan, dry_run: bool) -> int:
     """The port of a local / Slurm deployment: not one another live deployment holds (settings.choose_port)."""
     try:
         own, taken = _backend(target).ports(cfg, plan)
@@ -63,7 +62,7 @@ def _any_digest() -> str:
     return "unused@sha256:" + "0" * 64
 
 
-def plan_for(cfg: dict[str, Any], target: str, served_name: str | None = None, model: str | None = None,
+def plan_for(cfg: Config, target: str, served_name: str | None = None, model: str | None = None,
              tp: int = 1) -> Plan:
     """The plan of an existing deployment (status / logs / verify / --delete need names, not an image):
     the one named, else - when exactly one is deployed - that one, else the target's default model's."""
@@ -77,7 +76,7 @@ def plan_for(cfg: dict[str, Any], target: str, served_name: str | None = None, m
     return default
 
 
-def status(cfg: dict[str, Any], target: str = "local", served_name: str | None = None, as_json: bool = False) -> None:
+def status(cfg: Config, target: str = "local", served_name: str | None = None, as_json: bool = False) -> None:
     """Every deployment of the target (or the one named), and why each is or is not serving;
     `as_json`: one deployment's parts as [{role: replica|router|gateway, url, pid|pod|job, ready}]."""
     try:
@@ -92,7 +91,7 @@ def status(cfg: dict[str, Any], target: str = "local", served_name: str | None =
         raise SystemExit(1) from exc
 
 
-def logs(cfg: dict[str, Any], target: str = "local", served_name: str | None = None, tail: int = 100,
+def logs(cfg: Config, target: str = "local", served_name: str | None = None, tail: int = 100,
          follow: bool = False) -> None:
     try:
         _backend(target).logs(cfg, plan_for(cfg, target, served_name), int(tail), follow)

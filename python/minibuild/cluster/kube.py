@@ -20,7 +20,7 @@ from minibuild.cluster.kube_api import ApiError, ClusterUnreachable, Kube
 from minibuild.cluster.render import render_kubernetes, to_yaml
 from minibuild.cluster.settings import MANAGED, Plan, RolloutError
 from minibuild.cluster.waiter import Verdict, assess, crashlooping
-from minibuild.config import require
+from minibuild.config import Config
 
 LOG_LINES = 20
 SERVED_ANNOTATION = "mini-vllm/served-model-name"
@@ -114,7 +114,7 @@ def wait(kube: Kube, plan: Plan, timeout_s: float, poll_s: float) -> Verdict:
             time.sleep(poll_s)
 
 
-def rollout(cfg: dict[str, Any], plan: Plan, dry_run: bool, delete: bool) -> bool:
+def rollout(cfg: Config, plan: Plan, dry_run: bool, delete: bool) -> bool:
     objects = render_kubernetes(cfg, plan)
     if dry_run:
         return show_dry_run(plan, objects)
@@ -122,12 +122,12 @@ def rollout(cfg: dict[str, Any], plan: Plan, dry_run: bool, delete: bool) -> boo
         kube = _connect()
         if delete:
             return delete_all(kube, plan)
-        manager = require(cfg, "cluster.field_manager")
+        manager = cfg.cluster.field_manager
         for obj in objects:
             out = kube.apply(obj, manager)
             gen = (out.get("metadata") or {}).get("generation", "-")
             ui.console().print(f"applied {obj['kind']}/{obj['metadata']['name']} in {plan.namespace} (generation {gen})")
-        verdict = wait(kube, plan, float(plan.settings.get("wait_timeout_s") or require(cfg, "cluster.wait_timeout_s")),
+        verdict = wait(kube, plan, float(plan.settings.get("wait_timeout_s") or cfg.cluster.wait_timeout_s),
                        float(plan.settings.get("poll_s", 5)))
     except (ClusterUnreachable, ApiError) as exc:
         raise RolloutError(str(exc)) from exc
@@ -143,7 +143,7 @@ def rollout(cfg: dict[str, Any], plan: Plan, dry_run: bool, delete: bool) -> boo
     return False
 
 
-def deployed(cfg: dict[str, Any], plan: Plan) -> list[str]:
+def deployed(cfg: Config, plan: Plan) -> list[str]:
     """Served names of the Deployments rollout made in the plan's namespace."""
     try:
         deps = _connect().list("Deployment", plan.namespace, MANAGED)
@@ -153,7 +153,7 @@ def deployed(cfg: dict[str, Any], plan: Plan) -> list[str]:
                   for d in deps)
 
 
-def status(cfg: dict[str, Any], plan: Plan, only: bool = False) -> None:
+def status(cfg: Config, plan: Plan, only: bool = False) -> None:
     """Each Deployment rollout made (or only the plan's): its verdict and its pods."""
     try:
         kube = _connect()
@@ -180,7 +180,7 @@ def _status_one(plan: Plan, verdict: Verdict, pods: list[dict[str, Any]]) -> Non
     Console().print(table)
 
 
-def logs(cfg: dict[str, Any], plan: Plan, lines: int, follow: bool = False) -> None:
+def logs(cfg: Config, plan: Plan, lines: int, follow: bool = False) -> None:
     """Each pod's server log (kubectl logs); with follow, streamed until the containers stop."""
     try:
         kube = _connect()

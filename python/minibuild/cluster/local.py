@@ -24,15 +24,15 @@ from minibuild import ui
 from minibuild.cluster.follow import follow_file
 from minibuild.cluster.health import probe, tail, wait_healthy
 from minibuild.cluster.render import server_args
-from minibuild.cluster.settings import Plan, RolloutError, repo_root, resolve_path, state_dir
-from minibuild.config import require
+from minibuild.cluster.settings import Plan, RolloutError, state_dir
+from minibuild.config import Config
 
 
-def _state_file(cfg: dict[str, Any], plan: Plan) -> Path:
+def _state_file(cfg: Config, plan: Plan) -> Path:
     return state_dir(cfg, "local") / f"{plan.name}.json"
 
 
-def read_state(cfg: dict[str, Any], plan: Plan) -> dict[str, Any] | None:
+def read_state(cfg: Config, plan: Plan) -> dict[str, Any] | None:
     f = _state_file(cfg, plan)
     try:
         return json.loads(f.read_text())
@@ -66,7 +66,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _states(cfg: dict[str, Any]) -> list[dict[str, Any]]:
+def _states(cfg: Config) -> list[dict[str, Any]]:
     """Every recorded server process (its state file's content plus `name`; routers / gateways are not)."""
     out = []
     for f in sorted(state_dir(cfg, "local").glob("*.json")):
@@ -79,12 +79,12 @@ def _states(cfg: dict[str, Any]) -> list[dict[str, Any]]:
     return out
 
 
-def deployed(cfg: dict[str, Any], plan: Plan) -> list[str]:
+def deployed(cfg: Config, plan: Plan) -> list[str]:
     """Served names of the local servers that run."""
     return [s.get("served_name", s["name"]) for s in _states(cfg) if alive(s["pid"])]
 
 
-def ports(cfg: dict[str, Any], plan: Plan) -> tuple[int | None, dict[int, str]]:
+def ports(cfg: Config, plan: Plan) -> tuple[int | None, dict[int, str]]:
     """(this deployment's recorded port, {port: name} held by the other running servers)."""
     own = read_state(cfg, plan)
     mine = re.compile(rf"^{re.escape(plan.name)}(-r\d+)?$")    # this deployment and its replicas
@@ -92,9 +92,9 @@ def ports(cfg: dict[str, Any], plan: Plan) -> tuple[int | None, dict[int, str]]:
     return (own or {}).get("port"), taken
 
 
-def ensure_model(cfg: dict[str, Any], plan: Plan) -> None:
+def ensure_model(cfg: Config, plan: Plan) -> None:
     """Write the tiny model when the plan serves it and it is missing (the embedded default)."""
-    tiny = resolve_path(cfg, require(cfg, "model.tiny_dir"))
+    tiny = cfg.model.tiny_dir
     if Path(plan.model_path) != tiny or (tiny / "config.json").exists():
         if not Path(plan.model_path).exists():
             raise RolloutError(f"model {plan.model_path} does not exist")
@@ -107,7 +107,7 @@ def ensure_model(cfg: dict[str, Any], plan: Plan) -> None:
     write_tiny_checkpoint(tiny)
 
 
-def stop(cfg: dict[str, Any], plan: Plan, grace_s: float = 15.0) -> bool:
+def stop(cfg: Config, plan: Plan, grace_s: float = 15.0) -> bool:
     """Stop the process group and forget the state; True if something was running."""
     state = read_state(cfg, plan)
     _state_file(cfg, plan).unlink(missing_ok=True)
@@ -127,7 +127,7 @@ def stop(cfg: dict[str, Any], plan: Plan, grace_s: float = 15.0) -> bool:
     return True
 
 
-def rollout(cfg: dict[str, Any], plan: Plan, dry_run: bool, delete: bool) -> bool:
+def rollout(cfg: Config, plan: Plan, dry_run: bool, delete: bool) -> bool:
     if delete:
         ui.console().print(f"stopped {plan.name}" if stop(cfg, plan) else f"{plan.name} was not running")
         return True
@@ -151,10 +151,10 @@ def rollout(cfg: dict[str, Any], plan: Plan, dry_run: bool, delete: bool) -> boo
     ensure_model(cfg, plan)
     log = state_dir(cfg, "local") / f"{plan.name}.log"
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(
-        p for p in (str(repo_root(cfg) / "python"), os.environ.get("PYTHONPATH")) if p))
+        p for p in (str(cfg.root / "python"), os.environ.get("PYTHONPATH")) if p))
     with open(log, "ab") as out:
         proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                env=env, start_new_session=True, cwd=repo_root(cfg))
+                                env=env, start_new_session=True, cwd=cfg.root)
     url = f"http://127.0.0.1:{port}"
     state = {"pid": proc.pid, "port": port, "url": url, "log": str(log), "argv": argv, "tp": plan.tp,
              "model": plan.model_path, "served_name": plan.served_name, "started": time.time()}
@@ -173,7 +173,7 @@ def rollout(cfg: dict[str, Any], plan: Plan, dry_run: bool, delete: bool) -> boo
     return True
 
 
-def url(cfg: dict[str, Any], plan: Plan) -> str:
+def url(cfg: Config, plan: Plan) -> str:
     state = read_state(cfg, plan)
     if not state or not alive(state["pid"]):
         raise RolloutError(f"{plan.name} is not running locally: `invoke rollout --target local "
@@ -181,7 +181,7 @@ def url(cfg: dict[str, Any], plan: Plan) -> str:
     return state["url"]
 
 
-def status(cfg: dict[str, Any], plan: Plan, only: bool = False) -> None:
+def status(cfg: Config, plan: Plan, only: bool = False) -> None:
     """A row per local deployment (only `plan`'s with only=True)."""
     table = Table(title="local deployments")
     for col in ("name", "model", "pid", "state", "url", "healthy", "tp", "log"):
@@ -196,7 +196,7 @@ def status(cfg: dict[str, Any], plan: Plan, only: bool = False) -> None:
     Console().print(table)
 
 
-def logs(cfg: dict[str, Any], plan: Plan, lines: int, follow: bool = False) -> None:
+def logs(cfg: Config, plan: Plan, lines: int, follow: bool = False) -> None:
     """The server's log; with follow, new lines as they are written until the process exits."""
     state = read_state(cfg, plan)
     log = Path(state["log"]) if state else state_dir(cfg, "local") / f"{plan.name}.log"

@@ -28,10 +28,10 @@ from minibuild import ui
 from minibuild.cluster import local
 from minibuild.cluster.health import probe, tail, wait_healthy
 from minibuild.cluster.follow import follow_files
-from minibuild.cluster.settings import Plan, RolloutError, repo_root, state_dir
+from minibuild.cluster.settings import Plan, RolloutError, state_dir
 from minibuild.cluster.stack import (gateway_config, gateway_name, replica_name, replica_plans, router_args,
-                                     router_name, stack_settings, tool_path)
-from minibuild.config import require
+                                     router_name, tool_path)
+from minibuild.config import Config
 
 ROUTER_READY = "/readiness"            # vllm-router: 200 while at least one worker is healthy
 GATEWAY_READY = "/health/liveliness"   # LiteLLM proxy: unauthenticated liveness
@@ -51,10 +51,10 @@ def running(rec: dict[str, Any] | None) -> bool:
     return bool(rec) and _start_ticks(rec["pid"]) == rec.get("start_ticks")
 
 
-def _spawn(cfg: dict[str, Any], argv: list[str], log: Path, env: dict[str, str]) -> tuple[subprocess.Popen, int]:
+def _spawn(cfg: Config, argv: list[str], log: Path, env: dict[str, str]) -> tuple[subprocess.Popen, int]:
     with open(log, "ab") as out:
         proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                env={**os.environ, **env}, start_new_session=True, cwd=repo_root(cfg))
+                                env={**os.environ, **env}, start_new_session=True, cwd=cfg.root)
     return proc, _start_ticks(proc.pid) or 0
 
 
@@ -79,18 +79,18 @@ def _free(port: int) -> int:
 
 
 # --- state ----------------------------------------------------------------------------------------------
-def _file(cfg: dict[str, Any], name: str) -> Path:
+def _file(cfg: Config, name: str) -> Path:
     return state_dir(cfg, "local") / f"{name}.json"
 
 
-def _read(cfg: dict[str, Any], name: str) -> dict[str, Any] | None:
+def _read(cfg: Config, name: str) -> dict[str, Any] | None:
     try:
         return json.loads(_file(cfg, name).read_text())
     except (FileNotFoundError, json.JSONDecodeError):
         return None
 
 
-def replica_states(cfg: dict[str, Any], plan: Plan) -> list[tuple[int, dict[str, Any]]]:
+def replica_states(cfg: Config, plan: Plan) -> list[tuple[int, dict[str, Any]]]:
     """(index, state) of every recorded replica of this plan, whatever --replicas was."""
     pat = re.compile(rf"^{re.escape(plan.name)}(?:-r(\d+))?\.json$")
     out = []
@@ -104,7 +104,7 @@ def replica_states(cfg: dict[str, Any], plan: Plan) -> list[tuple[int, dict[str,
 
 
 # --- the parts ------------------------------------------------------------------------------------------
-def _start(cfg: dict[str, Any], name: str, argv: list[str], env: dict[str, str], path: str, port: int,
+def _start(cfg: Config, name: str, argv: list[str], env: dict[str, str], path: str, port: int,
            want: dict[str, Any], timeout_s: float) -> dict[str, Any] | None:
     """Start one helper process (router / gateway) unless the same one already runs; wait until it answers."""
     old = _read(cfg, name)
@@ -130,12 +130,12 @@ def _start(cfg: dict[str, Any], name: str, argv: list[str], env: dict[str, str],
     return rec
 
 
-def start_router(cfg: dict[str, Any], plan: Plan, workers: list[str]) -> dict[str, Any] | None:
-    rs = stack_settings(cfg, "router")
+def start_router(cfg: Config, plan: Plan, workers: list[str]) -> dict[str, Any] | None:
+    rs = cfg.cluster.stack.router
     old = _read(cfg, router_name(plan)) or {}
     reuse = running(old) and old.get("policy") == plan.router and old.get("workers") == workers
-    port = old["port"] if reuse else _free(int(rs["port"]))
-    mport = old["metrics_port"] if reuse else _free(int(rs["metrics_port"]))
+    port = old["port"] if reuse else _free(rs.port)
+    mport = old["metrics_port"] if reuse else _free(rs.metrics_port)
     argv = [str(tool_path(cfg, "vllm-router")),
             *router_args(cfg, plan.router, "127.0.0.1", port, "127.0.0.1", mport, workers=workers)]
     want = {"policy": plan.router, "workers": workers, "port": port, "metrics_port": mport,
@@ -143,10 +143,10 @@ def start_router(cfg: dict[str, Any], plan: Plan, workers: list[str]) -> dict[st
     return _start(cfg, router_name(plan), argv, {}, ROUTER_READY, port, want, 120)
 
 
-def master_key(cfg: dict[str, Any], plan: Plan) -> str:
+def master_key(cfg: Config, plan: Plan) -> str:
     """The gateway's master key: $LITELLM_MASTER_KEY (config's env name), else one generated once and kept
     in the state dir with mode 0600. Never printed."""
-    env = stack_settings(cfg, "gateway")["master_key"]["env"]
+    env = cfg.cluster.stack.gateway.master_key.env
     if os.environ.get(env):
         return os.environ[env]
     f = state_dir(cfg, "local") / f"{gateway_name(plan)}.key"
@@ -157,22 +157,20 @@ def master_key(cfg: dict[str, Any], plan: Plan) -> str:
     return f.read_text().strip()
 
 
-def start_gateway(cfg: dict[str, Any], plan: Plan, api_bases: list[str]) -> dict[str, Any] | None:
-    gs = stack_settings(cfg, "gateway")
+def start_gateway(cfg: Config, plan: Plan, api_bases: list[str]) -> dict[str, Any] | None:
+    gs = cfg.cluster.stack.gateway
     config = gateway_config(cfg, plan.served_name, api_bases)
     path = state_dir(cfg, "local") / f"{gateway_name(plan)}.yaml"
     path.write_text(yaml.safe_dump(config, sort_keys=False))
     old = _read(cfg, gateway_name(plan)) or {}
-    port = old["port"] if running(old) and old.get("config") == config else _free(int(gs["port"]))
-    key_env = require(cfg, "cluster.api_key_env")
-    env = {**{k: str(v) for k, v in (gs.get("env") or {}).items()}, gs["master_key"]["env"]: master_key(cfg, plan),
-           key_env: os.environ.get(key_env) or "none"}
+    port = old["port"] if running(old) and old.get("config") == config else _free(gs.port)
+    env = {**gs.env, gs.master_key.env: master_key(cfg, plan), cfg.cluster.api_key_env: cfg.cluster.api_key or "none"}
     argv = [str(tool_path(cfg, "litellm")), "--config", str(path), "--host", "127.0.0.1", "--port", str(port)]
     return _start(cfg, gateway_name(plan), argv, env, GATEWAY_READY, port, {"config": config, "port": port}, 180)
 
 
 # --- the target -----------------------------------------------------------------------------------------
-def delete(cfg: dict[str, Any], plan: Plan) -> bool:
+def delete(cfg: Config, plan: Plan) -> bool:
     for name in (gateway_name(plan), router_name(plan)):
         ui.console().print(f"stopped {name}" if _stop(_read(cfg, name)) else f"{name} was not running")
         _file(cfg, name).unlink(missing_ok=True)
@@ -182,7 +180,7 @@ def delete(cfg: dict[str, Any], plan: Plan) -> bool:
     return True
 
 
-def rollout(cfg: dict[str, Any], plan: Plan, dry_run: bool, delete_: bool) -> bool:
+def rollout(cfg: Config, plan: Plan, dry_run: bool, delete_: bool) -> bool:
     if delete_:
         return delete(cfg, plan)
     replicas = replica_plans(plan)
@@ -215,20 +213,20 @@ def rollout(cfg: dict[str, Any], plan: Plan, dry_run: bool, delete_: bool) -> bo
         if rec is None:
             return False
         ui.console().print(f"[green]gateway[/] litellm at {rec['url']} (model {plan.served_name}, "
-                           f"master key from ${stack_settings(cfg, 'gateway')['master_key']['env']} or "
+                           f"master key from ${cfg.cluster.stack.gateway.master_key.env} or "
                            f"{gateway_name(plan)}.key in the state dir)")
     elif _stop(_read(cfg, gateway_name(plan))):
         _file(cfg, gateway_name(plan)).unlink(missing_ok=True)
     return True
 
 
-def url(cfg: dict[str, Any], plan: Plan) -> str:
+def url(cfg: Config, plan: Plan) -> str:
     """What verify talks to: the router when one runs, else the first replica."""
     rec = _read(cfg, router_name(plan))
     return rec["url"] if running(rec) else local.url(cfg, plan)
 
 
-def entries(cfg: dict[str, Any], plan: Plan) -> list[dict[str, Any]]:
+def entries(cfg: Config, plan: Plan) -> list[dict[str, Any]]:
     """[{role, url, pid, ready, ...}] for status --json: replicas, then router and gateway if recorded."""
     rotation: dict[str, bool] = {}
     rrec = _read(cfg, router_name(plan))
@@ -257,20 +255,20 @@ def entries(cfg: dict[str, Any], plan: Plan) -> list[dict[str, Any]]:
     return out
 
 
-def stack_exists(cfg: dict[str, Any], plan: Plan) -> bool:
+def stack_exists(cfg: Config, plan: Plan) -> bool:
     return bool(_read(cfg, router_name(plan)) or _read(cfg, gateway_name(plan)) or
                 any(i > 0 for i, _ in replica_states(cfg, plan)))
 
 
-def deployed(cfg: dict[str, Any], plan: Plan) -> list[str]:
+def deployed(cfg: Config, plan: Plan) -> list[str]:
     return sorted(set(local.deployed(cfg, plan)))
 
 
-def ports(cfg: dict[str, Any], plan: Plan) -> tuple[int | None, dict[int, str]]:
+def ports(cfg: Config, plan: Plan) -> tuple[int | None, dict[int, str]]:
     return local.ports(cfg, plan)
 
 
-def status(cfg: dict[str, Any], plan: Plan, only: bool = False) -> None:
+def status(cfg: Config, plan: Plan, only: bool = False) -> None:
     """One deployment's parts (replicas, router, gateway) with only=True when it has any; else a row per
     server process, and the routers / gateways that run."""
     if not (only and stack_exists(cfg, plan)):
@@ -298,7 +296,7 @@ def status(cfg: dict[str, Any], plan: Plan, only: bool = False) -> None:
     Console().print(table)
 
 
-def logs(cfg: dict[str, Any], plan: Plan, lines: int, follow: bool = False) -> None:
+def logs(cfg: Config, plan: Plan, lines: int, follow: bool = False) -> None:
     """Each replica's log, then the router's and the gateway's; with follow, all of them as they grow."""
     replicas = replica_states(cfg, plan)
     if follow:

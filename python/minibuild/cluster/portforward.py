@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from minibuild.cluster.settings import Plan, RolloutError
+from minibuild.config import Config
 
 
 def pump(a: Any, b: Any, bufsize: int = 65536) -> None:
@@ -87,7 +88,7 @@ def ready_pod(pods: list[dict[str, Any]]) -> str | None:
 
 
 @contextlib.contextmanager
-def forward_to_deployment(cfg: dict[str, Any], plan: Plan) -> Iterator[str]:
+def forward_to_deployment(cfg: Config, plan: Plan) -> Iterator[str]:
     """http://127.0.0.1:<port> forwarded to a ready pod of the plan's Deployment."""
     from kubernetes.stream import portforward
 

@@ -15,16 +15,16 @@ from typing import Any
 
 import yaml
 
-from minibuild.cluster.settings import Plan, repo_root
-from minibuild.config import require
+from minibuild.cluster.settings import Plan
+from minibuild.config import Config
 
 _WHOLE = re.compile(r"^\$\{(\w+)\}$")
 _PART = re.compile(r"\$\{(\w+)\}")
 _DROP = object()
 
 
-def template_dir(cfg: dict[str, Any]) -> Path:
-    return repo_root(cfg) / "cluster"
+def template_dir(cfg: Config) -> Path:
+    return cfg.root / "cluster"
 
 
 def fill(node: Any, values: dict[str, Any]) -> Any:
@@ -61,12 +61,12 @@ def server_args(plan: Plan, host: str = "0.0.0.0") -> list[str]:
             "--tensor-parallel-size", str(plan.tp), "--served-model-name", plan.served_name]
 
 
-def _env(cfg: dict[str, Any], plan: Plan) -> list[dict[str, Any]]:
-    env: list[dict[str, Any]] = [{"name": k, "value": str(v)} for k, v in sorted((require(cfg, "cluster.env") or {}).items())]
+def _env(cfg: Config, plan: Plan) -> list[dict[str, Any]]:
+    env: list[dict[str, Any]] = [{"name": k, "value": str(v)} for k, v in sorted((cfg.cluster.env).items())]
     env.append({"name": "MINI_VLLM_TP", "value": str(plan.tp)})
-    for ref in (require(cfg, "cluster.secrets") or {}).values():
-        env.append({"name": ref["env"], "valueFrom": {"secretKeyRef": {
-            "name": ref["name"], "key": ref["key"], "optional": True}}})
+    for ref in (cfg.cluster.secrets).values():
+        env.append({"name": ref.env, "valueFrom": {"secretKeyRef": {
+            "name": ref.name, "key": ref.key, "optional": True}}})
     return env
 
 
@@ -89,24 +89,24 @@ def _volumes(plan: Plan) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     return volumes, mounts
 
 
-def _load(cfg: dict[str, Any], rel: str) -> Any:
+def _load(cfg: Config, rel: str) -> Any:
     return yaml.safe_load((template_dir(cfg) / rel).read_text())
 
 
-def render_kubernetes(cfg: dict[str, Any], plan: Plan) -> list[dict[str, Any]]:
+def render_kubernetes(cfg: Config, plan: Plan) -> list[dict[str, Any]]:
     """The objects for hyperpod / eks, in apply order (PVC, Service, Deployment)."""
     s = plan.settings
     labels = dict(plan.labels)
     service_labels = dict(plan.labels)
     if plan.target == "hyperpod":
-        labels["kueue.x-k8s.io/queue-name"] = require(cfg, "cluster.targets.hyperpod.queue")
+        labels["kueue.x-k8s.io/queue-name"] = str(cfg.cluster.targets["hyperpod"]["queue"])
         if s.get("priority_class"):
             labels["kueue.x-k8s.io/priority-class"] = s["priority_class"]
     node_selector = dict(s.get("node_selector") or {})
     if s.get("instance_type"):
         node_selector["node.kubernetes.io/instance-type"] = s["instance_type"]
     volumes, mounts = _volumes(plan)
-    probes = require(cfg, "cluster.probes")
+    probes = cfg.cluster.probes
     vol = s.get("model_volume") or {}
     values: dict[str, Any] = {
         "name": plan.name, "namespace": plan.namespace, "labels": labels, "service_labels": service_labels,
@@ -117,7 +117,7 @@ def render_kubernetes(cfg: dict[str, Any], plan: Plan) -> list[dict[str, Any]]:
         "command": ["mini-vllm", *server_args(plan)], "env": _env(cfg, plan),
         "node_selector": node_selector or None, "tolerations": s.get("tolerations") or None,
         "volumes": volumes, "volume_mounts": mounts,
-        "progress_deadline_s": int(require(cfg, "cluster.progress_deadline_s")),
+        "progress_deadline_s": cfg.cluster.progress_deadline_s,
         "pvc_name": vol.get("pvc"), "pvc_size": vol.get("size"), "storage_class": vol.get("storage_class"),
         **{k: int(v) for k, v in probes.items()},
     }
@@ -145,12 +145,12 @@ def sbatch_options(settings: dict[str, Any]) -> str:
                      if settings.get(key) not in (None, ""))
 
 
-def render_slurm(cfg: dict[str, Any], plan: Plan, output: Path, launch: str, runtime: str,
+def render_slurm(cfg: Config, plan: Plan, output: Path, launch: str, runtime: str,
                  kind: str = "serve", extra_env: dict[str, str] | None = None,
                  values: dict[str, Any] | None = None) -> str:
     """A job script (cluster/slurm/KIND.sbatch) that runs `launch` (the runtime's command line)."""
     s = plan.settings
-    env = {**(require(cfg, "cluster.env") or {}), "MINI_VLLM_TP": plan.tp, **(extra_env or {})}
+    env = {**(cfg.cluster.env), "MINI_VLLM_TP": plan.tp, **(extra_env or {})}
     text = (template_dir(cfg) / f"slurm/{kind}.sbatch").read_text()
     return string.Template(text).substitute(
         job_name=plan.name if kind == "serve" else f"{plan.name}-{kind}", comment=f"mini-vllm:{kind}:{plan.served_name}",

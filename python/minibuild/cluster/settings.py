@@ -6,15 +6,15 @@ Deployment, so a tag-only reference is refused here, before anything is rendered
 """
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
-import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from minibuild.config import ConfigError, require
+from minibuild.config import Config, ConfigError
 
 TARGETS = ("hyperpod", "eks", "slurm", "local")
 KUBE_TARGETS = ("hyperpod", "eks")
@@ -72,9 +72,9 @@ def slug(served: str) -> str:
     return s
 
 
-def object_name(cfg: dict[str, Any], served: str) -> str:
+def object_name(cfg: Config, served: str) -> str:
     """PREFIX-SLUG, at most 63 characters (a Service name); a long name keeps a hash of the whole."""
-    name = f"{require(cfg, 'cluster.name')}-{slug(served)}"
+    name = f"{cfg.cluster.name}-{slug(served)}"
     if len(name) > 63:
         name = name[:56].rstrip("-") + "-" + hashlib.sha256(served.encode()).hexdigest()[:6]
     return name
@@ -85,24 +85,19 @@ def served_name_of(model_path: str) -> str:
     return Path(str(model_path).rstrip("/")).name or str(model_path)
 
 
-def model_overrides(cfg: dict[str, Any], served: str) -> dict[str, Any]:
+def model_overrides(cfg: Config, served: str) -> dict[str, Any]:
     """cluster.models.<served>: its port and per-target overrides ({} when the model has none)."""
-    models = (cfg.get("cluster") or {}).get("models") or {}
-    entry = models.get(served) or {}
-    if not isinstance(entry, dict):
-        raise ConfigError(f"build_config.yaml: cluster.models.{served} must be a mapping")
-    return entry
+    return copy.deepcopy(dict(cfg.cluster.models.get(served) or {}))
 
 
-def base_port(cfg: dict[str, Any]) -> int:
-    return int(os.environ.get("MINI_VLLM_PORT") or require(cfg, "cluster.port"))
+def base_port(cfg: Config) -> int:
+    return cfg.cluster.port
 
 
-def reserved_ports(cfg: dict[str, Any], served: str) -> dict[int, str]:
+def reserved_ports(cfg: Config, served: str) -> dict[int, str]:
     """Ports that cluster.models gives to other models: allocation never hands them out."""
-    models = (cfg.get("cluster") or {}).get("models") or {}
-    return {int(m["port"]): f"cluster.models.{name}" for name, m in models.items()
-            if name != served and isinstance(m, dict) and m.get("port") is not None}
+    return {int(m["port"]): f"cluster.models.{name}" for name, m in cfg.cluster.models.items()
+            if name != served and m.get("port") is not None}
 
 
 def choose_port(plan: Plan, own: int | None, taken: dict[int, str], reserved: dict[int, str] | None = None) -> int:
@@ -123,34 +118,23 @@ def choose_port(plan: Plan, own: int | None, taken: dict[int, str], reserved: di
     return port
 
 
-def repo_root(cfg: dict[str, Any]) -> Path:
-    return Path(cfg.get("_root") or ".").resolve()
-
-
-def resolve_path(cfg: dict[str, Any], path: str) -> Path:
-    """A config path relative to the repository root (absolute paths stay)."""
-    p = Path(path)
-    return p if p.is_absolute() else repo_root(cfg) / p
-
-
-def state_dir(cfg: dict[str, Any], target: str) -> Path:
-    """Where rollout keeps a target's state (pids, logs, job scripts); MINI_VLLM_ROLLOUT_DIR overrides."""
-    base = os.environ.get("MINI_VLLM_ROLLOUT_DIR") or require(cfg, "cluster.state_dir")
-    d = resolve_path(cfg, base) / target
+def state_dir(cfg: Config, target: str) -> Path:
+    """Where rollout keeps a target's state (pids, logs, job scripts): cluster.state_dir/<target>."""
+    d = cfg.cluster.state_dir / target
     d.mkdir(parents=True, exist_ok=True)
     return d
 
 
-def image_reference(cfg: dict[str, Any], image: str | None) -> tuple[str, str]:
+def image_reference(cfg: Config, image: str | None) -> tuple[str, str]:
     """(REPO@sha256:..., source) from --image (a reference, or a bare digest in registry.default) or
     build/images/server.json; refuses tag-only references."""
     if image and image.startswith("sha256:"):   # a bare digest: the server image in the default registry
-        registry = require(cfg, "registry")
-        ref, source = f"{registry['default']}/{registry.get('prefix', '')}server@{image}", "--image + registry.default"
+        registry = cfg.registry
+        ref, source = f"{registry.default}/{registry.prefix}server@{image}", "--image + registry.default"
     elif image:
         ref, source = image, "--image"
     else:
-        record = repo_root(cfg) / "build/images/server.json"
+        record = cfg.path(cfg.images.out_dir) / "server.json"
         if not record.exists():
             raise RolloutError(f"no image: {record} does not exist. Build and push one "
                                "(`invoke image --stage server --push REGISTRY/REPO:TAG`) or pass --image REPO@sha256:...")
@@ -169,23 +153,26 @@ def image_reference(cfg: dict[str, Any], image: str | None) -> tuple[str, str]:
     return ref, source
 
 
-def make_plan(cfg: dict[str, Any], target: str, tp: int = 1, image: str | None = None,
+def make_plan(cfg: Config, target: str, tp: int = 1, image: str | None = None,
               model: str | None = None, served_name: str | None = None) -> Plan:
     """Everything a rollout of (target, model) needs, with config errors named. The name - and so the
     Kubernetes objects, the Slurm job, the local process - derives from the served model name."""
     if target not in TARGETS:
         raise RolloutError(f"unknown target {target!r}: choose one of {', '.join(TARGETS)}")
     tp = int(tp)
-    cluster = require(cfg, "cluster")
-    variants = {int(k): v for k, v in (cluster.get("variants") or {}).items()}
+    variants = cfg.cluster.variants
     if tp not in variants:
         raise RolloutError(f"no TP variant {tp} in build_config.yaml cluster.variants "
                            f"(have {sorted(variants)})")
-    settings = dict(require(cfg, f"cluster.targets.{target}") or {})
+    if target not in cfg.cluster.targets:
+        raise ConfigError(f"build_config.yaml: missing key 'cluster.targets.{target}'")
+    settings = copy.deepcopy(dict(cfg.cluster.targets[target]))
     if target == "local":
-        default_model = settings.get("model_path") or str(resolve_path(cfg, require(cfg, "model.tiny_dir")))
+        default_model = settings.get("model_path") or str(cfg.model.tiny_dir)
     else:
-        default_model = settings.get("model_path") or require(cfg, "model.path")
+        default_model = settings.get("model_path") or cfg.model.path
+        if not default_model:
+            raise ConfigError("build_config.yaml: missing key 'model.path'")
     model_path = model or default_model
     served = served_name or served_name_of(model_path)
     if not served or any(c.isspace() for c in served):

@@ -23,23 +23,23 @@ from minibuild.cluster import slurm_runtime
 from minibuild.cluster.follow import follow_file
 from minibuild.cluster.health import probe, tail, wait_healthy
 from minibuild.cluster.render import render_slurm, server_args
-from minibuild.cluster.settings import Plan, RolloutError, repo_root, resolve_path, state_dir
+from minibuild.cluster.settings import Plan, RolloutError, state_dir
 from minibuild.cluster.slurm_jobs import ACTIVE, cancel, job_info, job_state, node_address, queued, submit
-from minibuild.config import require
+from minibuild.config import Config
 
 
-def _state_file(cfg: dict[str, Any], name: str) -> Path:
+def _state_file(cfg: Config, name: str) -> Path:
     return state_dir(cfg, "slurm") / f"{name}.json"
 
 
-def read_state(cfg: dict[str, Any], plan: Plan) -> dict[str, Any] | None:
+def read_state(cfg: Config, plan: Plan) -> dict[str, Any] | None:
     try:
         return json.loads(_state_file(cfg, plan.name).read_text())
     except (FileNotFoundError, json.JSONDecodeError):
         return None
 
 
-def _states(cfg: dict[str, Any]) -> dict[str, dict[str, Any]]:
+def _states(cfg: Config) -> dict[str, dict[str, Any]]:
     """Every recorded server job of this checkout, by name."""
     out = {}
     for f in sorted(state_dir(cfg, "slurm").glob("*.json")):
@@ -58,12 +58,12 @@ def _output(state: dict[str, Any], info: dict[str, str] | None) -> Path:
     return Path(state["output"].replace("%j", state["job_id"]))
 
 
-def deployed(cfg: dict[str, Any], plan: Plan) -> list[str]:
+def deployed(cfg: Config, plan: Plan) -> list[str]:
     """Served names of the server jobs in the queue (found by their comment)."""
     return sorted({j.served for j in queued("serve")})
 
 
-def ports(cfg: dict[str, Any], plan: Plan) -> tuple[int | None, dict[int, str]]:
+def ports(cfg: Config, plan: Plan) -> tuple[int | None, dict[int, str]]:
     """(this model's recorded port, {port: name} of the other recorded jobs still in the queue)."""
     active = {j.job_id for j in queued("serve")}
     states = _states(cfg)
@@ -71,7 +71,7 @@ def ports(cfg: dict[str, Any], plan: Plan) -> tuple[int | None, dict[int, str]]:
     return (states.get(plan.name) or {}).get("port"), taken
 
 
-def cancel_plan(cfg: dict[str, Any], plan: Plan) -> list[str]:
+def cancel_plan(cfg: Config, plan: Plan) -> list[str]:
     """scancel every server job of this name (and the recorded one); returns the job ids."""
     ids = {j.job_id for j in queued("serve") if j.name == plan.name}
     state = read_state(cfg, plan)
@@ -81,22 +81,22 @@ def cancel_plan(cfg: dict[str, Any], plan: Plan) -> list[str]:
     return cancel(ids)
 
 
-def job_script(cfg: dict[str, Any], plan: Plan, kind: str, args: list[str], output: Path,
+def job_script(cfg: Config, plan: Plan, kind: str, args: list[str], output: Path,
                mounts: list[tuple[str, bool]], values: dict[str, Any] | None = None
                ) -> tuple[str, slurm_runtime.Runtime]:
     """The sbatch script of a serve / batch job and the runtime it uses (image by digest, or the checkout)."""
     runtime = slurm_runtime.for_plan(cfg, plan)
-    python = str(resolve_path(cfg, plan.settings["python"])) if plan.settings.get("python") else sys.executable
-    env_names = [*(require(cfg, "cluster.env") or {}), "MINI_VLLM_TP", "CUDA_VISIBLE_DEVICES",
-                 *(ref["env"] for ref in (require(cfg, "cluster.secrets") or {}).values())]
+    python = str(cfg.path(plan.settings["python"])) if plan.settings.get("python") else sys.executable
+    env_names = [*(cfg.cluster.env), "MINI_VLLM_TP", "CUDA_VISIBLE_DEVICES",
+                 *(ref.env for ref in cfg.cluster.secrets.values())]
     line = slurm_runtime.launch(cfg, runtime, args, python, mounts, env_names)
-    extra_env = {"PYTHONPATH": str(repo_root(cfg) / "python")} if runtime.name == "venv" else {}
+    extra_env = {"PYTHONPATH": str(cfg.root / "python")} if runtime.name == "venv" else {}
     script = render_slurm(cfg, plan, output, line, runtime.name, kind=kind, extra_env=extra_env,
                           values={"runtime_reason": " ".join(runtime.reason.split()), **(values or {})})
     return script, runtime
 
 
-def submit_server(cfg: dict[str, Any], plan: Plan, dry_run: bool) -> dict[str, Any] | None:
+def submit_server(cfg: Config, plan: Plan, dry_run: bool) -> dict[str, Any] | None:
     d = state_dir(cfg, "slurm")
     output = d / f"{plan.name}-%j.out"
     script, runtime = job_script(cfg, plan, "serve", server_args(plan), output, [(plan.model_path, True)])
@@ -116,10 +116,10 @@ def submit_server(cfg: dict[str, Any], plan: Plan, dry_run: bool) -> dict[str, A
     return state
 
 
-def follow(cfg: dict[str, Any], plan: Plan, state: dict[str, Any]) -> bool:
+def follow(cfg: Config, plan: Plan, state: dict[str, Any]) -> bool:
     """Wait for the job to run and answer /health; explain a job that ended or stays queued."""
     job = state["job_id"]
-    deadline = time.monotonic() + float(plan.settings.get("queue_timeout_s") or require(cfg, "cluster.wait_timeout_s"))
+    deadline = time.monotonic() + float(plan.settings.get("queue_timeout_s") or cfg.cluster.wait_timeout_s)
     info: dict[str, str] | None = None
     with ui.console().status(f"job {job}: submitted") as spinner:
         while time.monotonic() < deadline:
@@ -168,7 +168,7 @@ def _failed(state: dict[str, Any], info: dict[str, str] | None, why: str) -> boo
     return False
 
 
-def rollout(cfg: dict[str, Any], plan: Plan, dry_run: bool, delete: bool) -> bool:
+def rollout(cfg: Config, plan: Plan, dry_run: bool, delete: bool) -> bool:
     if delete:
         ids = cancel_plan(cfg, plan)
         ui.console().print(f"cancelled {', '.join(ids)} ({plan.name})" if ids else f"no job named {plan.name}")
@@ -185,7 +185,7 @@ def rollout(cfg: dict[str, Any], plan: Plan, dry_run: bool, delete: bool) -> boo
     return True if state is None else follow(cfg, plan, state)
 
 
-def url(cfg: dict[str, Any], plan: Plan) -> str:
+def url(cfg: Config, plan: Plan) -> str:
     state = read_state(cfg, plan)
     info = job_info(state["job_id"]) if state else None
     if not state or not info or info.get("JobState") != "RUNNING":
@@ -194,7 +194,7 @@ def url(cfg: dict[str, Any], plan: Plan) -> str:
     return f"http://{node_address(info['NodeList'])}:{state['port']}"
 
 
-def status(cfg: dict[str, Any], plan: Plan, only: bool = False) -> None:
+def status(cfg: Config, plan: Plan, only: bool = False) -> None:
     """A row per server job: those in the queue (any checkout) and those this checkout recorded."""
     table = Table(title="slurm deployments")
     for col in ("name", "model", "job", "state", "reason", "node", "port", "healthy", "runtime", "output"):
@@ -220,7 +220,7 @@ def status(cfg: dict[str, Any], plan: Plan, only: bool = False) -> None:
     Console().print(table)
 
 
-def logs(cfg: dict[str, Any], plan: Plan, lines: int, follow: bool = False) -> None:
+def logs(cfg: Config, plan: Plan, lines: int, follow: bool = False) -> None:
     """The job's output file; with follow, new lines as the job writes them, until it leaves the queue."""
     state = read_state(cfg, plan)
     if not state:

@@ -14,11 +14,11 @@ import shlex
 import string
 import subprocess
 from dataclasses import dataclass
-from typing import Any
 
 import yaml
 
-from minibuild.cluster.settings import Plan, RolloutError, repo_root
+from minibuild.config import Config
+from minibuild.cluster.settings import Plan, RolloutError
 
 RUNTIMES = ("auto", "pyxis", "apptainer", "podman", "venv")
 
@@ -66,11 +66,11 @@ def pyxis_uri(image: str) -> str:
     return image
 
 
-def _templates(cfg: dict[str, Any]) -> dict[str, str]:
-    return yaml.safe_load((repo_root(cfg) / "cluster/slurm/runtimes.yaml").read_text())
+def _templates(cfg: Config) -> dict[str, str]:
+    return yaml.safe_load((cfg.root / "cluster/slurm/runtimes.yaml").read_text())
 
 
-def launch(cfg: dict[str, Any], runtime: Runtime, args: list[str], python: str,
+def launch(cfg: Config, runtime: Runtime, args: list[str], python: str,
            mounts: list[tuple[str, bool]], env_names: list[str]) -> str:
     """The command line that runs `mini-vllm ARGS` (mounts: (directory, read_only) for containers)."""
     image = runtime.image or ""
@@ -89,7 +89,7 @@ def launch(cfg: dict[str, Any], runtime: Runtime, args: list[str], python: str,
     return string.Template(template).substitute(values).strip()
 
 
-def for_plan(cfg: dict[str, Any], plan: Plan) -> Runtime:
+def for_plan(cfg: Config, plan: Plan) -> Runtime:
     """The runtime a job of this plan uses (asks srun only when the choice depends on it)."""
     configured = str(plan.settings.get("runtime") or "auto")
     help_text = srun_help() if configured == "auto" and plan.image else ""

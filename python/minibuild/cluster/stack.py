@@ -10,22 +10,17 @@ run them.
 from __future__ import annotations
 
 import dataclasses
-import os
 from pathlib import Path
 from typing import Any
 
-from minibuild.cluster.settings import Plan, RolloutError, repo_root
-from minibuild.config import require
+from minibuild.cluster.settings import Plan, RolloutError
+from minibuild.config import Config
 
 GATEWAY_KINDS = ("litellm",)
 TOOLS = {"vllm-router": "vllm-router", "litellm": "litellm"}   # venv name -> executable
 
 
-def stack_settings(cfg: dict[str, Any], part: str) -> dict[str, Any]:
-    return dict(require(cfg, f"cluster.stack.{part}"))
-
-
-def with_stack(cfg: dict[str, Any], plan: Plan, replicas: int = 1, router: str | None = None,
+def with_stack(cfg: Config, plan: Plan, replicas: int = 1, router: str | None = None,
                gateway: str | None = None) -> Plan:
     """The plan with replicas / router policy / gateway, each checked against the config."""
     try:
@@ -34,7 +29,7 @@ def with_stack(cfg: dict[str, Any], plan: Plan, replicas: int = 1, router: str |
         raise RolloutError(f"--replicas {replicas!r} is not a number") from None
     if replicas < 1:
         raise RolloutError(f"--replicas {replicas}: at least one replica is needed")
-    policies = list(stack_settings(cfg, "router")["policies"])
+    policies = list(cfg.cluster.stack.router.policies)
     if router and router not in policies:
         raise RolloutError(f"unknown router policy {router!r}: choose one of {', '.join(policies)}")
     if gateway and gateway not in GATEWAY_KINDS:
@@ -71,11 +66,10 @@ def _flags(args: dict[str, Any]) -> list[str]:
     return out
 
 
-def router_args(cfg: dict[str, Any], policy: str, host: str, port: int, metrics_host: str, metrics_port: int,
+def router_args(cfg: Config, policy: str, host: str, port: int, metrics_host: str, metrics_port: int,
                 workers: list[str] | None = None, discovery: dict[str, Any] | None = None) -> list[str]:
     """vllm-router's flags: static worker URLs (local, Slurm) or Kubernetes discovery by label
     (`discovery` = {selector: {k: v}, port, namespace}); only Ready+Running pods are added."""
-    rs = stack_settings(cfg, "router")
     argv = ["--host", host, "--port", str(port), "--policy", policy,
             "--prometheus-host", metrics_host, "--prometheus-port", str(metrics_port)]
     if discovery:
@@ -86,29 +80,27 @@ def router_args(cfg: dict[str, Any], policy: str, host: str, port: int, metrics_
         argv += ["--worker-urls", *workers]
     else:
         raise RolloutError("the router needs worker URLs or a discovery selector")
-    return argv + _flags(dict(rs.get("args") or {}))
+    return argv + _flags(dict(cfg.cluster.stack.router.args))
 
 
-def gateway_config(cfg: dict[str, Any], served_name: str, api_bases: list[str]) -> dict[str, Any]:
+def gateway_config(cfg: Config, served_name: str, api_bases: list[str]) -> dict[str, Any]:
     """The LiteLLM proxy config: `hosted_vllm/<served name>` at each of `api_bases` (the router or the
     Service - one entry; or each replica, which LiteLLM then balances); the master key and the server's
     API key are read from the environment at start, never written here."""
-    gs = stack_settings(cfg, "gateway")
-    key_env = require(cfg, "cluster.api_key_env")
+    key_env = cfg.cluster.api_key_env
     return {
         "model_list": [{"model_name": served_name, "litellm_params": {
             "model": f"hosted_vllm/{served_name}", "api_base": f"{base.rstrip('/')}/v1",
             "api_key": f"os.environ/{key_env}"}} for base in api_bases],
         "litellm_settings": {"drop_params": True},
-        "general_settings": {"master_key": f"os.environ/{gs['master_key']['env']}"},
+        "general_settings": {"master_key": f"os.environ/{cfg.cluster.stack.gateway.master_key.env}"},
     }
 
 
-def tool_path(cfg: dict[str, Any], name: str) -> Path:
+def tool_path(cfg: Config, name: str) -> Path:
     """The executable of a tool in its own venv (.venv-tools/NAME, made by ./dev); $MINI_VLLM_TOOLS_DIR
-    overrides the parent directory."""
-    base = Path(os.environ.get("MINI_VLLM_TOOLS_DIR") or repo_root(cfg) / ".venv-tools")
-    exe = base / name / "bin" / TOOLS[name]
+    overrides the parent directory (config)."""
+    exe = cfg.cluster.stack.tools_dir / name / "bin" / TOOLS[name]
     if not exe.exists():
         raise RolloutError(f"{exe} is missing: run ./dev (it installs {name} into its own venv from the "
                            "hash-pinned lock in images/)")

@@ -9,8 +9,8 @@ key and does no work ("up to date"); and `--explain` prints which input changed.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +19,7 @@ import yaml
 from .. import ui
 from ..graph import Input, Task, explain, lookup, run_task
 from ..atomic import atomic_write_bytes
+from ..config import Config, ConfigError, SourcePin
 from ..store import Store
 from . import oci
 from .layers import WRITER_VERSION, Context, Recipe, recipe_for, torch_version
@@ -32,25 +33,15 @@ class ImageBuildError(RuntimeError):
     """A stage cannot be built as configured; the message says which and why."""
 
 
-def image_settings(cfg: dict[str, Any]) -> dict[str, Any]:
-    icfg = dict(cfg.get("images") or {})
-    if not icfg.get("profiles"):
-        raise ImageBuildError("build_config.yaml: images.profiles is empty")
-    icfg["profile"] = os.environ.get("MINI_VLLM_IMAGE_PROFILE") or icfg.get("profile") or "local"
-    if icfg["profile"] not in icfg["profiles"]:
-        raise ImageBuildError(f"unknown image profile {icfg['profile']!r} (have: {', '.join(icfg['profiles'])})")
-    sde = os.environ.get("SOURCE_DATE_EPOCH")
-    icfg["epoch"] = int(sde) if sde else int(icfg.get("source_date_epoch") or 0)
-    return icfg
-
-
-def make_context(cfg: dict[str, Any], store: Store | None = None) -> tuple[Context, dict[str, Any]]:
-    icfg = image_settings(cfg)
-    root = Path(cfg.get("_root", "."))
-    store = store or Store.from_config(cfg)
-    ctx = Context(cfg=cfg, root=root, store=store, profile_name=icfg["profile"],
-                  profile=icfg["profiles"][icfg["profile"]], stat=store.stat_cache)
-    return ctx, icfg
+def make_context(cfg: Config, store: Store | None = None, profile: str | None = None) -> Context:
+    """The build context of one profile (default: images.profile, environment applied by config)."""
+    try:
+        prof = cfg.images.select(profile)
+    except ConfigError as exc:
+        raise ImageBuildError(str(exc)) from None
+    store = store or Store.from_config(cfg.store)
+    return Context(cfg=cfg, root=cfg.root, store=store, profile_name=prof.name, profile=prof,
+                   stat=store.stat_cache)
 
 
 def stage_chain(stages: dict[str, Any], stage: str) -> list[str]:
@@ -76,31 +67,23 @@ def git_revision(root: Path) -> str:
         return "unknown"
 
 
-def source_annotations(cfg: dict[str, Any]) -> dict[str, str]:
-    """io.mini-vllm.source.<name>.{commit,tree} from build_config `sources:` (read defensively)."""
-    out: dict[str, str] = {}
-    sources = cfg.get("sources") or {}
-    if isinstance(sources, dict):
-        for name, pin in sorted(sources.items()):
-            if isinstance(pin, dict):
-                for k in ("commit", "tree", "tree_hash"):
-                    if pin.get(k):
-                        out[f"io.mini-vllm.source.{name}.{k}"] = str(pin[k])
-    return out
+def source_annotations(sources: Mapping[str, SourcePin]) -> dict[str, str]:
+    """io.mini-vllm.source.<name>.commit for every pinned source of build_config `sources:`."""
+    return {f"io.mini-vllm.source.{name}.commit": pin.commit for name, pin in sorted(sources.items())}
 
 
 class StageBuilder:
     """Builds the stages of one profile; remembers results so that a stage's child can use them."""
 
-    def __init__(self, ctx: Context, icfg: dict[str, Any], explain: bool = False, dry_run: bool = False):
-        self.ctx, self.icfg, self.explain, self.dry_run = ctx, icfg, explain, dry_run
-        self.stages = yaml.safe_load(ctx.path(icfg["stages"]).read_text())
+    def __init__(self, ctx: Context, explain: bool = False, dry_run: bool = False):
+        self.ctx, self.icfg, self.explain, self.dry_run = ctx, ctx.cfg.images, explain, dry_run
+        self.stages = yaml.safe_load(ctx.path(self.icfg.stages).read_text())
         self.built: dict[str, tuple[oci.ImageSpec, oci.BuiltImage, str]] = {}
         self.ran: list[str] = []       # what did real work (layers and stages)
 
     def _layer_task(self, r: Recipe) -> Task:
-        common = [Input("config", "source_date_epoch", self.icfg["epoch"]),
-                  Input("config", "gzip_level", int(self.icfg.get("gzip_level", 6))),
+        common = [Input("config", "source_date_epoch", self.icfg.epoch),
+                  Input("config", "gzip_level", self.icfg.gzip_level),
                   Input("toolchain", "layer_writer", WRITER_VERSION)]
         return Task(name=f"image-layer:{self.ctx.profile_name}:{r.name}", kind="layer", inputs=r.inputs + common)
 
@@ -123,8 +106,8 @@ class StageBuilder:
 
         def action() -> dict[str, Any]:
             try:
-                lay = write_layer(self.ctx.store, r.entries(), mtime=self.icfg["epoch"],
-                                  level=int(self.icfg.get("gzip_level", 6)), label=f"layer {r.name}")
+                lay = write_layer(self.ctx.store, r.entries(), mtime=self.icfg.epoch,
+                                  level=self.icfg.gzip_level, label=f"layer {r.name}")
             finally:
                 if r.cleanup:
                     r.cleanup()
@@ -146,12 +129,12 @@ class StageBuilder:
             if self.stage(parent) is None:
                 return None
             pspec = self.built[parent][0]
-        base = self.ctx.profile["base"]
+        base = self.ctx.profile.base
         pulled: tuple[list[Layer], list[str], dict[str, str], str] = ([], [], {}, "")
         recipes = []
         for lspec in sdef.get("layers") or []:
-            if lspec["kind"] == "base" and base["kind"] == "registry":
-                pulled = pull_base(self.ctx.store, self.ctx.path(base["lock"]))
+            if lspec["kind"] == "base" and base.kind == "registry":
+                pulled = pull_base(self.ctx.store, self.ctx.path(base.lock))
             else:
                 recipes.append(recipe_for(self.ctx, lspec))
         layers = [self.layer(r) for r in recipes]
@@ -167,7 +150,7 @@ class StageBuilder:
             user=sdef.get("user") or (pspec.user if pspec else None),
             workdir=sdef.get("workdir") or (pspec.workdir if pspec else None),
             exposed_ports=list(sdef.get("exposed_ports") or (pspec.exposed_ports if pspec else [])),
-            epoch=self.icfg["epoch"])
+            epoch=self.icfg.epoch)
         ann = self._annotations(name, sdef)
         # Fine-grained inputs so that --explain names what changed (a layer, one annotation, Env...).
         inputs = [Input("artefact", f"parent image {parent}", self.built[parent][1].digest)] if parent else []
@@ -195,13 +178,13 @@ class StageBuilder:
         return img
 
     def _annotations(self, name: str, sdef: dict[str, Any]) -> dict[str, str]:
-        ann = {"org.opencontainers.image.title": f"{self.ctx.cfg.get('project', {}).get('name', 'mini-vllm')}-{name}",
+        ann = {"org.opencontainers.image.title": f"{self.ctx.cfg.project_name}-{name}",
                "org.opencontainers.image.description": str(sdef.get("title", name)),
-               "org.opencontainers.image.created": oci.created_at(self.icfg["epoch"]),
+               "org.opencontainers.image.created": oci.created_at(self.icfg.epoch),
                "io.mini-vllm.stage": name, "io.mini-vllm.profile": self.ctx.profile_name,
                "io.mini-vllm.torch": torch_version(self.ctx),
-               "io.mini-vllm.cuda-arch": str(self.icfg.get("cuda_arch", "sm_90a"))}
-        ann.update(source_annotations(self.ctx.cfg))
+               "io.mini-vllm.cuda-arch": self.icfg.cuda_arch}
+        ann.update(source_annotations(self.ctx.cfg.sources))
         if name == STAGE_ORDER[-1]:  # only the image that carries python/ names the revision
             ann["org.opencontainers.image.revision"] = git_revision(self.ctx.root)
         return ann

@@ -10,6 +10,7 @@ import time
 from typing import Any
 
 from .. import ui
+from ..config import Config
 from ..store import Store
 from . import debbase, wheels
 from .build import ImageBuildError, StageBuilder, make_context, stage_chain
@@ -18,18 +19,19 @@ from .oci import Layout
 from .registry import PushStats, Reference, RegistryClient, push_image
 
 
-def build_images(cfg: dict[str, Any], stage: str = "all", push: str | None = None, explain: bool = False,
-                 dry_run: bool = False, store: Store | None = None) -> dict[str, Any]:
-    """Build `stage` and the stages below it; push the top one to `push` if given.
+def build_images(cfg: Config, stage: str = "all", push: str | None = None, explain: bool = False,
+                 dry_run: bool = False, store: Store | None = None, profile: str | None = None) -> dict[str, Any]:
+    """Build `stage` and the stages below it (of `profile`, default images.profile); push the top one
+    to `push` if given.
 
     Returns {stage: result dict (as written to <out_dir>/<stage>.json)}, plus "_push" stats if pushed.
     """
     t0 = time.monotonic()
-    ctx, icfg = make_context(cfg, store)
+    ctx = make_context(cfg, store, profile)
     target = Reference.parse(push) if push else None   # a bad reference fails before any work
-    builder = StageBuilder(ctx, icfg, explain=explain, dry_run=dry_run)
+    builder = StageBuilder(ctx, explain=explain, dry_run=dry_run)
     chain = stage_chain(builder.stages, stage)
-    out_dir = ctx.path(icfg.get("out_dir", "build/images"))
+    out_dir = ctx.path(cfg.images.out_dir)
     results: dict[str, Any] = {}
     for name in chain:
         img = builder.stage(name)
@@ -74,23 +76,20 @@ def push_stage(store: Store, layout: Layout, name: str, target: Reference,
     return s
 
 
-def lock_images(cfg: dict[str, Any], profile: str | None = None) -> None:
+def lock_images(cfg: Config, profile: str | None = None) -> None:
     """Re-resolve the profile's base and wheel locks (the only step that looks at indexes)."""
-    if profile:
-        cfg = {**cfg, "images": {**cfg["images"], "profile": profile}}
-    ctx, icfg = make_context(cfg)
-    base, whl = ctx.profile["base"], ctx.profile["wheels"]
-    if base["kind"] == "debian-debs":
-        lock = debbase.lock_debian_base(ctx.path(base["spec"]), ctx.path(base["lock"]))
-        ui.info(f"{base['lock']}: {len(lock['packages'])} packages")
-    elif base["kind"] == "registry":
-        digest = lock_registry_base(base["ref"], ctx.path(base["lock"]))
-        ui.info(f"{base['lock']}: {base['ref']} -> sha256:{digest}")
+    ctx = make_context(cfg, profile=profile)
+    base, whl = ctx.profile.base, ctx.profile.wheels
+    if base.kind == "debian-debs":
+        lock = debbase.lock_debian_base(ctx.path(base.spec), ctx.path(base.lock))
+        ui.info(f"{base.lock}: {len(lock['packages'])} packages")
+    elif base.kind == "registry":
+        digest = lock_registry_base(base.ref, ctx.path(base.lock))
+        ui.info(f"{base.lock}: {base.ref} -> sha256:{digest}")
     else:
-        raise ImageBuildError(f"profile {ctx.profile_name}: unknown base kind {base['kind']!r}")
-    lines = wheels.lock_wheels(ctx.path(whl["requirements"]), ctx.path(whl["lock"]),
-                               [str(a) for a in ctx.profile.get("pip_args") or []])
-    ui.info(f"{whl['lock']}: {len(lines)} wheels")
+        raise ImageBuildError(f"profile {ctx.profile_name}: unknown base kind {base.kind!r}")
+    lines = wheels.lock_wheels(ctx.path(whl.requirements), ctx.path(whl.lock), list(ctx.profile.pip_args))
+    ui.info(f"{whl.lock}: {len(lines)} wheels")
 
 
 

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
+from ..config import Config, ImageProfile
 from ..graph import Input
 from ..hashing import StatCache
 from ..store import Store
@@ -41,11 +42,11 @@ class RecipeError(RuntimeError):
 
 @dataclass
 class Context:
-    cfg: dict[str, Any]
+    cfg: Config
     root: Path                  # the checkout
     store: Store
     profile_name: str
-    profile: dict[str, Any]
+    profile: ImageProfile
     stat: StatCache
 
     def path(self, rel: str) -> Path:
@@ -56,7 +57,7 @@ class Context:
         return Input("file", rel, self.stat.digest(self.path(rel)))
 
     def site(self) -> str:
-        return str(self.profile["site_packages"]).strip("/")
+        return self.profile.site_packages.strip("/")
 
 
 def _excluder(patterns: list[str]) -> Callable[[str], bool]:
@@ -84,11 +85,11 @@ def _tree_files(ctx: Context, src: Path, exclude: Callable[[str], bool]) -> list
 
 
 def base_recipe(ctx: Context, spec: dict[str, Any]) -> Recipe:
-    base = ctx.profile["base"]
-    if base["kind"] != "debian-debs":
-        raise RecipeError(f"profile {ctx.profile_name}: base kind {base['kind']!r} is not a layer recipe "
+    base = ctx.profile.base
+    if base.kind != "debian-debs":
+        raise RecipeError(f"profile {ctx.profile_name}: base kind {base.kind!r} is not a layer recipe "
                           "(registry bases are pulled, see pull.py)")
-    lock_rel, spec_rel = base["lock"], base["spec"]
+    lock_rel, spec_rel = base.lock, base.spec
     lock = debbase.read_lock(ctx.path(lock_rel))
     base_spec = debbase.load_spec(ctx.path(spec_rel))
     inputs = [ctx.file_input(lock_rel), Input("config", "base.dirs", base_spec.get("dirs") or {}),
@@ -98,10 +99,10 @@ def base_recipe(ctx: Context, spec: dict[str, Any]) -> Recipe:
 
 
 def wheels_recipe(ctx: Context, spec: dict[str, Any]) -> Recipe:
-    lock_rel = ctx.profile["wheels"]["lock"]
+    lock_rel = ctx.profile.wheels.lock
     lock_path = ctx.path(lock_rel)
     wheels.read_lock(lock_path)            # unresolved -> clear error before any work
-    pip_args = [str(a) for a in ctx.profile.get("pip_args") or []]
+    pip_args = list(ctx.profile.pip_args)
     inputs = [ctx.file_input(lock_rel), Input("config", "pip_args", pip_args),
               Input("config", "site_packages", ctx.site()), Input("toolchain", "pip", wheels.pip_version())]
     tmp: list[Path] = []
@@ -142,7 +143,7 @@ def python_recipe(ctx: Context, spec: dict[str, Any]) -> Recipe:
     src = ctx.path(spec["from"])
     exclude = _excluder(list(spec.get("exclude") or []))
     dest = spec["to"].replace("{site}", ctx.site()).strip("/")
-    interp = str(ctx.profile["python"])
+    interp = ctx.profile.python
     packages = list(spec["packages"])
     scripts = {n: ep for n, ep in _entry_points(ctx.root).items() if ep.split(".")[0].split(":")[0] in packages}
     user = spec.get("user") or {}
@@ -189,7 +190,7 @@ def recipe_for(ctx: Context, spec: dict[str, Any]) -> Recipe:
 def torch_version(ctx: Context) -> str:
     """The torch version pinned by the profile's wheel lock ('' when unknown)."""
     try:
-        for line in ctx.path(ctx.profile["wheels"]["lock"]).read_text().splitlines():
+        for line in ctx.path(ctx.profile.wheels.lock).read_text().splitlines():
             if line.startswith("torch=="):
                 return line.split()[0].split("==", 1)[1]
     except OSError:

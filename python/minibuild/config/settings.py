@@ -1,0 +1,222 @@
+"""The typed, frozen settings build_config.yaml is read into (load.py reads the file, once).
+
+Why dataclasses and not the YAML's dicts: a function states the section it needs in its signature,
+a misspelt key fails where it is read (load.py names it) instead of deep inside a build, and nothing
+can change a setting half-way through a run. Paths are resolved against the checkout on load.
+"""
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..archive import Limits
+from ..hashing import canonical_key, digest_file
+
+
+class ConfigError(ValueError):
+    """build_config.yaml (or an environment override) is missing a key or holds a bad value; names it."""
+
+
+# ---- the sections --------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class StoreConfig:
+    root: Path                 # the local content-addressed store (resolved)
+    remote: str | None         # s3://bucket/prefix, file:///dir or None
+    root_from: str             # which setting chose `root` (shown by `invoke cache`)
+
+
+@dataclass(frozen=True)
+class SourcePin:
+    """One `sources:` entry: a commit plus the hash of the extracted tree of its subtrees."""
+
+    name: str
+    repo: str
+    commit: str
+    tree_sha256: str
+    subtrees: tuple[str, ...] = ()
+    mirrors: tuple[str, ...] = ()
+    patches: tuple[str, ...] = ()     # repo-relative patch files
+    version: str = ""
+    root: Path = Path(".")            # the checkout (patches are relative to it)
+    limits: Limits = Limits()         # caps on its archives (source_limits, then the pin's `limits:`)
+
+    @property
+    def tree_id(self) -> str:
+        """Store id: the tree hash, or a hash of it and the patches' contents when patched."""
+        if not self.patches:
+            return self.tree_sha256
+        return canonical_key({"tree": self.tree_sha256,
+                              "patches": [digest_file(self.root / p) for p in self.patches]})
+
+
+@dataclass(frozen=True)
+class ToolchainConfig:
+    nvcc: str                  # name on PATH or absolute path
+    host_compiler: str | None  # -ccbin; None = nvcc's default (g++)
+    arch: str
+    mem_reserve_gb: float
+
+
+@dataclass(frozen=True)
+class KernelSet:
+    """One `kernels:` entry of build_config.yaml (format in docs/build.md)."""
+
+    name: str
+    units: tuple[str, ...]            # logical paths
+    include_dirs: tuple[str, ...]     # logical ('kernels/include', '@fa3/hopper')
+    defines: tuple[str, ...]
+    flags: tuple[str, ...]
+    gencode: tuple[str, ...]
+    uses_torch: bool
+    mem_gb_per_job: float
+    module: str
+    link_flags: tuple[str, ...]
+    sources_used: tuple[str, ...]     # pinned source names this set needs
+
+
+@dataclass(frozen=True)
+class BaseImage:
+    kind: str                  # debian-debs | registry
+    lock: str
+    spec: str = ""             # debian-debs: the package spec
+    ref: str = ""              # registry: the base image reference
+
+
+@dataclass(frozen=True)
+class WheelSet:
+    requirements: str
+    lock: str
+
+
+@dataclass(frozen=True)
+class ImageProfile:
+    name: str
+    base: BaseImage
+    python: str
+    site_packages: str
+    wheels: WheelSet
+    pip_args: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class ImagesConfig:
+    profile: str                              # the default profile (MINI_VLLM_IMAGE_PROFILE applied)
+    profiles: Mapping[str, ImageProfile]
+    stages: str                               # repo-relative path of the stage definitions
+    out_dir: str
+    epoch: int                                # SOURCE_DATE_EPOCH applied
+    gzip_level: int
+    cuda_arch: str
+
+    def select(self, name: str | None = None) -> ImageProfile:
+        """The named profile (default: `profile`), or a ConfigError listing the known ones."""
+        name = name or self.profile
+        if name not in self.profiles:
+            raise ConfigError(f"unknown image profile {name!r} (have: {', '.join(self.profiles)})")
+        return self.profiles[name]
+
+
+@dataclass(frozen=True)
+class RegistryConfig:
+    default: str
+    region: str
+    prefix: str
+
+
+@dataclass(frozen=True)
+class SecretRef:
+    name: str
+    key: str
+    env: str
+
+
+@dataclass(frozen=True)
+class VerifyConfig:
+    prompt: str
+    max_tokens: int
+    timeout_s: float
+    metrics: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class RouterConfig:
+    """cluster.stack.router: the vllm-router in front of the replicas."""
+    policies: tuple[str, ...]
+    port: int
+    metrics_port: int
+    image_stage: str
+    session_header: str
+    args: Mapping[str, Any]          # vllm-router flags (name -> value; True = bare flag)
+    resources: Mapping[str, str]
+
+
+@dataclass(frozen=True)
+class GatewayConfig:
+    """cluster.stack.gateway: the LiteLLM proxy in front of the router / Service."""
+    kinds: tuple[str, ...]
+    port: int
+    image_stage: str
+    master_key: SecretRef
+    env: Mapping[str, str]
+    resources: Mapping[str, str]
+
+
+@dataclass(frozen=True)
+class StackConfig:
+    router: RouterConfig
+    gateway: GatewayConfig
+    tools_dir: Path                  # the tools' own venvs (.venv-tools; MINI_VLLM_TOOLS_DIR applied)
+
+
+@dataclass(frozen=True)
+class ClusterConfig:
+    name: str
+    port: int                                  # MINI_VLLM_PORT applied
+    state_dir: Path                            # resolved; MINI_VLLM_ROLLOUT_DIR applied
+    field_manager: str
+    api_key_env: str
+    api_key: str | None = field(repr=False)    # the value of $<api_key_env>, if set
+    secrets: Mapping[str, SecretRef]
+    probes: Mapping[str, int]
+    progress_deadline_s: int
+    wait_timeout_s: float
+    variants: Mapping[int, Mapping[str, Any]]
+    env: Mapping[str, str]
+    verify: VerifyConfig
+    stack: StackConfig
+    models: Mapping[str, Mapping[str, Any]]    # per served model name: `port` and per-target overrides
+    targets: Mapping[str, Mapping[str, Any]]   # per target: its own settings (documented in the YAML)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    path: str                  # on the cluster
+    tiny_dir: Path             # resolved
+
+
+@dataclass(frozen=True)
+class Config:
+    root: Path                 # the checkout holding build_config.yaml
+    project_name: str
+    store: StoreConfig
+    sources: Mapping[str, SourcePin]
+    mirror_dir: Path | None    # MINI_VLLM_MIRROR (a task's --mirror-dir wins over it)
+    toolchain: ToolchainConfig
+    kernels: Mapping[str, KernelSet]
+    ext_dir: Path              # where `invoke kernels` installs modules (MINI_VLLM_EXT_DIR applied)
+    images: ImagesConfig
+    registry: RegistryConfig
+    cluster: ClusterConfig
+    model: ModelConfig
+    server_port: int
+
+    def path(self, rel: str | os.PathLike[str]) -> Path:
+        """A config path relative to the checkout (absolute paths stay)."""
+        p = Path(os.path.expandvars(str(rel))).expanduser()
+        return p if p.is_absolute() else self.root / p
+
+
