@@ -33,9 +33,11 @@ def _config():
             "mirror_dir": "directory of <name>-<commit>.tar source tarballs (default: $MINI_VLLM_MIRROR)"})
 def fetch(c, offline=False, mirror_dir=""):
     """Bring the pinned third-party sources into the store, verified by tree hash."""
-    from minibuild.sources import fetch_all
+    from minibuild.sources import SourceError, fetch_all
+    from minibuild.ui import failures_as_one_line
 
-    fetch_all(_config(), offline=offline, mirror=mirror_dir or None)
+    with failures_as_one_line(SourceError):
+        fetch_all(_config(), offline=offline, mirror=mirror_dir or None)
 
 
 @task(help={
@@ -70,8 +72,10 @@ def graph(c, dot="", png=""):
 def cache(c, stats=False, gc=False, max_age_days=0):
     """Inspect or prune the content-addressed store."""
     from minibuild.cache_cmd import cache_command
+    from minibuild.ui import failures_as_one_line
 
-    cache_command(_config(), stats=stats or not gc, gc=gc, max_age_days=max_age_days)
+    with failures_as_one_line():
+        cache_command(_config(), stats=stats or not gc, gc=gc, max_age_days=max_age_days)
 
 
 # --- runtime server -------------------------------------------------------------------------------

@@ -32,6 +32,8 @@ from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import IO, Any, Iterable, Mapping
 
+from .atomic import naming
+
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _HEADER_SLACK = 1536          # per entry: tar header, pax/long-name records and padding
 
@@ -155,6 +157,7 @@ class _SafeTree:
     """Creates entries under `root` without ever following a symlink (see the module doc)."""
 
     def __init__(self, root: Path) -> None:
+        self.root = root
         self.fd = os.open(root, _DIR_FLAGS)
 
     def close(self) -> None:
@@ -202,7 +205,7 @@ class _SafeTree:
                               0o755 if executable else 0o644, dir_fd=fd)
             except FileExistsError:
                 raise UnsafeArchive(f"entry {rel!r} appears twice (or names an existing link); refused") from None
-            with os.fdopen(out, "wb") as f:
+            with naming(self.root / rel), os.fdopen(out, "wb") as f:     # a full disk names the file
                 while chunk := src.read(1 << 20):
                     f.write(chunk)
                 os.fchmod(f.fileno(), 0o755 if executable else 0o644)

@@ -9,10 +9,22 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
-from typing import BinaryIO, Callable
+from typing import BinaryIO, Callable, Iterator
 
 CHUNK = 1 << 20
+
+
+@contextmanager
+def naming(path: str | os.PathLike[str]) -> Iterator[None]:
+    """An OSError raised inside that names no file (write() or fsync() on a full disk) names `path`."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.filename is None and exc.errno is not None:
+            raise OSError(exc.errno, exc.strerror, os.fspath(path)) from None
+        raise
 
 
 def _replace_atomically(path: str | os.PathLike[str], fill: Callable[[BinaryIO], None], mode: int,
@@ -22,7 +34,7 @@ def _replace_atomically(path: str | os.PathLike[str], fill: Callable[[BinaryIO],
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=path.parent)
     try:
-        with os.fdopen(fd, "wb") as f:
+        with naming(path), os.fdopen(fd, "wb") as f:
             fill(f)
             if fsync:
                 f.flush()

@@ -16,6 +16,7 @@ compile each object once; output goes to a temp file that only becomes a blob wh
 """
 from __future__ import annotations
 
+import errno
 import os
 import shlex
 from dataclasses import dataclass, field
@@ -154,6 +155,17 @@ def nvcc_command(tc: Toolchain, pm: PathMap, ks: KernelSet, unit: str, out: Path
     return cmd + pm.prefix_map_flags()
 
 
+_IO_FAILURES = {"No space left on device": errno.ENOSPC, "Read-only file system": errno.EROFS,
+                "Disk quota exceeded": errno.EDQUOT}
+
+
+def _raise_if_io_failure(output: str, where: Path) -> None:
+    """nvcc failed because it could not write its output: that is the disk's fault, reported as such."""
+    for text, code in _IO_FAILURES.items():
+        if text in output:
+            raise OSError(code, os.strerror(code), str(where))
+
+
 def parse_depfile(text: str) -> list[str]:
     """Prerequisites of a make-style depfile (handles line continuations and escaped spaces)."""
     body = text.replace("\\\n", " ")
@@ -194,6 +206,7 @@ def compile_object(store: Store, pm: PathMap, tc: Toolchain, ks: KernelSet, unit
         try:
             r = children.run(cmd, cwd=bdir)   # nvcc, cicc, ptxas die with the build
             if r.returncode != 0:
+                _raise_if_io_failure(r.stdout + r.stderr, bdir)
                 raise CompileError(f"{unit}: nvcc failed ({r.returncode})\n$ {shlex.join(cmd)}\n"
                                    f"{(r.stdout + r.stderr)[-4000:]}")
             names = sorted({n for p in parse_depfile(dep.read_text())[1:]
@@ -236,6 +249,7 @@ def link_module(store: Store, tc: Toolchain, ks: KernelSet, task: Task, objects:
     try:
         r = children.run(cmd, cwd=ldir)
         if r.returncode != 0:
+            _raise_if_io_failure(r.stdout + r.stderr, ldir)
             raise CompileError(f"link {ks.module}: nvcc failed ({r.returncode})\n$ {shlex.join(cmd)}\n"
                                f"{(r.stdout + r.stderr)[-4000:]}")
         digest = store.put_file(out)

@@ -151,6 +151,7 @@ def _compile_all(b: Build, todo: list[ObjectPlan], jobs: int, mem_gb: float) -> 
     budget = Budget(jobs, mem_gb)
     done: dict[str, ObjectPlan] = {}
     errors: list[str] = []
+    io_errors: list[OSError] = []
     lock = threading.Lock()
 
     with ui.progress("compiling", len(todo)) as bar:
@@ -162,7 +163,10 @@ def _compile_all(b: Build, todo: list[ObjectPlan], jobs: int, mem_gb: float) -> 
                 with lock:
                     done[p.name] = plan
                 ui.info(f"  {'compiled' if ran else 'cached  '} {p.kset.name}: {p.unit} ({time.monotonic() - t0:.1f} s)")
-            except (CompileError, OSError, CorruptTree) as exc:
+            except OSError as exc:          # the store or disk, not the unit: reported once, after the pool
+                with lock:
+                    io_errors.append(exc)
+            except (CompileError, CorruptTree) as exc:
                 with lock:
                     errors.append(str(exc))
             finally:
@@ -178,6 +182,8 @@ def _compile_all(b: Build, todo: list[ObjectPlan], jobs: int, mem_gb: float) -> 
             pool.shutdown(wait=True, cancel_futures=True)
             raise
         pool.shutdown()
+    if io_errors:
+        raise io_errors[0]
     return done, errors
 
 
@@ -195,8 +201,14 @@ def build_kernels(cfg: Config, explain: bool = False, dry_run: bool = False, off
     except (ToolchainError, SourceError, ValueError, FileNotFoundError, CorruptTree, KeyError) as exc:
         ui.error(str(exc))
         return False
+    except OSError as exc:              # a store it cannot write (read-only, full): one line, no traceback
+        ui.error(ui.describe_os_error(exc))
+        return False
     try:
         return _run(b, plans, explain, dry_run, jobs, t0)
+    except OSError as exc:
+        ui.error(ui.describe_os_error(exc))
+        return False
     finally:
         b.store.stat_cache.save()
 

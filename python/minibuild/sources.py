@@ -16,6 +16,7 @@ Mirrors, tried in order (`--offline` keeps only the local ones):
 """
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 import stat
@@ -151,6 +152,17 @@ def tree_changes(store: Store, tree_id: str) -> str | None:
     return None if seen == len(listing) else f"{len(listing) - seen} file(s) were removed"
 
 
+_LOCAL_WRITE_FAILURES = {errno.ENOSPC, errno.EROFS, errno.EDQUOT}
+
+
+def _rejected(pin: Pin, url: str, exc: Exception, failures: list[str]) -> None:
+    msg = str(exc)
+    if isinstance(exc, subprocess.CalledProcessError) and exc.stderr:
+        msg += ": " + exc.stderr.decode(errors="replace").strip()[-300:]
+    failures.append(f"  {url}: {type(exc).__name__}: {msg}")
+    ui.warn(f"sources.{pin.name}: rejected mirror {url}: {msg}")
+
+
 def ensure_source(store: Store, pin: Pin, offline: bool = False, mdir: Path | None = None) -> Path:
     """The installed tree of pin (fetched and verified if missing; `pin.limits` caps each mirror's archive)."""
     tid = pin.tree_id
@@ -180,12 +192,12 @@ def ensure_source(store: Store, pin: Pin, offline: bool = False, mdir: Path | No
                 ui.info(f"fetched {pin.name} {pin.version or pin.commit[:12]} from {url} "
                         f"({time.monotonic() - t0:.1f} s), tree {pin.tree_sha256[:12]} verified")
                 return store.tree_dir(tid)
+            except OSError as exc:
+                if exc.errno in _LOCAL_WRITE_FAILURES:   # our disk, not the mirror: no other mirror helps
+                    raise
+                _rejected(pin, url, exc, failures)
             except Exception as exc:  # any mirror failure: report, try the next one
-                msg = str(exc)
-                if isinstance(exc, subprocess.CalledProcessError) and exc.stderr:
-                    msg += ": " + exc.stderr.decode(errors="replace").strip()[-300:]
-                failures.append(f"  {url}: {type(exc).__name__}: {msg}")
-                ui.warn(f"sources.{pin.name}: rejected mirror {url}: {msg}")
+                _rejected(pin, url, exc, failures)
             finally:
                 if staged.exists():
                     make_writable(staged)

@@ -29,7 +29,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, BinaryIO, Iterable, Iterator
 
-from .atomic import atomic_copy, atomic_write_bytes, make_writable, unlink_quietly
+from .atomic import atomic_copy, atomic_write_bytes, make_writable, naming, unlink_quietly
 from .hashing import CHUNK, StatCache, canonical_key, digest_file, normalize_digest
 from . import ui
 from .config import StoreConfig
@@ -61,12 +61,14 @@ class BlobWriter:
     def write(self, data: bytes) -> int:
         self._h.update(data)
         self.size += len(data)
-        return self._f.write(data)
+        with naming(self._tmp):            # a full disk names the file, not just "[Errno 28]"
+            return self._f.write(data)
 
     def _finish(self) -> str:
-        self._f.flush()
-        os.fsync(self._f.fileno())
-        self._f.close()
+        with naming(self._tmp):
+            self._f.flush()
+            os.fsync(self._f.fileno())
+            self._f.close()
         self.digest = self._h.hexdigest()
         self._store._adopt(self._tmp, self.digest)
         return self.digest
@@ -330,16 +332,24 @@ class Store:
         """Record what the latest build called `name` uses; `gc` keeps everything some root names."""
         doc = {"name": name, "time": time.time(), "actions": sorted(set(actions)),
                "blobs": sorted(set(blobs)), "trees": sorted(set(trees))}
-        atomic_write_bytes(self.roots_dir / f"{canonical_key(name)[:32]}.json",
-                           json.dumps(doc, sort_keys=True).encode(), fsync=False)
+        path = self.roots_dir / f"{canonical_key(name)[:32]}.json"
+        try:                    # unchanged (a no-op build): no write, so a read-only store serves it
+            old = json.loads(path.read_bytes())
+            if all(old.get(k) == doc[k] for k in ("name", "actions", "blobs", "trees")):
+                return
+        except (OSError, ValueError, AttributeError):
+            pass
+        atomic_write_bytes(path, json.dumps(doc, sort_keys=True).encode(), fsync=False)
 
     def log_event(self, event: str, **fields: Any) -> None:
         """Append one JSON line to events.log (compiles, links, corruption, remote hits)."""
         line = json.dumps({"t": round(time.time(), 3), "pid": os.getpid(), "event": event, **fields},
                           sort_keys=True) + "\n"
-        fd = os.open(self.root / "events.log", os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        path = self.root / "events.log"
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         try:
-            os.write(fd, line.encode())
+            with naming(path):
+                os.write(fd, line.encode())
         finally:
             os.close(fd)
 

@@ -7,6 +7,7 @@ imported lazily: a no-op build must stay well under half a second.
 """
 from __future__ import annotations
 
+import errno
 import sys
 from contextlib import contextmanager
 from typing import Any, Iterator
@@ -33,6 +34,36 @@ def warn(msg: str) -> None:
 
 def error(msg: str) -> None:
     console().print(f"error: {msg}", style="bold red", markup=False)
+
+
+_IO_HINTS = {
+    errno.EROFS: "the file system is read-only: a no-op build only reads, anything else needs a writable "
+                 "store (MINI_VLLM_CACHE) and install dir (MINI_VLLM_EXT_DIR)",
+    errno.ENOSPC: "the disk is full: free space (`invoke cache --gc`) or point MINI_VLLM_CACHE / "
+                  "MINI_VLLM_EXT_DIR at a bigger one",
+    errno.EDQUOT: "the disk quota is used up: free space or point MINI_VLLM_CACHE elsewhere",
+    errno.EACCES: "permission denied: run as the owner or point MINI_VLLM_CACHE at a directory you own",
+}
+
+
+def describe_os_error(exc: OSError) -> str:
+    """One line for a failed read or write: the path, the cause, what to do."""
+    where = exc.filename if exc.filename is not None else "(unnamed file)"
+    hint = _IO_HINTS.get(exc.errno or 0)
+    return f"{where}: {exc.strerror or exc}" + (f" ({hint})" if hint else "")
+
+
+@contextmanager
+def failures_as_one_line(*known: type[BaseException]) -> Iterator[None]:
+    """For a command: an OSError or one of `known` ends it with one `error:` line and exit 1, no traceback."""
+    try:
+        yield
+    except OSError as exc:
+        error(describe_os_error(exc))
+        raise SystemExit(1) from None
+    except known as exc:
+        error(str(exc))
+        raise SystemExit(1) from None
 
 
 def out(msg: str = "") -> None:
