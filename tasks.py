@@ -62,7 +62,7 @@ def kernels(c, explain=False, dry_run=False, offline=False, jobs=0, only="", mir
             "png": "also render a PNG (needs graphviz's dot)"})
 def graph(c, dot="", png=""):
     """Print the task graph (sources -> objects -> modules -> images -> rollout)."""
-    from minibuild.graph_view import show_graph
+    from minibuild.graph import show_graph
 
     show_graph(_config(), dot=dot or None, png=png or None)
 

@@ -1,6 +1,6 @@
 """`invoke cache --stats / --gc`: what the store holds, and pruning what no current build uses.
 
-Why separate from store.py: the store's job is correct reads and writes; deciding what is garbage is
+Why separate from store/: the store's job is correct reads and writes; deciding what is garbage is
 policy. GC keeps every action record, blob and tree named by a root (`Store.set_root`, written by each
 build), the blobs those actions name, anything used within `max_age_days`, and removes the rest plus
 stale `.tmp-*` leftovers of killed builds - anywhere in the store (not inside installed source trees,

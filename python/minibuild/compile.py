@@ -23,9 +23,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import children, graph
+from . import actions, children
 from .config import KernelSet
-from .graph import Input, Task
+from .actions import Input, Task
 from .hashing import canonical_key
 from .store import Store
 from .toolchain import Toolchain
@@ -132,7 +132,7 @@ def plan_object(store: Store, pm: PathMap, tc: Toolchain, ks: KernelSet, unit: s
     if names is None:
         return ObjectPlan(ks, unit, k1, None, None)
     task = Task(f"compile:{ks.name}:{unit}", "compile", k1 + header_inputs(store, pm, names))
-    return ObjectPlan(ks, unit, k1, task, graph.lookup(store, task))
+    return ObjectPlan(ks, unit, k1, task, actions.lookup(store, task))
 
 
 def explain_object(store: Store, pm: PathMap, plan: ObjectPlan) -> list[str]:
@@ -142,7 +142,7 @@ def explain_object(store: Store, pm: PathMap, plan: ObjectPlan) -> list[str]:
         prev = store.get_meta("last-inputs", plan.name) or []
         names = [n for k, n, _ in prev if k == "header"]
         task = Task(plan.name, "compile", plan.key1_inputs + header_inputs(store, pm, names))
-    return graph.explain(store, task)
+    return actions.explain(store, task)
 
 
 def nvcc_command(tc: Toolchain, pm: PathMap, ks: KernelSet, unit: str, out: Path, dep: Path) -> list[str]:
@@ -219,7 +219,7 @@ def compile_object(store: Store, pm: PathMap, tc: Toolchain, ks: KernelSet, unit
         rec = {"blobs": [digest], "object": digest, "unit": unit, "headers": len(names)}
         store.put_action(task.key, rec)
         store.put_action(canonical_key(["headers", plan.key1]), {"headers": names})
-        graph.record_inputs(store, task)
+        actions.record_inputs(store, task)
         store.log_event("compile", set=ks.name, unit=unit, key=task.key, object=digest)
         return ObjectPlan(ks, unit, plan.key1_inputs, task, rec), True
 

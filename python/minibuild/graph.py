@@ -1,120 +1,105 @@
-"""A small generic task layer: declared inputs -> key -> action cache, with `explain`.
+"""`invoke graph`: the task graph from pinned sources to rollout, as text, DOT and PNG.
 
-Why: compiles, links and image stages all follow the same rule - a task's key is a hash of *all* it
-depends on (file contents, config values, toolchain fingerprint, upstream artefact digests), the same
-key means the cached result is reused, and a user who sees work asks "why did this run?". Keeping
-that rule in one place keeps keys and explanations consistent across `invoke kernels` and
-`invoke image`.
-
-Usage:
-    inputs = [Input("file", "kernels/rmsnorm.cu", digest), Input("flags", "flags", ["-O3"]),
-              Input("toolchain", "nvcc", "13.0"), Input("artefact", "objects", [d1, d2])]
-    task = Task(name="compile:ours:kernels/rmsnorm.cu", kind="compile", inputs=inputs)
-    rec = run_task(store, task, action)   # action() -> record dict with "blobs": [...]
-    explain(store, task)                   # ["kernels/rmsnorm.cu content changed", ...]
-
-The last inputs of each task *name* are kept in store meta ("last-inputs") so explain can diff them.
+Why it reads only configuration: the graph is what *would* be built, so it must print without a
+toolchain, a store or network. Nodes: sources (pins), objects (one per unit), modules (one per kernel
+set), image stages (images.stages file, parent links), rollout targets (cluster.targets). Objects
+point at the sources their set includes (`@name/...`), modules at their objects, the image stage
+that ships build/ext at every module, and each rollout target at the top stage.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any, Callable
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
 
-from .hashing import canonical_key
-from .store import MissingBlob, Store
+import yaml
 
-INPUT_KINDS = ("file", "header", "flags", "config", "toolchain", "artefact")
-
-
-@dataclass(frozen=True)
-class Input:
-    """One declared input. `value` must be JSON-encodable (str, number, list of str...)."""
-
-    kind: str
-    name: str
-    value: Any
-
-    def as_json(self) -> list[Any]:
-        return [self.kind, self.name, self.value]
+from . import ui
+from .config import Config
 
 
-@dataclass
-class Task:
-    name: str          # stable across runs ("compile:ours:kernels/rmsnorm.cu"): explain diffs by name
-    kind: str          # what the action does ("compile", "link", "layer"); part of the key
-    inputs: list[Input]
-    deps: list[str] = field(default_factory=list)   # names of upstream tasks (for graphs)
-
-    @property
-    def key(self) -> str:
-        return canonical_key({"kind": self.kind, "inputs": sorted(i.as_json() for i in self.inputs)})
-
-
-def lookup(store: Store, task: Task) -> dict[str, Any] | None:
-    """The cached record for task, if present and all the blobs it names are intact."""
-    rec = store.get_action(task.key)
-    if rec is None:
-        return None
-    try:
-        for d in rec.get("blobs", []):
-            store.blob_path(d)
-    except MissingBlob:
-        return None
-    return rec
-
-
-def record_inputs(store: Store, task: Task) -> None:
-    store.put_meta("last-inputs", task.name, [i.as_json() for i in task.inputs])
-
-
-def run_task(store: Store, task: Task, action: Callable[[], dict[str, Any]]) -> tuple[dict[str, Any], bool]:
-    """(record, ran): reuse the cached record or run action() under the key's lock and store it."""
-    rec = lookup(store, task)
-    if rec is not None:
-        return rec, False
-    with store.lock(task.key):
-        rec = lookup(store, task)  # another process may have finished it while we waited
-        if rec is not None:
-            return rec, False
-        rec = action()
-        store.put_action(task.key, rec)
-    record_inputs(store, task)
-    return rec, True
+def build_graph(cfg: Config) -> tuple[dict[str, str], list[tuple[str, str]]]:
+    """(node id -> label, edges (from, to)) for the whole pipeline."""
+    nodes: dict[str, str] = {}
+    edges: list[tuple[str, str]] = []
+    for name, pin in cfg.sources.items():
+        nodes[f"src:{name}"] = f"source {name} {pin.version or pin.commit[:12]}"
+    modules: list[str] = []
+    for name, ks in cfg.kernels.items():
+        mod = f"mod:{ks.module}"
+        nodes[mod] = f"module {ks.module}.so"
+        modules.append(mod)
+        for unit in ks.units:
+            obj = f"obj:{name}:{unit}"
+            nodes[obj] = f"object {unit}"
+            edges.append((obj, mod))
+            for s in ks.sources_used:
+                edges.append((f"src:{s}", obj))
+    stages = _image_stages(cfg)
+    for stage, spec in stages.items():
+        nodes[f"img:{stage}"] = f"image {stage}"
+        if spec.get("parent"):
+            edges.append((f"img:{spec['parent']}", f"img:{stage}"))
+        if any(str(layer.get("from", "")).startswith("build/ext") for layer in spec.get("layers") or []):
+            edges.extend((m, f"img:{stage}") for m in modules)
+    top = _top_stage(stages)
+    for target in cfg.cluster.targets:
+        nodes[f"roll:{target}"] = f"rollout {target}"
+        if top:
+            edges.append((f"img:{top}", f"roll:{target}"))
+    return nodes, edges
 
 
-def explain(store: Store, task: Task) -> list[str]:
-    """Human-readable reasons why task's key differs from the last run of the same name."""
-    prev = store.get_meta("last-inputs", task.name)
-    if prev is None:
-        return ["never built (no earlier run recorded)"]
-    old = {(k, n): v for k, n, v in prev}
-    new = {(i.kind, i.name): i.value for i in task.inputs}
-    reasons: list[str] = []
-    for (kind, name) in sorted(set(old) | set(new)):
-        a, b = old.get((kind, name)), new.get((kind, name))
-        if a != b:
-            reasons.extend(_describe(kind, name, a, b))
-    return reasons or ["inputs unchanged since the last run (cached result missing or evicted)"]
+def _image_stages(cfg: Config) -> dict[str, dict[str, Any]]:
+    p = cfg.path(cfg.images.stages)
+    if p.is_file():
+        data = yaml.safe_load(p.read_text()) or {}
+        return {k: v for k, v in data.items() if isinstance(v, dict)}
+    return {}
 
 
-def _describe(kind: str, name: str, old: Any, new: Any) -> list[str]:
-    if kind in ("file", "header"):
-        label = f"header {name}" if kind == "header" else name
-        if old is None:
-            return [f"{label} added"]
-        if new is None:
-            return [f"{label} no longer used" if kind == "header" else f"{label} removed"]
-        return [f"{label} content changed"]
-    if kind == "flags" and isinstance(old, list) and isinstance(new, list):
-        gone = [f for f in old if f not in new]
-        came = [f for f in new if f not in old]
-        word = name.rstrip("s") if name.endswith("s") else name
-        if len(gone) == 1 and len(came) == 1:
-            return [f"{word} {gone[0]} -> {came[0]}"]
-        out = [f"{word} {f} removed" for f in gone] + [f"{word} {f} added" for f in came]
-        return out or [f"{name} reordered"]
-    if kind == "toolchain":
-        return [f"toolchain {name} {old} -> {new}"]
-    if kind == "artefact":
-        return [f"input {name} rebuilt"]
-    return [f"{name} {old!r} -> {new!r}"]
+def _top_stage(stages: dict[str, dict[str, Any]]) -> str | None:
+    parents = {v.get("parent") for v in stages.values()}
+    tops = [s for s in stages if s not in parents]
+    return tops[-1] if tops else None
+
+
+def to_dot(nodes: dict[str, str], edges: list[tuple[str, str]]) -> str:
+    colors = {"src": "lightyellow", "obj": "white", "mod": "lightblue", "img": "lightgreen", "roll": "pink"}
+    lines = ["digraph minivllm {", "  rankdir=LR;", "  node [shape=box, style=filled, fontname=Helvetica];"]
+    for nid, label in nodes.items():
+        lines.append(f'  "{nid}" [label="{label}", fillcolor={colors[nid.split(":")[0]]}];')
+    for a, b in sorted(set(edges)):
+        lines.append(f'  "{a}" -> "{b}";')
+    return "\n".join(lines + ["}"]) + "\n"
+
+
+def to_text(nodes: dict[str, str], edges: list[tuple[str, str]]) -> str:
+    """Each node with what it depends on, in pipeline order."""
+    deps: dict[str, list[str]] = {n: [] for n in nodes}
+    for a, b in edges:
+        deps[b].append(a)
+    order = ["src", "obj", "mod", "img", "roll"]
+    out = []
+    for kind in order:
+        for nid in [n for n in nodes if n.startswith(kind + ":")]:
+            ins = sorted(set(deps[nid]))
+            short = ", ".join(nodes[d].split(" ", 1)[1] for d in ins[:6]) + (f", ... (+{len(ins) - 6})" if len(ins) > 6 else "")
+            out.append(f"{nodes[nid]}" + (f"  <- {short}" if ins else ""))
+    return "\n".join(out)
+
+
+def show_graph(cfg: Config, dot: str | None = None, png: str | None = None) -> None:
+    nodes, edges = build_graph(cfg)
+    ui.out(to_text(nodes, edges))
+    text = to_dot(nodes, edges)
+    if dot:
+        Path(dot).write_text(text)
+        ui.info(f"wrote {dot}")
+    if png:
+        exe = shutil.which("dot")
+        if not exe:
+            raise SystemExit("graphviz 'dot' is not installed; cannot render a PNG (the DOT text works without it)")
+        subprocess.run([exe, "-Tpng", "-o", png], input=text.encode(), check=True)
+        ui.info(f"wrote {png}")

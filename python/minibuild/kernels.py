@@ -17,7 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Mapping
 
-from . import children, graph, ui
+from . import actions, children, ui
 from .compile import (CompileError, CorruptTree, ObjectPlan, PathMap, compile_object, explain_object,
                       link_module, link_task, plan_object)
 from .hashing import canonical_key
@@ -125,7 +125,7 @@ class Build:
         except OSError:
             return False
 
-    def install(self, ks: KernelSet, task: graph.Task, rec: dict[str, Any], objects: list[tuple[str, str]]) -> None:
+    def install(self, ks: KernelSet, task: actions.Task, rec: dict[str, Any], objects: list[tuple[str, str]]) -> None:
         self.store.export_blob(rec["module"], self.out / f"{ks.module}.so", mode=0o755)
         mpath = self.out / "manifest.json"
         with self.store.lock(f"manifest:{mpath}"):
@@ -231,9 +231,9 @@ def _run(b: Build, plans: list[ObjectPlan], explain: bool, dry_run: bool, jobs: 
             else:
                 objs = [(p.unit, p.record["object"]) for p in by_set[ks.name]]  # type: ignore[index]
                 task = link_task(b.tc, ks, objs)
-                rec = graph.lookup(b.store, task)
+                rec = actions.lookup(b.store, task)
                 if rec is None:
-                    ui.out(f"would link {ks.module} ({ks.name})  [{'; '.join(graph.explain(b.store, task))}]")
+                    ui.out(f"would link {ks.module} ({ks.name})  [{'; '.join(actions.explain(b.store, task))}]")
                 elif not b.installed_ok(ks, rec["module"]):
                     ui.out(f"would install {ks.module}.so into {b.out}")
         if not todo and not b.missing_sources:
@@ -259,10 +259,10 @@ def _run(b: Build, plans: list[ObjectPlan], explain: bool, dry_run: bool, jobs: 
     for ks in b.sets:
         objs = [(p.unit, p.record["object"]) for p in by_set[ks.name]]  # type: ignore[index]
         task = link_task(b.tc, ks, objs)
-        if explain and graph.lookup(b.store, task) is None:
-            ui.out(f"link {ks.module}  [{'; '.join(graph.explain(b.store, task))}]")
+        if explain and actions.lookup(b.store, task) is None:
+            ui.out(f"link {ks.module}  [{'; '.join(actions.explain(b.store, task))}]")
         try:
-            rec, ran = graph.run_task(b.store, task, lambda: link_module(b.store, b.tc, ks, task, objs))
+            rec, ran = actions.run_task(b.store, task, lambda: link_module(b.store, b.tc, ks, task, objs))
         except CompileError as exc:
             ui.error(str(exc))
             return False

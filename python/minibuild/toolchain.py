@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .config import ToolchainConfig
-from .graph import Input
+from .actions import Input
 from .store import Store
 
 

@@ -7,7 +7,7 @@ import pytest
 
 from build_helpers import ROOT  # noqa: F401  (puts python/ on sys.path)
 from minibuild.cache_cmd import collect_garbage, store_stats
-from minibuild.graph import Input, Task, explain, run_task
+from minibuild.actions import Input, Task, explain, run_task
 from minibuild.hashing import digest_bytes
 from minibuild.store import MissingBlob, Store, StoreError
 

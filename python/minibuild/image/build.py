@@ -17,7 +17,7 @@ from typing import Any
 import yaml
 
 from .. import ui
-from ..graph import Input, Task, explain, lookup, run_task
+from ..actions import Input, Task, explain, lookup, run_task
 from ..atomic import atomic_write_bytes
 from ..config import Config, ConfigError, SourcePin
 from ..store import Store

@@ -2,7 +2,7 @@
 
 Why this split: a layer's *key* must be cheap to compute (a no-op `invoke image` hashes lock files and
 checkout files through the stat cache, nothing more), while its *entries* may be expensive (downloads,
-pip install, reading gigabytes). A `Recipe` carries both: `inputs` (graph.Input, so `--explain` names
+pip install, reading gigabytes). A `Recipe` carries both: `inputs` (actions.Input, so `--explain` names
 the file or lock that changed) and `entries()`, called only when the key misses the action cache.
 """
 from __future__ import annotations
@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
 from ..config import Config, ImageProfile
-from ..graph import Input
+from ..actions import Input
 from ..hashing import StatCache
 from ..store import Store
 from . import debbase, wheels
