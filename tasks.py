@@ -141,15 +141,18 @@ _SERVED = ("served model name: names the deployment (Kubernetes objects, Slurm j
             "replicas": "model server replicas (default: 1)",
             "router": "put vllm-router in front: cache_aware | consistent_hash | power_of_two | round_robin | "
                       "random (default: none)",
-            "gateway": "put a gateway in front of the router / Service: litellm (default: none)"})
+            "gateway": "put a gateway in front of the router / Service: litellm (default: none)",
+            "autoscale": "Kubernetes: keda | hpa, scale on queued requests within cluster.autoscale's "
+                         "min/max (default: none, a fixed replica count)"})
 def rollout(c, tp=1, target="local", dry_run=False, delete=False, image="", model="", served_model_name="",
-            replicas=1, router="", gateway=""):
+            replicas=1, router="", gateway="", autoscale=""):
     """Deploy one model to a target (several live side by side), wait until it serves, diagnose failures."""
     from minibuild.cluster import rollout as do_rollout
 
     ok = do_rollout(_config(), target=target, tp=tp, dry_run=dry_run, delete=delete,
                     image=image or None, model=model or None, served_name=served_model_name or None,
-                    replicas=replicas, router=router or None, gateway=gateway or None)
+                    replicas=replicas, router=router or None, gateway=gateway or None,
+                    autoscale=autoscale or None)
     if not ok:
         raise SystemExit(1)
 
@@ -188,6 +191,26 @@ def verify(c, target="local", url="", served_model_name="", api_key=""):
     ok = do_verify(cfg, target=target, url=url or None, served_name=served_model_name or None,
                    api_key=api_key or cfg.cluster.api_key)
     if not ok:
+        raise SystemExit(1)
+
+
+@task(auto_shortflags=False, help={
+    "url": "server A's base URL, e.g. http://127.0.0.1:8000 (required)",
+    "url_b": "server B's base URL for an A/B comparison (default: none)",
+    "label_a": "name of A in tables and plots (default: A)", "label_b": "name of B (default: B)",
+    "concurrency": "comma-separated concurrency levels (default: 1,8,64)",
+    "input_len": "prompt tokens per request (default: 128)", "output_len": "output tokens per request (default: 128)",
+    "requests": "requests per level (default: 0 = 2 per concurrent slot, at least 8)",
+    "out": "output directory (default: build/bench)", "model": "model name in requests (default: first of /v1/models)",
+    "api_key": "API key (default: $MINI_VLLM_API_KEY)", "warmup": "warm-up requests per server (default: 2)",
+    "temperature": "sampling temperature (default: 0)", "timeout": "per-request timeout in seconds (default: 600)"})
+def bench(c, url="", url_b="", label_a="A", label_b="B", concurrency="1,8,64", input_len=128, output_len=128,
+          requests=0, out="build/bench", model="", api_key="", warmup=2, temperature=0.0, timeout=600.0):
+    """Streamed load over the OpenAI API at each concurrency (A, or A vs B): table + PNG plots in --out."""
+    from minibuild.bench import bench_command
+
+    if not bench_command(url, url_b, label_a, label_b, concurrency, input_len, output_len, requests, out, model,
+                         api_key or os.environ.get("MINI_VLLM_API_KEY"), warmup, temperature, timeout):
         raise SystemExit(1)
 
 

@@ -50,6 +50,7 @@ class KubeEmulator:
         self.ended: set[tuple[str, str]] = set()             # containers that stopped: `follow` streams end
         self.requests: list[dict[str, Any]] = []
         self.on_poll: Callable[["KubeEmulator"], None] | None = None
+        self.missing: set[str] = set()     # resource plurals this "cluster" does not serve (CRD not installed)
         self.lock = threading.RLock()
         self._version = 0
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
@@ -134,8 +135,10 @@ class KubeEmulator:
                     return self._send(200, {"major": "1", "minor": "33", "gitVersion": "v1.33.0-emulated"})
                 parts = url.path.strip("/").split("/")
                 base = 2 if parts[0] == "api" else 3
-                if len(parts) < base + 3 or parts[base] != "namespaces":
-                    return self._send(404, _status(404, "NotFound", f"the server could not find {url.path}"))
+                if len(parts) > base and parts[base] != "namespaces":   # cluster-scoped: .../PLURAL[/NAME]
+                    parts = parts[:base] + ["namespaces", ""] + parts[base:]
+                if len(parts) < base + 3 or parts[base + 2] in emu.missing:
+                    return self._send(404, _status(404, "NotFound", "the server could not find the requested resource"))
                 ns, plural = parts[base + 1], parts[base + 2]
                 name = parts[base + 3] if len(parts) > base + 3 else None
                 sub = parts[base + 4] if len(parts) > base + 4 else None

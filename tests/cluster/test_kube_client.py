@@ -76,11 +76,11 @@ def test_apply_then_wait_through_kueue_queue_to_ready(cfg, emu, capsys):
     err = capsys.readouterr().err
     assert "queued by Kueue" in err and "successfully rolled out" in err
     applies = [r for r in emu.requests if r["method"] == "PATCH"]
-    assert [r["path"].rsplit("/", 2)[-2] for r in applies] == ["services", "deployments"]
+    assert [r["path"].rsplit("/", 2)[-2] for r in applies] == ["services", "deployments", "podmonitors"]
     assert all(r["content_type"] == "application/apply-patch+yaml" and r["query"] == {"fieldManager": "mini-vllm", "force": "true"}
                for r in applies)
     live = emu.get("deployments", NS, NAME)
-    want = render_kubernetes(cfg, make_plan(cfg, "hyperpod", 2, image=IMAGE))[-1]
+    want = next(o for o in render_kubernetes(cfg, make_plan(cfg, "hyperpod", 2, image=IMAGE)) if o["kind"] == "Deployment")
     assert live["spec"] == want["spec"]
     assert live["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "hyperpod-ns-inference-localqueue"
     assert live["metadata"]["managedFields"][0]["manager"] == "mini-vllm"
@@ -152,10 +152,34 @@ def test_delete_removes_what_rollout_made_by_label(cfg, emu):
         "observedGeneration": 1, "replicas": 1, "updatedReplicas": 1, "availableReplicas": 1}})
     assert rollout(cfg, target="eks", tp=1, image=IMAGE)
     emu.put("services", {"metadata": {"name": "someone-else", "namespace": "default", "labels": {"app": "other"}}})
-    assert {k[0] for k in emu.objects} == {"deployments", "services", "persistentvolumeclaims"}
+    assert {k[0] for k in emu.objects} == {"deployments", "services", "persistentvolumeclaims", "podmonitors",
+                                           "nodepools", "ec2nodeclasses"}
     assert rollout(cfg, target="eks", tp=1, delete=True)
-    assert sorted(k[:1] + k[2:] for k in emu.objects) == [("persistentvolumeclaims", "mini-vllm-model-cache"),
+    # kept: the model cache, the shared GPU pool, and what is not ours
+    assert sorted(k[:1] + k[2:] for k in emu.objects) == [("ec2nodeclasses", "gpu-inference"), ("nodepools", "gpu-inference"),
+                                                          ("persistentvolumeclaims", "mini-vllm-model-cache"),
                                                           ("services", "someone-else")]
+
+
+def test_missing_monitoring_crd_warns_missing_autoscaler_crd_fails(cfg, emu, capsys):
+    def ready(e):
+        dep = e.get("deployments", NS, NAME)
+        e.put("deployments", {**dep, "status": {"observedGeneration": dep["metadata"]["generation"], "replicas": 1,
+                                                "updatedReplicas": 1, "availableReplicas": 1}})
+    emu.on_poll = ready
+    emu.missing = {"podmonitors", "scaledobjects"}
+    assert rollout(cfg, target="hyperpod", tp=1, image=IMAGE)          # serving matters; scraping is optional
+    err = capsys.readouterr().err
+    assert f"PodMonitor/{NAME} not applied" in err and "kube-prometheus-stack" in err
+    assert not rollout(cfg, target="hyperpod", tp=1, image=IMAGE, autoscale="keda")   # asked for: must not pass silently
+    err = capsys.readouterr().err
+    assert f"ScaledObject/{NAME}: the cluster does not serve keda.sh/v1alpha1" in err and "KEDA" in err
+    emu.missing = set()
+    assert rollout(cfg, target="hyperpod", tp=1, image=IMAGE, autoscale="keda")
+    assert emu.get("scaledobjects", NS, NAME)["spec"]["scaleTargetRef"]["name"] == NAME
+    assert "replicas" not in emu.get("deployments", NS, NAME)["spec"]
+    assert rollout(cfg, target="hyperpod", tp=1, delete=True)
+    assert not [k for k in emu.objects if k[0] in ("scaledobjects", "podmonitors", "deployments")]
 
 
 def test_wrong_token_is_a_clear_error(cfg, emu, tmp_path, monkeypatch, capsys):
@@ -236,3 +260,34 @@ def test_status_and_logs_read_the_live_objects(cfg, emu, capsys):
     assert "ready" in out.err and pod["metadata"]["name"] in out.out
     logs(cfg, target="hyperpod", tail=10)
     assert "ready in 812.4 s" in capsys.readouterr().out
+
+
+def test_status_of_a_deployment_scaled_past_the_kueue_quota_says_queued(cfg, emu, capsys, monkeypatch):
+    from minibuild.cluster import status
+
+    monkeypatch.setenv("COLUMNS", "200")   # the pod table unwrapped
+
+    ready = _pod("Running", "h1", conditions=[{"type": "Ready", "status": "True"}],
+                 containerStatuses=[{"name": "server", "ready": True, "restartCount": 0, "state": {"running": {}}}])
+    emu.on_poll = _controller([({"replicas": 1, "updatedReplicas": 1, "availableReplicas": 1}, [ready])])
+    assert rollout(cfg, target="hyperpod", tp=2, image=IMAGE, autoscale="keda")
+    # the autoscaler raised the count to 3; Kueue admits no more pods: two wait at the admission gate,
+    # and the progress deadline runs out while they wait
+    dep = emu.get("deployments", NS, NAME)
+    dep["spec"]["replicas"] = 3
+    dep["status"] = {"observedGeneration": dep["metadata"]["generation"], "replicas": 3, "updatedReplicas": 3,
+                     "availableReplicas": 1, "conditions": [{"type": "Progressing", "status": "False",
+                                                             "reason": "ProgressDeadlineExceeded"}]}
+    emu.put("deployments", dep)
+    for suffix in ("b", "c"):
+        gated = _pod("Pending", "h1", spec={"schedulingGates": [{"name": "kueue.x-k8s.io/admission"}]})
+        gated["metadata"]["name"] += suffix
+        gated["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] = "hyperpod-ns-inference-localqueue"
+        emu.put("pods", gated)
+    emu.on_poll = None
+    capsys.readouterr()
+    status(cfg, target="hyperpod")
+    out = capsys.readouterr()
+    assert "serving on 1 of 3 replicas; 2 pod(s) queued by Kueue (waiting for quota, not failed)" in out.err
+    assert "deadline" not in out.err and "failed" not in out.err.replace("not failed", "")
+    assert out.out.count("Pending (queued by Kueue)") == 2

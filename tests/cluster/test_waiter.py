@@ -31,9 +31,16 @@ def test_every_failure_kind_has_a_fixture() -> None:
 
 def test_deadline_names_what_held_it_up() -> None:
     case = yaml.safe_load((Path(__file__).parent / "fixtures/rollout/deadline.yaml").read_text())
+    stuck = yaml.safe_load((Path(__file__).parent / "fixtures/rollout/unschedulable.yaml").read_text())
+    v = assess(case["deployment"], [], stuck["pods"], stuck["events"])
+    assert v.state == "deadline" and v.done and "Insufficient nvidia.com/gpu" in v.message
+
+
+def test_waiting_for_kueue_quota_is_never_failed_even_past_the_deadline() -> None:
+    case = yaml.safe_load((Path(__file__).parent / "fixtures/rollout/deadline.yaml").read_text())
     gated = yaml.safe_load((Path(__file__).parent / "fixtures/rollout/queued_kueue.yaml").read_text())["pods"]
     v = assess(case["deployment"], [], gated, [])
-    assert v.state == "deadline" and v.done and "queued by Kueue" in v.message
+    assert v.state == "queued" and not v.failed and "queued by Kueue" in v.message and "not failed" in v.message
 
 
 def test_scaled_down_old_replicas_pending() -> None:

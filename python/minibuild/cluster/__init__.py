@@ -29,19 +29,31 @@ def _backend(target: str):
 def rollout(cfg: Config, target: str = "local", tp: int = 1, dry_run: bool = False,
             delete: bool = False, image: str | None = None, model: str | None = None,
             served_name: str | None = None, replicas: int = 1, router: str | None = None,
-            gateway: str | None = None) -> bool:
+            gateway: str | None = None, autoscale: str | None = None) -> bool:
     """Render, apply, wait until serving (or delete what a rollout made). False on failure, said why."""
     try:
         if delete:   # --delete needs no image: it selects by label / job name
-            return _backend(target).rollout(cfg, plan_for(cfg, target, served_name, model, tp), dry_run, True)
-        plan = make_plan(cfg, target, tp, image=image, model=model, served_name=served_name)
-        plan = with_stack(cfg, plan, replicas, router, gateway)
-        if target not in KUBE_TARGETS:
-            plan = dataclasses.replace(plan, port=_port(cfg, target, plan, dry_run))
-        return _backend(target).rollout(cfg, plan, dry_run, False)
+            ok = _backend(target).rollout(cfg, plan_for(cfg, target, served_name, model, tp), dry_run, True)
+        else:
+            plan = make_plan(cfg, target, tp, image=image, model=model, served_name=served_name, autoscale=autoscale)
+            plan = with_stack(cfg, plan, replicas, router, gateway)
+            if target not in KUBE_TARGETS:
+                plan = dataclasses.replace(plan, port=_port(cfg, target, plan, dry_run))
+            ok = _backend(target).rollout(cfg, plan, dry_run, False)
+        if target not in KUBE_TARGETS and not dry_run:
+            _scrape_config(cfg, target)
+        return ok
     except (RolloutError, ConfigError) as exc:
         ui.console().print(f"[red]rollout {target}:[/] {exc}")
         return False
+
+
+def _scrape_config(cfg: Config, target: str) -> None:
+    """Local / Slurm: rewrite the Prometheus scrape config for what runs now (docs/observability.md)."""
+    from minibuild.cluster.monitoring import write_scrape_config
+
+    path = write_scrape_config(cfg, target, _backend(target))
+    ui.console().print(f"Prometheus: prometheus --config.file={path}", highlight=False)
 
 
 def _port(cfg: Config, target: str, plan: Plan, dry_run: bool) -> int:

@@ -19,7 +19,7 @@ from minibuild import ui
 from minibuild.cluster.kube_api import ApiError, ClusterUnreachable, Kube
 from minibuild.cluster.render import render_kubernetes, to_yaml
 from minibuild.cluster.settings import MANAGED, Plan, RolloutError
-from minibuild.cluster.waiter import Verdict, assess, crashlooping
+from minibuild.cluster.waiter import Verdict, assess, crashlooping, kueue_gated
 from minibuild.config import Config
 
 LOG_LINES = 20
@@ -68,10 +68,17 @@ def show_dry_run(plan: Plan, objects: list[dict[str, Any]]) -> bool:
 
 
 def delete_all(kube: Kube, plan: Plan) -> bool:
-    """Delete the Deployment and Service by label (an EKS model-cache PVC is kept: it is the cache)."""
+    """Delete what the rollout made in its namespace by label: autoscaler, monitors, Deployment, Service.
+    Kept: an EKS model-cache PVC (it is the cache), the GPU NodePool and the adapter's ConfigMap (shared)."""
     gone = []
-    for kind in ("Deployment", "Service"):
-        for obj in kube.list(kind, plan.namespace, plan.selector):
+    for kind in ("ScaledObject", "HorizontalPodAutoscaler", "PodMonitor", "ServiceMonitor", "Deployment", "Service"):
+        try:
+            found = kube.list(kind, plan.namespace, plan.selector)
+        except ApiError as exc:
+            if exc.status == 404 and kind in PROVIDERS:   # that CRD is not installed: nothing of it to delete
+                continue
+            raise
+        for obj in found:
             kube.delete(kind, plan.namespace, obj["metadata"]["name"])
             gone.append(f"{kind}/{obj['metadata']['name']}")
     ui.console().print(f"deleted {', '.join(gone)}" if gone else f"nothing labelled {plan.selector} in {plan.namespace}")
@@ -114,6 +121,27 @@ def wait(kube: Kube, plan: Plan, timeout_s: float, poll_s: float) -> Verdict:
             time.sleep(poll_s)
 
 
+# custom resources: who serves them, and whether a rollout may go on without them
+PROVIDERS = {"PodMonitor": ("kube-prometheus-stack", True), "ServiceMonitor": ("kube-prometheus-stack", True),
+             "ScaledObject": ("KEDA", False), "NodePool": ("Karpenter", False), "EC2NodeClass": ("Karpenter", False)}
+
+
+def apply_one(kube: Kube, obj: dict[str, Any], manager: str) -> dict[str, Any] | None:
+    """Apply one object; a monitor whose CRD the cluster lacks is skipped with a warning (None)."""
+    try:
+        return kube.apply(obj, manager)
+    except ApiError as exc:
+        provider, optional = PROVIDERS.get(obj["kind"], (None, False))
+        if exc.status != 404 or provider is None:
+            raise
+        what = f"the cluster does not serve {obj['apiVersion']} {obj['kind']} (is {provider} installed?)"
+        if not optional:
+            raise RolloutError(f"{obj['kind']}/{obj['metadata']['name']}: {what}") from exc
+        ui.warn(f"{obj['kind']}/{obj['metadata']['name']} not applied: {what}; the pods still carry "
+                "prometheus.io/scrape annotations, or set cluster.monitoring.monitor: none")
+        return None
+
+
 def rollout(cfg: Config, plan: Plan, dry_run: bool, delete: bool) -> bool:
     objects = render_kubernetes(cfg, plan)
     if dry_run:
@@ -124,9 +152,12 @@ def rollout(cfg: Config, plan: Plan, dry_run: bool, delete: bool) -> bool:
             return delete_all(kube, plan)
         manager = cfg.cluster.field_manager
         for obj in objects:
-            out = kube.apply(obj, manager)
+            out = apply_one(kube, obj, manager)
+            if out is None:
+                continue
             gen = (out.get("metadata") or {}).get("generation", "-")
-            ui.console().print(f"applied {obj['kind']}/{obj['metadata']['name']} in {plan.namespace} (generation {gen})")
+            where = obj["metadata"].get("namespace") or "the cluster"
+            ui.console().print(f"applied {obj['kind']}/{obj['metadata']['name']} in {where} (generation {gen})")
         verdict = wait(kube, plan, float(plan.settings.get("wait_timeout_s") or cfg.cluster.wait_timeout_s),
                        float(plan.settings.get("poll_s", 5)))
     except (ClusterUnreachable, ApiError) as exc:
@@ -174,7 +205,8 @@ def _status_one(plan: Plan, verdict: Verdict, pods: list[dict[str, Any]]) -> Non
         table.add_column(col)
     for p in pods:
         cs = (p.get("status") or {}).get("containerStatuses") or [{}]
-        table.add_row(p["metadata"]["name"], (p.get("status") or {}).get("phase", "?"),
+        phase = (p.get("status") or {}).get("phase", "?") + (" (queued by Kueue)" if kueue_gated(p) else "")
+        table.add_row(p["metadata"]["name"], phase,
                       str(cs[0].get("ready", False)), str(cs[0].get("restartCount", 0)),
                       (p.get("spec") or {}).get("nodeName", "-"))
     Console().print(table)

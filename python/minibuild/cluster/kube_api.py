@@ -13,14 +13,22 @@ from collections.abc import Iterator
 from typing import Any
 from urllib.parse import urlencode
 
-KINDS: dict[str, tuple[str, str]] = {   # kind -> (API prefix, plural); all namespaced
+KINDS: dict[str, tuple[str, str]] = {   # kind -> (API prefix, plural)
     "Deployment": ("/apis/apps/v1", "deployments"),
     "ReplicaSet": ("/apis/apps/v1", "replicasets"),
     "Service": ("/api/v1", "services"),
     "PersistentVolumeClaim": ("/api/v1", "persistentvolumeclaims"),
     "Pod": ("/api/v1", "pods"),
     "Event": ("/api/v1", "events"),
+    "ConfigMap": ("/api/v1", "configmaps"),
+    "HorizontalPodAutoscaler": ("/apis/autoscaling/v2", "horizontalpodautoscalers"),
+    "PodMonitor": ("/apis/monitoring.coreos.com/v1", "podmonitors"),            # kube-prometheus-stack
+    "ServiceMonitor": ("/apis/monitoring.coreos.com/v1", "servicemonitors"),
+    "ScaledObject": ("/apis/keda.sh/v1alpha1", "scaledobjects"),                # KEDA
+    "NodePool": ("/apis/karpenter.sh/v1", "nodepools"),                         # Karpenter (cluster-scoped)
+    "EC2NodeClass": ("/apis/karpenter.k8s.aws/v1", "ec2nodeclasses"),
 }
+CLUSTER_SCOPED = {"NodePool", "EC2NodeClass"}
 
 
 class ClusterUnreachable(RuntimeError):
@@ -59,7 +67,7 @@ class Kube:
 
     def path(self, kind: str, namespace: str, name: str | None = None, sub: str | None = None) -> str:
         prefix, plural = KINDS[kind]
-        p = f"{prefix}/namespaces/{namespace}/{plural}"
+        p = f"{prefix}/{plural}" if kind in CLUSTER_SCOPED else f"{prefix}/namespaces/{namespace}/{plural}"
         return p + (f"/{name}" if name else "") + (f"/{sub}" if sub else "")
 
     def _call(self, method: str, path: str, query: dict[str, Any] | None, body: Any, content_type: str,
@@ -105,7 +113,7 @@ class Kube:
     def apply(self, obj: dict[str, Any], field_manager: str) -> dict[str, Any]:
         """Server-side apply: the server merges our fields, owned by `field_manager`, taking conflicts."""
         meta = obj["metadata"]
-        return self.request("PATCH", self.path(obj["kind"], meta["namespace"], meta["name"]),
+        return self.request("PATCH", self.path(obj["kind"], meta.get("namespace", ""), meta["name"]),
                             {"fieldManager": field_manager, "force": "true"}, obj,
                             content_type="application/apply-patch+yaml")
 

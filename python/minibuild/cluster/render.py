@@ -58,7 +58,8 @@ def merge(base: dict[str, Any], overlay: dict[str, Any]) -> dict[str, Any]:
 def server_args(plan: Plan, host: str = "0.0.0.0") -> list[str]:
     """The `mini-vllm serve` arguments every target runs."""
     return ["serve", plan.model_path, "--host", host, "--port", str(plan.port),
-            "--tensor-parallel-size", str(plan.tp), "--served-model-name", plan.served_name]
+            "--tensor-parallel-size", str(plan.tp), "--served-model-name", plan.served_name,
+            *[str(a) for a in plan.settings.get("server_args") or []]]   # cluster.targets.<target>.server_args
 
 
 def _env(cfg: Config, plan: Plan) -> list[dict[str, Any]]:
@@ -94,7 +95,8 @@ def _load(cfg: Config, rel: str) -> Any:
 
 
 def render_kubernetes(cfg: Config, plan: Plan) -> list[dict[str, Any]]:
-    """The objects for hyperpod / eks, in apply order (PVC, Service, Deployment)."""
+    """The objects for hyperpod / eks, in apply order ([NodePool, EC2NodeClass], PVC, Service, Deployment,
+    monitors, autoscaler)."""
     s = plan.settings
     labels = dict(plan.labels)
     service_labels = dict(plan.labels)
@@ -122,12 +124,15 @@ def render_kubernetes(cfg: Config, plan: Plan) -> list[dict[str, Any]]:
         **{k: int(v) for k, v in probes.items()},
     }
     deployment = merge(fill(_load(cfg, "k8s/deployment.yaml"), values), _load(cfg, f"k8s/{plan.target}.yaml") or {})
-    objects = []
+    from minibuild.cluster.addons import add_ons   # monitors, autoscaler, GPU NodePool (docs/observability.md)
+
+    before, after = add_ons(cfg, plan, deployment)
+    objects = list(before)
     if vol.get("create"):
         objects.append(fill(_load(cfg, "k8s/pvc.yaml"), values))
     objects.append(fill(_load(cfg, "k8s/service.yaml"), values))
     objects.append(deployment)
-    return objects
+    return objects + after
 
 
 def to_yaml(objects: list[dict[str, Any]]) -> str:

@@ -42,6 +42,7 @@ class Plan:
     router: str | None = None          # vllm-router policy in front of the replicas, or None
     gateway: str | None = None         # "litellm" in front of the router / Service, or None
     port_fixed: bool = False       # the port comes from cluster.models.<served>.port (not allocated)
+    autoscale: str | None = None   # Kubernetes: keda | hpa (cluster.autoscale), None = fixed replicas
 
     @property
     def slug(self) -> str:
@@ -154,7 +155,7 @@ def image_reference(cfg: Config, image: str | None) -> tuple[str, str]:
 
 
 def make_plan(cfg: Config, target: str, tp: int = 1, image: str | None = None,
-              model: str | None = None, served_name: str | None = None) -> Plan:
+              model: str | None = None, served_name: str | None = None, autoscale: str | None = None) -> Plan:
     """Everything a rollout of (target, model) needs, with config errors named. The name - and so the
     Kubernetes objects, the Slurm job, the local process - derives from the served model name."""
     if target not in TARGETS:
@@ -189,6 +190,9 @@ def make_plan(cfg: Config, target: str, tp: int = 1, image: str | None = None,
             if image:
                 raise
             source = str(exc)   # why there is no image (slurm_runtime reports it)
+    if autoscale and (target not in KUBE_TARGETS or autoscale not in ("keda", "hpa")):
+        raise RolloutError(f"--autoscale {autoscale}: choose keda or hpa, on a Kubernetes target (hyperpod, eks); "
+                           f"{target} runs a fixed set of servers")
     if target in KUBE_TARGETS and not settings.get("namespace"):
         raise ConfigError(f"build_config.yaml: missing key 'cluster.targets.{target}.namespace'")
     # Kubernetes: every pod has its own IP, so all models listen on cluster.port. Local / Slurm share
@@ -197,4 +201,4 @@ def make_plan(cfg: Config, target: str, tp: int = 1, image: str | None = None,
     port = int(overrides["port"]) if fixed else base_port(cfg)
     return Plan(target=target, tp=tp, name=object_name(cfg, served), namespace=settings.get("namespace"),
                 port=port, model_path=str(model_path), served_name=served, image=ref, image_source=source,
-                settings=settings, variant=dict(variants[tp]), port_fixed=fixed)
+                settings=settings, variant=dict(variants[tp]), port_fixed=fixed, autoscale=autoscale or None)

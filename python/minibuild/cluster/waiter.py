@@ -95,8 +95,7 @@ def diagnose_pod(pod: Obj, events: list[Obj], logs: list[str] | None = None) -> 
     """Why one pod is not ready, or None when nothing is wrong (yet)."""
     name = pod["metadata"]["name"]
     spec, status = pod.get("spec") or {}, pod.get("status") or {}
-    gates = [g.get("name") for g in spec.get("schedulingGates") or []]
-    if KUEUE_GATE in gates:
+    if kueue_gated(pod):
         queue = ((pod.get("metadata") or {}).get("labels") or {}).get("kueue.x-k8s.io/queue-name", "?")
         return Verdict("queued", f"pod {name} is queued by Kueue in {queue} (waiting for quota, not failed)", pod=name)
     for cs in (status.get("initContainerStatuses") or []) + (status.get("containerStatuses") or []):
@@ -123,17 +122,34 @@ def diagnose_pod(pod: Obj, events: list[Obj], logs: list[str] | None = None) -> 
     return None
 
 
+def kueue_gated(pod: Obj) -> bool:
+    return KUEUE_GATE in [g.get("name") for g in (pod.get("spec") or {}).get("schedulingGates") or []]
+
+
 def assess(dep: Obj, replicasets: list[Obj], pods: list[Obj], events: list[Obj],
            logs: dict[str, list[str]] | None = None) -> Verdict:
-    """The rollout's verdict: a pod problem explains a waiting rollout; the deadline and success are final."""
+    """The rollout's verdict: a pod problem explains a waiting rollout; the deadline and success are final.
+
+    Pods that wait for Kueue quota are queued, never failed - also past the progress deadline (a
+    scale-up beyond the quota, e.g. by the autoscaler, starts that clock too). When some replicas
+    serve and every missing one is only queued, the deployment serves: done, with the queue said."""
     progress = rollout_progress(dep)
     if progress.ok:
         return progress
-    for pod in current_pods(dep, replicasets, pods):
-        verdict = diagnose_pod(pod, events, (logs or {}).get(pod["metadata"]["name"]))
-        if verdict is not None:
-            if progress.state == "deadline":   # the deadline is final; say what held it up
-                return Verdict("deadline", f"{progress.message}; {verdict.message}", done=True,
-                               pod=verdict.pod, logs=verdict.logs)
-            return verdict
+    current = current_pods(dep, replicasets, pods)
+    verdicts = [v for v in (diagnose_pod(p, events, (logs or {}).get(p["metadata"]["name"])) for p in current) if v]
+    problems = [v for v in verdicts if v.state != "queued"]
+    queued = [v for v in verdicts if v.state == "queued"]
+    if queued and not problems:
+        available = int((dep.get("status") or {}).get("availableReplicas") or 0)
+        want = (dep.get("spec") or {}).get("replicas", 1)
+        if available >= 1:
+            return Verdict("queued", f"serving on {available} of {want} replicas; {len(queued)} pod(s) queued by Kueue "
+                           f"(waiting for quota, not failed): {queued[0].message}", done=True, ok=True, pod=queued[0].pod)
+        return queued[0]
+    for verdict in problems + queued:
+        if progress.state == "deadline":   # the deadline is final; say what held it up
+            return Verdict("deadline", f"{progress.message}; {verdict.message}", done=True,
+                           pod=verdict.pod, logs=verdict.logs)
+        return verdict
     return progress

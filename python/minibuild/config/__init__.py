@@ -16,10 +16,11 @@ Environment overrides (each replaces one setting):
   XDG_CACHE_HOME -> the store's default place when store.local is null
 """
 from .load import load_config, parse_config, read_document
-from .settings import (BaseImage, ClusterConfig, Config, ConfigError, GatewayConfig, ImageProfile, ImagesConfig,
-                       KernelSet, ModelConfig, RegistryConfig, RouterConfig, SecretRef, SourcePin, StackConfig,
-                       StoreConfig, ToolchainConfig, VerifyConfig, WheelSet)
+from .settings import (AutoscaleConfig, BaseImage, ClusterConfig, Config, ConfigError, GatewayConfig, ImageProfile,
+                       ImagesConfig, KernelSet, ModelConfig, MonitoringConfig, RegistryConfig, RouterConfig, SecretRef,
+                       SourcePin, StackConfig, StoreConfig, ToolchainConfig, VerifyConfig, WheelSet)
 
-__all__ = ["BaseImage", "ClusterConfig", "Config", "ConfigError", "GatewayConfig", "ImageProfile", "ImagesConfig",
-           "KernelSet", "ModelConfig", "RegistryConfig", "RouterConfig", "SecretRef", "SourcePin", "StackConfig",
-           "StoreConfig", "ToolchainConfig", "VerifyConfig", "WheelSet", "load_config", "parse_config", "read_document"]
+__all__ = ["AutoscaleConfig", "BaseImage", "ClusterConfig", "Config", "ConfigError", "GatewayConfig", "ImageProfile",
+           "ImagesConfig", "KernelSet", "ModelConfig", "MonitoringConfig", "RegistryConfig", "RouterConfig", "SecretRef",
+           "SourcePin", "StackConfig", "StoreConfig", "ToolchainConfig", "VerifyConfig", "WheelSet", "load_config",
+           "parse_config", "read_document"]

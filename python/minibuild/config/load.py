@@ -15,9 +15,9 @@ from typing import Any, Callable, TypeVar
 import yaml
 
 from ..archive import Limits
-from .settings import (BaseImage, ClusterConfig, Config, ConfigError, GatewayConfig, ImageProfile, ImagesConfig,
-                       KernelSet, ModelConfig, RegistryConfig, RouterConfig, SecretRef, SourcePin, StackConfig,
-                       StoreConfig, ToolchainConfig, VerifyConfig, WheelSet)
+from .settings import (AutoscaleConfig, BaseImage, ClusterConfig, Config, ConfigError, GatewayConfig, ImageProfile,
+                       ImagesConfig, KernelSet, ModelConfig, MonitoringConfig, RegistryConfig, RouterConfig, SecretRef,
+                       SourcePin, StackConfig, StoreConfig, ToolchainConfig, VerifyConfig, WheelSet)
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
 T = TypeVar("T")
@@ -191,6 +191,34 @@ def stack_config(d: _Doc, root: Path, env: Mapping[str, str]) -> StackConfig:
     return StackConfig(router=router, gateway=gateway, tools_dir=_path(root, tools) if tools else root / ".venv-tools")
 
 
+def monitoring_config(d: _Doc) -> MonitoringConfig:
+    monitor = d.get("monitor", str, "podmonitor").lower()
+    if monitor not in ("podmonitor", "servicemonitor", "none"):
+        raise ConfigError(f"build_config.yaml: '{d.key('monitor')}' is {monitor!r}: "
+                          "use podmonitor, servicemonitor or none")
+    labels = MappingProxyType({str(k): str(v) for k, v in d.section("labels").data.items()})
+    return MonitoringConfig(monitor=monitor, labels=labels,
+                            path=d.get("path", str, "/metrics"), scrape_interval=d.get("scrape_interval", str, "15s"),
+                            evaluation_interval=d.get("evaluation_interval", str, "15s"))
+
+
+def autoscale_config(d: _Doc) -> AutoscaleConfig:
+    a = d.section("adapter")
+    cfg = AutoscaleConfig(
+        metric=d.get("metric", str, "vllm:num_requests_waiting"), min_replicas=d.get("min_replicas", int, 1),
+        max_replicas=d.get("max_replicas", int, 4), waiting_per_replica=d.get("waiting_per_replica", float, 5.0),
+        prometheus_url=d.get("prometheus_url", str, "http://prometheus-operated.monitoring.svc:9090"),
+        polling_interval_s=d.get("polling_interval_s", int, 15), scale_up_period_s=d.get("scale_up_period_s", int, 300),
+        scale_down_window_s=d.get("scale_down_window_s", int, 900),
+        adapter_namespace=a.get("namespace", str, "monitoring"), adapter_name=a.get("name", str, "prometheus-adapter"))
+    if not 1 <= cfg.min_replicas <= cfg.max_replicas:
+        raise ConfigError(f"build_config.yaml: '{d.key('min_replicas')}' / '{d.key('max_replicas')}': need "
+                          f"1 <= min_replicas <= max_replicas (have {cfg.min_replicas}, {cfg.max_replicas})")
+    if cfg.waiting_per_replica <= 0:
+        raise ConfigError(f"build_config.yaml: '{d.key('waiting_per_replica')}' must be > 0")
+    return cfg
+
+
 def cluster_config(d: _Doc, root: Path, env: Mapping[str, str]) -> ClusterConfig:
     v = d.section("verify")
     verify = VerifyConfig(prompt=v.get("prompt", str), max_tokens=v.get("max_tokens", int),
@@ -214,7 +242,8 @@ def cluster_config(d: _Doc, root: Path, env: Mapping[str, str]) -> ClusterConfig
         variants=MappingProxyType(variants), env=MappingProxyType({str(k): str(x) for k, x in d.section("env").data.items()}),
         verify=verify, stack=stack_config(d.section("stack"), root, env),
         models=MappingProxyType({str(k): MappingProxyType(s.plain()) for k, s in d.section("models").items()}),
-        targets=MappingProxyType({k: MappingProxyType(s.plain()) for k, s in d.section("targets").items()}))
+        targets=MappingProxyType({k: MappingProxyType(s.plain()) for k, s in d.section("targets").items()}),
+        monitoring=monitoring_config(d.section("monitoring")), autoscale=autoscale_config(d.section("autoscale")))
 
 
 # ---- the file ---------------------------------------------------------------------------------------

@@ -173,6 +173,31 @@ class StackConfig:
 
 
 @dataclass(frozen=True)
+class MonitoringConfig:
+    """cluster.monitoring: how Prometheus finds the servers and the router (docs/observability.md)."""
+    monitor: str                     # Kubernetes: podmonitor | servicemonitor | none
+    labels: Mapping[str, str]        # on the monitors (what kube-prometheus-stack selects them by)
+    path: str                        # the servers' metrics path
+    scrape_interval: str             # Prometheus durations ("15s")
+    evaluation_interval: str
+
+
+@dataclass(frozen=True)
+class AutoscaleConfig:
+    """cluster.autoscale: `--autoscale keda|hpa` on the servers' queue (cluster/autoscale.py)."""
+    metric: str                      # vllm:num_requests_waiting
+    min_replicas: int
+    max_replicas: int
+    waiting_per_replica: float       # threshold: desired = ceil(total waiting / this)
+    prometheus_url: str              # where KEDA queries Prometheus
+    polling_interval_s: int
+    scale_up_period_s: int           # at most one replica added per this many seconds
+    scale_down_window_s: int         # HPA scale-down stabilization window
+    adapter_namespace: str           # hpa: prometheus-adapter's ConfigMap
+    adapter_name: str
+
+
+@dataclass(frozen=True)
 class ClusterConfig:
     name: str
     port: int                                  # MINI_VLLM_PORT applied
@@ -190,6 +215,8 @@ class ClusterConfig:
     stack: StackConfig
     models: Mapping[str, Mapping[str, Any]]    # per served model name: `port` and per-target overrides
     targets: Mapping[str, Mapping[str, Any]]   # per target: its own settings (documented in the YAML)
+    monitoring: MonitoringConfig
+    autoscale: AutoscaleConfig
 
 
 @dataclass(frozen=True)
