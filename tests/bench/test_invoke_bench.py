@@ -13,10 +13,12 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from mini_vllm.api.launcher import free_port, start_server
 from mini_vllm.model.tiny import write_tiny_checkpoint
 
 ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "tests"))
+from server_process import free_port, start_server  # noqa: E402 - the tests' server launcher
+
 INVOKE = Path(sys.executable).parent / "invoke"
 pytestmark = pytest.mark.slow
 

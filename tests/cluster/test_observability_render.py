@@ -15,7 +15,7 @@ from minibuild.cluster import autoscale, dashboard
 from minibuild.cluster.crd_schemas import file_name, run_validate, vendored
 from minibuild.cluster.render import render_kubernetes, to_yaml
 from minibuild.cluster.settings import RolloutError, make_plan
-from minibuild.config import load_config
+from minibuild.config import ConfigError, load_config, parse_config, read_document
 
 ROOT = Path(__file__).resolve().parents[2]
 IMAGE = "972488948509.dkr.ecr.eu-west-2.amazonaws.com/engineering/inference/mini-vllm-server@sha256:" + "ab" * 32
@@ -24,6 +24,14 @@ IMAGE = "972488948509.dkr.ecr.eu-west-2.amazonaws.com/engineering/inference/mini
 @pytest.fixture(scope="module")
 def cfg():
     return load_config(ROOT / "build_config.yaml")
+
+
+def _with(**sections):
+    """The checkout's config with cluster.<section> keys replaced: _with(monitoring={"monitor": "none"})."""
+    doc = read_document(ROOT / "build_config.yaml")
+    for name, values in sections.items():
+        doc["cluster"][name].update(values)
+    return parse_config(doc, ROOT)
 
 
 def _objs(cfg, target, tp=1, autoscale_mode=None):
@@ -50,15 +58,12 @@ def test_pod_monitor_and_scrape_annotations(cfg):
 
 
 def test_service_monitor_or_none(cfg):
-    c = copy.deepcopy(cfg)
-    c["cluster"]["monitoring"]["monitor"] = "servicemonitor"
-    objs = _objs(c, "eks")
+    objs = _objs(_with(monitoring={"monitor": "servicemonitor"}), "eks")
     sm, = _kind(objs, "ServiceMonitor")
     svc, = _kind(objs, "Service")
     assert sm["spec"]["selector"]["matchLabels"]["app"] == svc["metadata"]["labels"]["app"]
     assert sm["spec"]["endpoints"][0]["port"] == svc["spec"]["ports"][0]["name"]
-    c["cluster"]["monitoring"]["monitor"] = "none"
-    objs = _objs(c, "eks")
+    objs = _objs(_with(monitoring={"monitor": "none"}), "eks")
     assert not _kind(objs, "ServiceMonitor") and not _kind(objs, "PodMonitor")
     assert _kind(objs, "Deployment")[0]["spec"]["template"]["metadata"]["annotations"]["prometheus.io/scrape"] == "true"
 
@@ -67,20 +72,20 @@ def test_keda_scaled_object(cfg):
     objs = _objs(cfg, "hyperpod", 1, "keda")
     so, = _kind(objs, "ScaledObject")
     dep, = _kind(objs, "Deployment")
-    auto = cfg["cluster"]["autoscale"]
+    auto = cfg.cluster.autoscale
     assert "replicas" not in dep["spec"]                     # the autoscaler owns the count
     assert so["spec"]["scaleTargetRef"]["name"] == dep["metadata"]["name"]
-    assert (so["spec"]["minReplicaCount"], so["spec"]["maxReplicaCount"]) == (auto["min_replicas"], auto["max_replicas"])
+    assert (so["spec"]["minReplicaCount"], so["spec"]["maxReplicaCount"]) == (auto.min_replicas, auto.max_replicas)
     trig, = so["spec"]["triggers"]
     assert trig["type"] == "prometheus"
     name = dep["metadata"]["name"]
     assert trig["metadata"]["query"] == 'sum(vllm:num_requests_waiting{namespace="hyperpod-ns-inference",app="%s"})' % name
-    assert trig["metadata"]["threshold"] == str(auto["waiting_per_replica"])
+    assert trig["metadata"]["threshold"] == "5" and auto.waiting_per_replica == 5
     behavior = so["spec"]["advanced"]["horizontalPodAutoscalerConfig"]["behavior"]
-    assert behavior["scaleUp"]["policies"] == [{"type": "Pods", "value": 1, "periodSeconds": auto["scale_up_period_s"]}]
-    assert behavior["scaleDown"]["stabilizationWindowSeconds"] == auto["scale_down_window_s"] >= 300
+    assert behavior["scaleUp"]["policies"] == [{"type": "Pods", "value": 1, "periodSeconds": auto.scale_up_period_s}]
+    assert behavior["scaleDown"]["stabilizationWindowSeconds"] == auto.scale_down_window_s >= 300
     # a new replica may not be scaled away while it still loads: the initial cooldown covers the startup window
-    probes = cfg["cluster"]["probes"]
+    probes = cfg.cluster.probes
     assert so["spec"]["initialCooldownPeriod"] == probes["startup_period_s"] * probes["startup_failure_threshold"]
 
 
@@ -93,7 +98,7 @@ def test_hpa_and_adapter_rule(cfg):
     assert [r["name"]["as"] for r in rules] == [metric] == ["vllm_num_requests_waiting"]
     assert rules[0]["seriesQuery"].startswith("vllm:num_requests_waiting{")
     assert hpa["spec"]["metrics"][0]["pods"]["target"] == {"type": "AverageValue", "averageValue": "5"}
-    assert hpa["spec"]["behavior"]["scaleDown"]["stabilizationWindowSeconds"] == cfg["cluster"]["autoscale"]["scale_down_window_s"]
+    assert hpa["spec"]["behavior"]["scaleDown"]["stabilizationWindowSeconds"] == cfg.cluster.autoscale.scale_down_window_s
     assert (cm["metadata"]["namespace"], cm["metadata"]["name"]) == ("monitoring", "prometheus-adapter")
 
 
@@ -109,7 +114,7 @@ def test_karpenter_pool_matches_what_the_pod_selects(cfg):
     taint, = pool["spec"]["template"]["spec"]["taints"]
     assert any(t["key"] == taint["key"] and t["effect"] == taint["effect"] for t in pod["spec"]["tolerations"])
     req = {r["key"]: r["values"] for r in pool["spec"]["template"]["spec"]["requirements"]}
-    k = cfg["cluster"]["targets"]["eks"]["karpenter"]
+    k = cfg.cluster.targets["eks"]["karpenter"]
     assert req["karpenter.k8s.aws/instance-family"] == k["instance_families"]
     assert req["karpenter.sh/capacity-type"] == k["capacity_types"]
     assert pool["spec"]["disruption"] == {"consolidationPolicy": k["consolidation_policy"], "consolidateAfter": k["consolidate_after"]}
@@ -123,9 +128,7 @@ def test_every_rendered_object_passes_strict_validation_with_crd_schemas(cfg, tm
     for target in ("hyperpod", "eks"):
         for mode in (None, "keda", "hpa"):
             for monitor in ("podmonitor", "servicemonitor"):
-                c = copy.deepcopy(cfg)
-                c["cluster"]["monitoring"]["monitor"] = monitor
-                objs = _objs(c, target, 2, mode)
+                objs = _objs(_with(monitoring={"monitor": monitor}), target, 2, mode)
                 count += len(objs)
                 f = tmp_path / f"{target}-{mode}-{monitor}.yaml"
                 f.write_text(to_yaml(objs))
@@ -173,10 +176,10 @@ def test_autoscale_errors_are_one_clear_line(cfg):
         make_plan(cfg, "local", 1, autoscale="keda")
     with pytest.raises(RolloutError, match="choose keda or hpa"):
         make_plan(cfg, "eks", 1, image=IMAGE, autoscale="vpa")
-    c = copy.deepcopy(cfg)
-    c["cluster"]["autoscale"]["max_replicas"] = 0
-    with pytest.raises(autoscale.AutoscaleError, match="min_replicas <= max_replicas"):
-        _objs(c, "eks", 1, "keda")
+    with pytest.raises(ConfigError, match="min_replicas <= max_replicas"):
+        _with(autoscale={"max_replicas": 0})
+    with pytest.raises(ConfigError, match="cluster.monitoring.monitor"):
+        _with(monitoring={"monitor": "prometheus"})
 
 
 def test_desired_replicas_is_what_keda_and_the_hpa_compute():

@@ -5,7 +5,6 @@ falls back once the load ends. Scrape and evaluation intervals are 1 s.
 """
 from __future__ import annotations
 
-import copy
 import json
 import os
 import shutil
@@ -23,7 +22,7 @@ from minibuild.cluster.dashboard import JSON_PATH, expand, queries
 from minibuild.cluster.dashboard_png import render
 from minibuild.cluster.promql import finite, query, query_range, targets, wait_ready
 from minibuild.cluster.settings import make_plan
-from minibuild.config import load_config
+from minibuild.config import parse_config, read_document
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[2]
@@ -34,15 +33,14 @@ if not (Path(os.environ.get("MINI_VLLM_TOOLS_DIR") or TOOLS) / "vllm-router/bin/
 
 
 @pytest.fixture()
-def cfg(tmp_path, monkeypatch):
-    monkeypatch.setenv("MINI_VLLM_ROLLOUT_DIR", str(tmp_path / "rollout"))
-    monkeypatch.setenv("MINI_VLLM_PORT", str(free_port()))
-    c = copy.deepcopy(load_config(ROOT / "build_config.yaml"))
-    c["cluster"]["monitoring"].update(scrape_interval="1s", evaluation_interval="1s")
+def cfg(tmp_path):
+    doc = read_document(ROOT / "build_config.yaml")
+    doc["cluster"]["monitoring"].update(scrape_interval="1s", evaluation_interval="1s")
     # a small batch so that load queues requests: vllm:num_requests_waiting is the autoscaling signal
-    c["cluster"]["targets"]["local"]["server_args"] = ["--max-num-seqs", "4"]
-    c["cluster"]["targets"]["local"]["model_path"] = str(tiny_model(tmp_path / "tiny-gpt-oss"))
-    return c
+    doc["cluster"]["targets"]["local"].update(server_args=["--max-num-seqs", "4"],
+                                              model_path=str(tiny_model(tmp_path / "tiny-gpt-oss")))
+    return parse_config(doc, ROOT, {**os.environ, "MINI_VLLM_ROLLOUT_DIR": str(tmp_path / "rollout"),
+                                    "MINI_VLLM_PORT": str(free_port())})
 
 
 def start_prometheus(config: Path, data: Path) -> tuple[subprocess.Popen, str]:
@@ -85,9 +83,9 @@ def test_dashboard_queries_and_autoscaling_signal_on_live_prometheus(cfg, tmp_pa
         assert {lb["app"] for lb in by_job["mini-vllm"]} == {plan.name}          # one deployment, two replicas
         assert [lb["app"] for lb in by_job["vllm-router"]] == [f"{plan.name}-router"]
 
-        auto = cfg["cluster"]["autoscale"]
-        q = autoscale.query(auto["metric"], plan.name, None)      # what KEDA runs, with the local labels
-        threshold = float(auto["waiting_per_replica"])
+        auto = cfg.cluster.autoscale
+        q = autoscale.query(auto.metric, plan.name, None)      # what KEDA runs, with the local labels
+        threshold = auto.waiting_per_replica
         t0 = time.time()
         w = Workload(input_len=48, output_len=16, model=plan.served_name)
         peak: list[float] = []
