@@ -32,11 +32,11 @@ def pyplot() -> Any:
     return plt
 
 
-def save_with_data(fig: Any, png: Path, data: dict[str, Any]) -> Path:
+def save_with_data(fig: Any, png: Path, data: dict[str, Any], dpi: int = 110) -> Path:
     """Write fig to png, data to png.with_suffix('.json') and into the PNG's Description chunk."""
     text = json.dumps(data, indent=1, allow_nan=True)
     png.with_suffix(".json").write_text(text)
-    fig.savefig(png, dpi=110, metadata={"Description": text, "Software": "mini-vllm"})
+    fig.savefig(png, dpi=dpi, metadata={"Description": text, "Software": "mini-vllm"})
     pyplot().close(fig)
     return png
 

@@ -73,4 +73,4 @@ def render(prom: str, dashboard: dict[str, Any], start: float, end: float, png: 
                  + (f"\n{note}" if note else ""), fontsize=11)
     fig.tight_layout()
     return save_with_data(fig, png, {"title": dashboard["title"], "start": start, "end": end, "step": step,
-                                     "rate_interval": rate_interval, "panels": panels})
+                                     "rate_interval": rate_interval, "panels": panels}, dpi=80)
