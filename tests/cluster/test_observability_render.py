@@ -15,6 +15,7 @@ from minibuild.cluster import autoscale, dashboard
 from minibuild.cluster.crd_schemas import file_name, run_validate, vendored
 from minibuild.cluster.render import render_kubernetes, to_yaml
 from minibuild.cluster.settings import RolloutError, make_plan
+from minibuild.cluster.stack import with_stack
 from minibuild.config import ConfigError, load_config, parse_config, read_document
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -55,6 +56,14 @@ def test_pod_monitor_and_scrape_annotations(cfg):
     assert pm["metadata"]["namespace"] == dep["metadata"]["namespace"]
     assert objs.index(pm) > objs.index(dep)          # applied after what it watches
     assert dep["spec"]["replicas"] == 1              # no autoscaler: a fixed count
+
+
+def test_router_pods_get_their_own_monitor(cfg):
+    plan = with_stack(cfg, make_plan(cfg, "eks", 1, image=IMAGE), replicas=2, router="cache_aware")
+    monitors = _kind(render_kubernetes(cfg, plan), "PodMonitor")
+    assert [(m["metadata"]["name"], m["spec"]["podMetricsEndpoints"][0]["port"]) for m in monitors] == [
+        (plan.name, "http"), (f"{plan.name}-router", "metrics")]
+    assert monitors[1]["spec"]["selector"]["matchLabels"] == {"app": f"{plan.name}-router"}
 
 
 def test_service_monitor_or_none(cfg):
@@ -202,3 +211,14 @@ def test_committed_dashboard_is_generated_from_its_spec():
     assert any(t.startswith("Router requests/s") for t in titles)
     ids = [p["id"] for p in d["panels"]]
     assert len(ids) == len(set(ids))
+
+
+def test_file_sd_entries_name_replica_and_deployment():
+    from minibuild.cluster.monitoring import file_sd
+
+    parts = [{"name": "m-r1", "app": "m", "url": "http://10.0.0.5:8001"},
+             {"name": "m-router", "app": "m-router", "url": "http://10.0.0.6:29000/metrics"}]
+    sd = file_sd(parts, "slurm", "/metrics")
+    assert sd[0] == {"targets": ["10.0.0.5:8001"], "labels": {"app": "m", "instance": "m-r1@10.0.0.5:8001",
+                                                             "mini_vllm_target": "slurm", "__metrics_path__": "/metrics"}}
+    assert sd[1]["targets"] == ["10.0.0.6:29000"] and sd[1]["labels"]["__metrics_path__"] == "/metrics"

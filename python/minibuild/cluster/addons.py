@@ -12,13 +12,19 @@ from minibuild.cluster import autoscale, karpenter
 from minibuild.cluster.monitoring import Component, pod_annotations, render_monitors
 from minibuild.cluster.render import template_dir
 from minibuild.cluster.settings import Plan
+from minibuild.cluster.stack import router_name
 from minibuild.config import Config
 
 Objects = list[dict[str, Any]]
 
 
-def server_component(plan: Plan, path: str) -> Component:
-    return Component(name=plan.name, match_labels={"app": plan.name}, port_name="http", path=path)
+def components(plan: Plan, path: str) -> list[Component]:
+    """What Prometheus scrapes: the model pods, and the vllm-router pods (port `metrics`) when there is one."""
+    out = [Component(name=plan.name, match_labels={"app": plan.name}, port_name="http", path=path)]
+    if plan.router:
+        name = router_name(plan)
+        out.append(Component(name=name, match_labels={"app": name}, port_name="metrics", path="/metrics"))
+    return out
 
 
 def startup_window_s(cfg: Config) -> int:
@@ -33,7 +39,7 @@ def add_ons(cfg: Config, plan: Plan, deployment: dict[str, Any]) -> tuple[Object
     pod_meta["annotations"] = {**(pod_meta.get("annotations") or {}), **pod_annotations(plan.port, mon.path)}
     before = (karpenter.render(template_dir(cfg), plan, plan.settings.get("karpenter") or {})
               if plan.target == "eks" else [])
-    after = render_monitors(template_dir(cfg), plan, mon, [server_component(plan, mon.path)])
+    after = render_monitors(template_dir(cfg), plan, mon, components(plan, mon.path))
     if plan.autoscale:
         deployment["spec"].pop("replicas", None)   # the autoscaler owns it; applying a count would fight it
         after += autoscale.render(template_dir(cfg), plan, plan.autoscale, cfg.cluster.autoscale,

@@ -64,6 +64,8 @@ def scrape_targets(cfg: Config, target: str, backend: Any) -> tuple[list[dict[st
             state = backend.read_state(cfg, plan) or {}
             parts = [{"role": "replica", "name": plan.name, "url": state["url"]}] if state.get("url") else []
         for e in parts:
+            if not e.get("url"):          # not running (yet): nothing to scrape
+                continue
             if e["role"] == "replica":
                 servers.append({"name": e["name"], "app": plan.name, "url": e["url"]})
             elif e["role"] == "router" and e.get("metrics_url"):
