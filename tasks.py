@@ -214,6 +214,27 @@ def bench(c, url="", url_b="", label_a="A", label_b="B", concurrency="1,8,64", i
         raise SystemExit(1)
 
 
+@task(auto_shortflags=False,
+      help={"input": "OpenAI Batch input file: one {custom_id, method, url, body} a line (required)",
+            "output": "results file (JSONL), appended; a rerun skips the custom_ids already in it (required)",
+            "target": "local | slurm (default: local)",
+            "model": "model path (default: cluster.targets.<target>.model_path / the tiny model for local)",
+            "served_model_name": "the model name requests may give (default: the model path's last component)",
+            "tp": "tensor parallel size (default: 1)",
+            "image": "Slurm: server image REPO@sha256:... for a container runtime (default: build/images/server.json)",
+            "dry_run": "print the command / job script, run nothing (default: off)"})
+def batch(c, input="", output="", target="local", model="", served_model_name="", tp=1, image="", dry_run=False):
+    """Offline inference over an OpenAI Batch file through the engine, here or as a Slurm job; resumable."""
+    from minibuild.cluster.batch import batch as do_batch
+
+    if not input or not output:
+        print("invoke batch: --input FILE and --output FILE are both required", file=sys.stderr)
+        raise SystemExit(2)
+    if not do_batch(_config(), input, output, target=target, model=model or None,
+                    served_name=served_model_name or None, tp=tp, image=image or None, dry_run=dry_run):
+        raise SystemExit(1)
+
+
 # --- the two README commands -------------------------------------------------------------------------
 
 @task

@@ -1,4 +1,5 @@
-"""`mini-vllm serve MODEL [flags]`: the OpenAI-compatible server, with `vllm serve`'s flags.
+"""`mini-vllm serve MODEL [flags]`: the OpenAI-compatible server, with `vllm serve`'s flags;
+`mini-vllm batch MODEL --input IN.jsonl --output OUT.jsonl [flags]`: the same answers offline (batch/).
 
 MODEL is a local directory, a Hugging Face id or s3://bucket/prefix (or --model). Flags are vLLM's
 (entrypoints/flags.py lists them and what each does here), so deployment manifests written for vLLM
@@ -20,10 +21,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
     sp = sub.add_parser("serve", help="run the OpenAI-compatible server", description=__doc__.splitlines()[0],
                         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    bp = sub.add_parser("batch", help="offline inference over an OpenAI Batch file (JSONL in, JSONL out)",
+                        description="offline inference over an OpenAI Batch file with serve's engine and flags "
+                                    "(--host, --port and --api-key are not used)",
+                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     try:
         add_server_flags(sp)
+        add_server_flags(bp)
     except EnvError as e:
-        fail("mini-vllm serve", str(e))
+        fail("mini-vllm", str(e))
+    from mini_vllm.batch.run import add_batch_flags
+    add_batch_flags(bp)
     return parser.parse_args(argv)
 
 
@@ -32,6 +40,9 @@ def main(argv: list[str] | None = None) -> None:
     setup_logging(ns.log_level)
     if ns.command == "serve":
         serve(ns)
+    elif ns.command == "batch":
+        from mini_vllm.batch.run import batch
+        raise SystemExit(batch(ns))
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from minibuild.cluster.batch import batch_args
 from minibuild.cluster.crd_schemas import run_validate
 from minibuild.cluster.render import render_kubernetes, render_slurm, server_args, to_yaml
 from minibuild.cluster.settings import RolloutError, choose_port, make_plan, reserved_ports
@@ -229,3 +230,19 @@ def test_unknown_target_and_variant(cfg):
         make_plan(cfg, "gke", 1)
     with pytest.raises(RolloutError, match="no TP variant 3"):
         make_plan(cfg, "local", 3)
+
+
+def test_batch_job_script_mounts_its_files(cfg, tmp_path):
+    cfg = json.loads(json.dumps(cfg))
+    cfg["cluster"]["targets"]["slurm"]["runtime"] = "pyxis"
+    plan = make_plan(cfg, "slurm", 1, image=IMAGE)
+    src, dst = Path("/data/in/requests.jsonl"), Path("/data/out/results.jsonl")
+    text, runtime = job_script(cfg, plan, "batch", batch_args(plan, src, dst), tmp_path / "o-%j.out",
+                               [(plan.model_path, True), (str(src.parent), True), (str(dst.parent), False)],
+                               {"input": str(src), "results": str(dst)})
+    assert "#SBATCH --job-name=mini-vllm-gpt-oss-20b-batch\n" in text
+    assert "#SBATCH --comment=mini-vllm:batch:gpt-oss-20b\n" in text
+    assert "/data/in:/data/in:ro,/data/out:/data/out," in text      # input read-only, results writable
+    assert f"mini-vllm batch /opt/models/gpt-oss-20b --input {src} --output {dst}" in text
+    r = subprocess.run(["bash", "-n"], input=text, text=True, capture_output=True)
+    assert r.returncode == 0, r.stderr

@@ -64,3 +64,20 @@ def test_a_server_that_cannot_load_fails_fast_and_leaves_nothing(tmp_path):
     assert r.returncode == 1
     assert "rollout failed" in r.stdout and "last lines of" in r.stdout
     assert not (tmp_path / "rollout/local/mini-vllm-not-a-model.json").exists()
+
+
+def test_invoke_batch_locally_with_progress_and_resume(model, tmp_path):
+    env = {"MINI_VLLM_ROLLOUT_DIR": str(tmp_path / "rollout")}
+    src, dst = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    src.write_text("".join(json.dumps({"custom_id": f"r{i}", "method": "POST", "url": "/v1/completions",
+                                       "body": {"prompt": f"line {i}", "max_tokens": 4, "temperature": 0}}) + "\n"
+                           for i in range(5)) + "{oops\n")
+    r = invoke("batch", "--input", str(src), "--output", str(dst), "--model", str(model), env=env)
+    assert r.returncode == 0 and "batch done" in r.stdout and "6/6 done, 1 failed" in r.stdout, r.stdout
+    lines = [json.loads(x) for x in dst.read_text().splitlines()]
+    assert sorted(o["custom_id"] or "-" for o in lines) == ["-", "r0", "r1", "r2", "r3", "r4"]
+    again = invoke("batch", "--input", str(src), "--output", str(dst), "--model", str(model), env=env)
+    assert again.returncode == 0 and "6 from an earlier run" in again.stdout, again.stdout
+    assert dst.read_text().count("\n") == 6
+    missing = invoke("batch", "--input", str(tmp_path / "nope.jsonl"), "--output", str(dst), env=env)
+    assert missing.returncode == 1 and "no such file" in missing.stdout and "Traceback" not in missing.stdout

@@ -1,18 +1,20 @@
 """`invoke rollout --target slurm` on a real Slurm (munge + slurmctld + slurmd started here, one cluster for
 the module): two models served side by side as their own jobs on their own ports, both verified; a TP=8
 job beside them waits with reason Resources; `invoke logs -f` follows a job's output as the server
-writes it; deleting one model leaves the other serving; a server that cannot load fails the rollout.
+writes it; deleting one model leaves the other serving; a server that cannot load fails the rollout;
+a batch job cancelled mid-run resumes when rerun and its answers match the model served by a job.
 """
 from __future__ import annotations
 
 import json
 import os
 import subprocess
+import time
 
 import httpx
 import pytest
 
-from cluster_helpers import ROOT, follow_logs, free_port, invoke, tiny_model, wait_for_line
+from cluster_helpers import INVOKE, ROOT, follow_logs, free_port, invoke, tiny_model, wait_for_line
 from minibuild.cluster import rollout
 from minibuild.config import parse_config, read_document
 from slurm_cluster import SlurmCluster, missing_binaries
@@ -111,6 +113,57 @@ def test_two_models_side_by_side_follow_logs_delete_one(slurm, models, tmp_path,
             invoke("rollout", "--target", "slurm", "--delete", "--served-model-name", name, env=env)
     for name in ("gpt-oss-20b", "gpt-oss-120b", "wide"):
         assert _squeue(env, f"mini-vllm-{name}") == ""
+
+
+def _batch_input(path, n: int) -> list[dict]:
+    reqs = []
+    for i in range(n):
+        url, body = (("/v1/completions", {"prompt": f"Batch line {i} says"}) if i % 2 else
+                     ("/v1/chat/completions", {"messages": [{"role": "user", "content": f"Question {i}?"}]}))
+        reqs.append({"custom_id": f"r{i}", "method": "POST", "url": url,
+                     "body": {**body, "max_tokens": 24, "temperature": 0}})
+    path.write_text("".join(json.dumps(r) + "\n" for r in reqs) + '{"custom_id": "bad", "url": "/v1/x"}\n')
+    return reqs
+
+
+def test_batch_job_resumes_after_scancel_and_matches_the_server(slurm, models, tmp_path):
+    small, _ = models
+    env = _env(slurm, tmp_path)
+    src, dst = tmp_path / "requests.jsonl", tmp_path / "results" / "results.jsonl"
+    reqs = _batch_input(src, 60)
+    args = ("batch", "--target", "slurm", "--model", str(small), "--input", str(src), "--output", str(dst))
+    try:
+        job = subprocess.Popen([str(INVOKE), *args], cwd=ROOT, env={**os.environ, **env}, text=True,
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 300
+        while not (dst.exists() and dst.read_text().count("\n") >= 2) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        subprocess.run(["scancel", "--name", "mini-vllm-gpt-oss-20b-batch"], env=env, check=True)
+        out, _ = job.communicate(timeout=120)
+        assert job.returncode == 1 and "CANCELLED" in out and "rerun the same command to resume" in out, out
+        done_before = dst.read_text().count("\n")
+        assert 2 <= done_before < len(reqs) + 1, "the scancel should land mid-run"
+
+        again = invoke(*args, env=env, timeout=400)
+        assert again.returncode == 0 and "batch done" in again.stdout, again.stdout
+        assert f"{done_before} from an earlier run" in again.stdout
+        lines = [json.loads(x) for x in dst.read_text().splitlines()]
+        assert sorted(o["custom_id"] for o in lines) == sorted([r["custom_id"] for r in reqs] + ["bad"])
+        assert next(o for o in lines if o["custom_id"] == "bad")["error"]["code"] == "invalid_request"
+
+        # The same requests to the same model served by a Slurm job: the same answers (greedy).
+        r = invoke("rollout", "--target", "slurm", "--model", str(small), env=env, timeout=400)
+        assert r.returncode == 0, r.stdout
+        url = json.loads((tmp_path / "rollout/slurm/mini-vllm-gpt-oss-20b.json").read_text())["url"]
+        results = {o["custom_id"]: o["response"] for o in lines}
+        for req in reqs[:12]:
+            want = httpx.post(f"{url}{req['url']}", json=req["body"], timeout=120)
+            got = results[req["custom_id"]]
+            assert got["status_code"] == want.status_code == 200
+            assert got["body"]["choices"] == want.json()["choices"], req["custom_id"]
+    finally:
+        subprocess.run(["scancel", "--name", "mini-vllm-gpt-oss-20b-batch"], env=env)
+        invoke("rollout", "--target", "slurm", "--delete", "--served-model-name", "gpt-oss-20b", env=env)
 
 
 def test_a_job_whose_server_cannot_load_fails(slurm, tmp_path):

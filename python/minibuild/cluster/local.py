@@ -107,6 +107,12 @@ def ensure_model(cfg: Config, plan: Plan) -> None:
     write_tiny_checkpoint(tiny)
 
 
+def checkout_env(cfg: Config) -> dict[str, str]:
+    """The environment for a mini_vllm process of this checkout (its python/ first on PYTHONPATH)."""
+    return dict(os.environ, PYTHONPATH=os.pathsep.join(
+        p for p in (str(cfg.root / "python"), os.environ.get("PYTHONPATH")) if p))
+
+
 def stop(cfg: Config, plan: Plan, grace_s: float = 15.0) -> bool:
     """Stop the process group and forget the state; True if something was running."""
     state = read_state(cfg, plan)
@@ -150,8 +156,7 @@ def rollout(cfg: Config, plan: Plan, dry_run: bool, delete: bool) -> bool:
         return True
     ensure_model(cfg, plan)
     log = state_dir(cfg, "local") / f"{plan.name}.log"
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
-        p for p in (str(cfg.root / "python"), os.environ.get("PYTHONPATH")) if p))
+    env = checkout_env(cfg)
     with open(log, "ab") as out:
         proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                 env=env, start_new_session=True, cwd=cfg.root)
