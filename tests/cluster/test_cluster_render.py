@@ -233,8 +233,7 @@ def test_unknown_target_and_variant(cfg):
 
 
 def test_batch_job_script_mounts_its_files(cfg, tmp_path):
-    cfg = json.loads(json.dumps(cfg))
-    cfg["cluster"]["targets"]["slurm"]["runtime"] = "pyxis"
+    cfg = _edited(lambda d: d["cluster"]["targets"]["slurm"].update(runtime="pyxis"))
     plan = make_plan(cfg, "slurm", 1, image=IMAGE)
     src, dst = Path("/data/in/requests.jsonl"), Path("/data/out/results.jsonl")
     text, runtime = job_script(cfg, plan, "batch", batch_args(plan, src, dst), tmp_path / "o-%j.out",
