@@ -82,6 +82,10 @@ def test_two_models_side_by_side_follow_logs_delete_one(slurm, models, tmp_path,
         assert _models(url_small) == ["gpt-oss-20b"] and _models(url_big) == ["gpt-oss-120b"]
         st = invoke("status", "--target", "slurm", env=env)
         assert st.stdout.count("RUNNING") == 2 and "gpt-oss-120b" in st.stdout and "gpt-oss-20b" in st.stdout, st.stdout
+        # the Prometheus scrape targets follow the running jobs (docs/observability.md)
+        sd_file = tmp_path / "rollout/slurm/prometheus/servers.json"
+        assert sorted(e["targets"][0] for e in json.loads(sd_file.read_text())) == \
+            sorted(u.split("://")[1] for u in (url_small, url_big))
 
         # TP=8 beside them: 8 GPUs wanted, 5 free -> queued, not failed; rollout says so and leaves it queued.
         for k, v in env.items():
@@ -104,6 +108,7 @@ def test_two_models_side_by_side_follow_logs_delete_one(slurm, models, tmp_path,
         assert d.returncode == 0 and _squeue(env, "mini-vllm-gpt-oss-120b") == ""
         assert follower.wait(timeout=60) == 0           # its job left the queue: logs -f ends by itself
         assert _squeue(env, "mini-vllm-gpt-oss-20b") == "RUNNING None"
+        assert [e["labels"]["app"] for e in json.loads(sd_file.read_text())] == ["mini-vllm-gpt-oss-20b"]
         v = invoke("verify", "--target", "slurm", env=env)     # the only one left is found without a name
         assert v.returncode == 0 and "verify passed" in v.stdout, v.stdout
     finally:
