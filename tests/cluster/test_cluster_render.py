@@ -242,6 +242,9 @@ def test_batch_job_script_mounts_its_files(cfg, tmp_path):
     assert "#SBATCH --job-name=mini-vllm-gpt-oss-20b-batch\n" in text
     assert "#SBATCH --comment=mini-vllm:batch:gpt-oss-20b\n" in text
     assert "/data/in:/data/in:ro,/data/out:/data/out," in text      # input read-only, results writable
+    same, _ = job_script(cfg, plan, "batch", batch_args(plan, src, src.with_name("out.jsonl")), tmp_path / "o",
+                         [(plan.model_path, True), ("/data/in", True), ("/data/in", False)], {"input": "", "results": ""})
+    assert "--container-mounts=/data/in:/data/in,/opt" in same        # one mount, writable: no duplicate
     assert f"mini-vllm batch /opt/models/gpt-oss-20b --input {src} --output {dst}" in text
     r = subprocess.run(["bash", "-n"], input=text, text=True, capture_output=True)
     assert r.returncode == 0, r.stderr

@@ -141,6 +141,10 @@ def test_batch_job_resumes_after_scancel_and_matches_the_server(slurm, models, t
         job = subprocess.Popen([str(INVOKE), *args], cwd=ROOT, env={**os.environ, **env}, text=True,
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 300
+        while not _squeue(env, "mini-vllm-gpt-oss-20b-batch") and time.monotonic() < deadline:
+            time.sleep(0.1)
+        st = invoke("status", "--target", "slurm", env=env)          # batch jobs are listed too
+        assert "slurm batch jobs" in st.stdout and "mini-vllm-gpt-oss-20b-batch" in st.stdout, st.stdout
         while not (dst.exists() and dst.read_text().count("\n") >= 2) and time.monotonic() < deadline:
             time.sleep(0.1)
         subprocess.run(["scancel", "--name", "mini-vllm-gpt-oss-20b-batch"], env=env, check=True)

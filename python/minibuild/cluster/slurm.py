@@ -218,6 +218,14 @@ def status(cfg: Config, plan: Plan, only: bool = False) -> None:
     if not shown:
         table.add_row(plan.name if only else "-", "-", "-", "not deployed", *["-"] * 6)
     Console().print(table)
+    batches = [j for j in queued("batch") if not only or j.served == plan.served_name]
+    if batches:      # `invoke batch --target slurm` jobs in the queue
+        jobs = Table(title="slurm batch jobs")
+        for col in ("name", "model", "job", "state", "reason", "node"):
+            jobs.add_column(col)
+        for j in batches:
+            jobs.add_row(j.name, j.served, j.job_id, j.state, j.reason, j.node or "-")
+        Console().print(jobs)
 
 
 def logs(cfg: Config, plan: Plan, lines: int, follow: bool = False) -> None:

@@ -74,7 +74,8 @@ def launch(cfg: Config, runtime: Runtime, args: list[str], python: str,
            mounts: list[tuple[str, bool]], env_names: list[str]) -> str:
     """The command line that runs `mini-vllm ARGS` (mounts: (directory, read_only) for containers)."""
     image = runtime.image or ""
-    mounts = sorted(set(mounts))
+    writable = {d for d, ro in mounts if not ro}     # a directory mounted twice is writable if either is
+    mounts = sorted({(d, d not in writable) for d, _ in mounts})
     values = {
         "image": shlex.quote(image), "pyxis_image": shlex.quote(pyxis_uri(image)) if image else "",
         "args": " ".join(shlex.quote(a) for a in args), "python": shlex.quote(python),
