@@ -72,6 +72,13 @@ def test_ab_table_and_plots_show_both(servers, tmp_path):
     assert thr["seqs2"]["y"] == [rows[("seqs2", 1)]["output_tok_s"], rows[("seqs2", 4)]["output_tok_s"]]
 
 
+def test_server_errors_are_counted_with_their_text(servers):
+    from minibuild.bench.load import Workload, run_level
+
+    r = run_level(servers[0], Workload(input_len=8, output_len=4, model="no-such-model"), 2, 4)
+    assert r.errors == r.requests == 4 and r.first_error.startswith("HTTP 404") and "no-such-model" in r.first_error
+
+
 def test_bad_input_is_one_line(tmp_path):
     r = invoke("bench", "--concurrency", "1")
     assert r.returncode == 1 and "--url is required" in r.stdout and "Traceback" not in r.stdout

@@ -78,6 +78,16 @@ class LevelResult:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    def flat(self) -> dict[str, Any]:
+        """One-level keys as bench/device_http_load.py records them (ttft_ms_p50, itl_ms_p99, ...)."""
+        out: dict[str, Any] = {"concurrency": self.concurrency, "in": self.input_len, "out": self.output_len,
+                               "output_tok_s": self.output_tok_s, "wall_s": self.wall_s, "errors": self.errors,
+                               "tokens_per_event": self.tokens_per_event}
+        for name in ("ttft", "itl", "tpot", "e2e"):
+            for q in ("p50", "p99"):
+                out[f"{name}_ms_{q}"] = getattr(self, f"{name}_ms")[q]
+        return out
+
 
 def percentiles(xs: list[float], scale: float = 1e3) -> dict[str, float]:
     """p50/p90/p99 and mean (nearest rank), scaled (seconds -> ms by default); NaN when empty."""
