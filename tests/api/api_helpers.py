@@ -1,7 +1,7 @@
 """Constants and a /metrics reader shared by the API tests (a uniquely named module, not conftest)."""
 from __future__ import annotations
 
-import re
+from prometheus_client.parser import text_string_to_metric_families
 
 MODEL = "tiny-gpt-oss"
 MAX_MODEL_LEN = 512
@@ -11,15 +11,13 @@ FAULT_AFTER = 2
 
 
 def metric(text: str, name: str, **labels: str) -> float:
-    """Sum of the samples of `name` whose labels include `labels`."""
+    """Sum of the samples called `name` whose labels include `labels`, parsed by prometheus_client's own
+    exposition parser (so a malformed /metrics body fails here too)."""
     total, found = 0.0, False
-    for line in text.splitlines():
-        m = re.match(r"^([^{\s]+)(?:\{([^}]*)\})?\s+(\S+)$", line)
-        if not m or m.group(1) != name:
-            continue
-        have = dict(re.findall(r'(\w+)="([^"]*)"', m.group(2) or ""))
-        if all(have.get(k) == v for k, v in labels.items()):
-            total += float(m.group(3))
-            found = True
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
+                total += sample.value
+                found = True
     assert found, f"{name} {labels} not in /metrics"
     return total

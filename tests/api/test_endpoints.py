@@ -131,5 +131,22 @@ def test_metrics_names_and_counts(http, client):
     for name in ("vllm:num_requests_running", "vllm:num_requests_waiting", "vllm:kv_cache_usage_perc",
                  "vllm:prefix_cache_queries_total", "vllm:prefix_cache_hits_total", "vllm:num_preemptions_total"):
         metric(text, name)
+    # the older names the production stack reads carry the same numbers as today's
+    for old, new in (("vllm:gpu_cache_usage_perc", "vllm:kv_cache_usage_perc"),
+                     ("vllm:gpu_prefix_cache_queries_total", "vllm:prefix_cache_queries_total"),
+                     ("vllm:gpu_prefix_cache_hits_total", "vllm:prefix_cache_hits_total"),
+                     ("vllm:time_per_output_token_seconds_count", "vllm:inter_token_latency_seconds_count")):
+        assert metric(text, old) == metric(text, new), old
+    # every per-request histogram saw the finished request (3 generated tokens, prompt "Hello")
+    for name in ("e2e_request_latency", "request_queue_time", "request_prefill_time", "request_decode_time",
+                 "request_inference_time", "request_time_per_output_token"):
+        assert metric(text, f"vllm:{name}_seconds_count") >= 1, name
+    for name in ("request_prompt_tokens", "request_generation_tokens", "request_max_num_generation_tokens",
+                 "request_params_max_tokens", "request_params_n"):
+        assert metric(text, f"vllm:{name}_count") >= 1, name
+    assert metric(text, "vllm:request_generation_tokens_bucket", le="2.0") < metric(
+        text, "vllm:request_generation_tokens_bucket", le="5.0")               # the 3-token request
+    assert metric(text, "vllm:iteration_tokens_total_count") >= 3              # one prefill + decode steps
+    assert metric(text, "vllm:cache_config_info", block_size="16") == 1
     assert "# TYPE vllm:prompt_tokens_total counter" in text
     assert "# TYPE vllm:time_to_first_token_seconds histogram" in text

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from types import SimpleNamespace
 
 import pytest
 
@@ -43,8 +44,8 @@ def test_environment_knobs_are_flag_defaults_and_flags_win(monkeypatch):
         env_defaults()
 
 
-@dataclass
-class Stats:
+@dataclass(frozen=True)
+class _Stats:
     num_requests_running: int = 2
     num_requests_waiting: int = 1
     kv_cache_usage: float = 0.25
@@ -53,27 +54,53 @@ class Stats:
     num_preemptions: int = 0
     prompt_tokens_total: int = 100
     generation_tokens_total: int = 50
+    iteration_token_buckets: tuple = (1, 8, 16)
+    iteration_token_counts: tuple = (1, 2, 0, 0)
+    iteration_tokens_sum: int = 12
+
+
+def Stats() -> _Stats:  # noqa: N802 - the engine's stats() as the metrics read it
+    return _Stats()
 
 
 def test_metrics_text_format():
+    """Parsed back with prometheus_client's parser: names, types, labels (escaped), buckets."""
+    from prometheus_client.parser import text_string_to_metric_families
+
     m = ServerMetrics('m"x')
+    m.bind(SimpleNamespace(stats=Stats, model_config=SimpleNamespace(max_model_len=1000, block_size=16,
+                                                                    num_kv_blocks=64)))
     m.observe_first_token(0.03)
     m.observe_inter_token(0.2, tokens=4)
-    m.observe_finished("stop", 1.2)
-    text = m.render(Stats())
-    labels = 'model_name="m\\"x",engine="0"'
-    assert f"vllm:num_requests_running{{{labels}}} 2.0" in text
-    assert f"vllm:kv_cache_usage_perc{{{labels}}} 0.25" in text
-    assert f"vllm:prefix_cache_hits_total{{{labels}}} 4.0" in text
-    assert f'vllm:request_success_total{{{labels},finished_reason="stop"}} 1.0' in text
-    assert f'vllm:time_to_first_token_seconds_bucket{{{labels},le="0.02"}} 0' in text
-    assert f'vllm:time_to_first_token_seconds_bucket{{{labels},le="0.04"}} 1' in text
-    assert f'vllm:inter_token_latency_seconds_bucket{{{labels},le="0.05"}} 4' in text
-    assert f"vllm:inter_token_latency_seconds_count{{{labels}}} 4" in text
-    assert f'vllm:e2e_request_latency_seconds_bucket{{{labels},le="+Inf"}} 1' in text
-    assert "# TYPE vllm:generation_tokens_total counter" in text
-    # while loading there are no stats: zeros, not an error
-    assert f"vllm:num_requests_waiting{{{labels}}} 0.0" in ServerMetrics('m"x').render(None)
+    out = SimpleNamespace(prompt_token_ids=[1] * 7, outputs=[SimpleNamespace(token_ids=[5] * 3)],
+                          metrics={"arrival": 10.0, "scheduled": 10.5, "first_token": 11.0, "finished": 12.0})
+    m.observe_finished("stop", 1.2, out, max_tokens=16, n=1)
+    fams = {f.name: f for f in text_string_to_metric_families(m.render().decode())}
+    samples = {(s.name, tuple(sorted(s.labels.items()))): s.value for f in fams.values() for s in f.samples}
+    lab = (("engine", "0"), ("model_name", 'm"x'))
+
+    def at(name: str, **extra: str) -> float:
+        return samples[(name, tuple(sorted(dict(lab, **extra).items())))]
+    assert fams["vllm:num_requests_running"].type == "gauge" and samples[("vllm:num_requests_running", lab)] == 2
+    assert samples[("vllm:kv_cache_usage_perc", lab)] == samples[("vllm:gpu_cache_usage_perc", lab)] == 0.25
+    assert fams["vllm:prefix_cache_hits"].type == "counter" and samples[("vllm:prefix_cache_hits_total", lab)] == 4
+    assert samples[("vllm:gpu_prefix_cache_hits_total", lab)] == 4
+    assert at("vllm:request_success_total", finished_reason="stop") == 1
+    assert at("vllm:time_to_first_token_seconds_bucket", le="0.02") == 0
+    assert at("vllm:time_to_first_token_seconds_bucket", le="0.04") == 1
+    assert at("vllm:inter_token_latency_seconds_bucket", le="0.05") == 4
+    assert samples[("vllm:time_per_output_token_seconds_count", lab)] == 4
+    assert samples[("vllm:request_queue_time_seconds_sum", lab)] == 0.5
+    assert samples[("vllm:request_prefill_time_seconds_sum", lab)] == 0.5
+    assert samples[("vllm:request_decode_time_seconds_sum", lab)] == 1.0
+    assert samples[("vllm:request_time_per_output_token_seconds_sum", lab)] == 0.5    # 1 s over 2 gaps
+    assert at("vllm:request_prompt_tokens_bucket", le="10.0") == 1
+    assert at("vllm:request_prompt_tokens_bucket", le="5.0") == 0
+    assert not any(n == "vllm:request_prompt_tokens_bucket" and dict(k).get("le") == "2000.0" for n, k in samples)
+    assert samples[("vllm:iteration_tokens_total_count", lab)] == 3 and fams["vllm:iteration_tokens_total"].type == "histogram"
+    assert not any(name.endswith("_created") for name, _ in samples)
+    # before a model is bound there are no stats: zeros, not an error
+    assert b'vllm:num_requests_waiting{engine="0",model_name="m\\"x"} 0.0' in ServerMetrics('m"x').render()
 
 
 def test_sse_event_survives_unicode_line_breakers():

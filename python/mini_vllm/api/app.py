@@ -17,7 +17,7 @@ from contextlib import asynccontextmanager
 from typing import Any, Callable
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, PlainTextResponse
+from fastapi.responses import JSONResponse, Response
 
 from mini_vllm import __version__
 from mini_vllm.api import sse
@@ -26,6 +26,7 @@ from mini_vllm.api.completions import create_completion
 from mini_vllm.api.engine_client import EngineClient
 from mini_vllm.api.errors import APIError, error_body, install_error_handlers
 from mini_vllm.api.limits import DEFAULT_MAX_REQUEST_BYTES, BodyLimitMiddleware
+from mini_vllm.api.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from mini_vllm.api.schemas import ChatCompletionRequest, CompletionRequest
 from mini_vllm.api.state import ServerState
 
@@ -74,6 +75,7 @@ def load_model(state: ServerState, load: Callable[[], EngineClient]) -> None:
         gc.collect()
         gc.freeze()
     state.engine = engine
+    state.metrics.bind(engine)
     log.info("model %s ready in %.1f s (max_model_len %s)", state.model_name, state.load_seconds,
              getattr(engine.model_config, "max_model_len", "?"))
 
@@ -115,9 +117,8 @@ def build_app(state: ServerState, max_request_bytes: int = DEFAULT_MAX_REQUEST_B
         return {"object": "list", "data": cards}
 
     @app.get("/metrics")
-    async def metrics() -> PlainTextResponse:
-        stats = state.engine.stats() if state.engine is not None else None
-        return PlainTextResponse(state.metrics.render(stats), media_type="text/plain; version=0.0.4")
+    async def metrics() -> Response:
+        return Response(state.metrics.render(), media_type=METRICS_CONTENT_TYPE)
 
     @app.post("/v1/completions")
     async def completions(req: CompletionRequest, raw: Request):

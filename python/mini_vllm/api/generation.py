@@ -77,7 +77,7 @@ async def _run(engine: EngineClient, metrics: ServerMetrics, request_id: str, pr
             if out.finished:
                 finished = True
                 reason = (out.outputs[0].finish_reason or "stop") if out.outputs else "stop"
-                metrics.observe_finished(reason, now - start)
+                metrics.observe_finished(reason, now - start, out, params.max_tokens, params.n)
             yield out
     except ValueError as e:
         if last is not None:
@@ -93,7 +93,7 @@ async def _run(engine: EngineClient, metrics: ServerMetrics, request_id: str, pr
     finally:
         if not finished and not refused:
             engine.abort(request_id)
-            metrics.observe_finished("abort", time.monotonic() - start)
+            metrics.observe_finished("abort", time.monotonic() - start, None, params.max_tokens, params.n)
 
 
 async def start_request(engine: EngineClient, metrics: ServerMetrics, request_id: str, prompt_ids: list[int],

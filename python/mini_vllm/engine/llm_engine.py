@@ -21,7 +21,7 @@ from mini_vllm.engine.outputs import RequestOutput, TokenLogprob
 from mini_vllm.engine.sampler import Sampler
 from mini_vllm.engine.scheduler import Scheduler
 from mini_vllm.engine.sequence import Request, Sequence, Status
-from mini_vllm.engine.stats import EngineStats, ModelInfo
+from mini_vllm.engine.stats import EngineStats, ModelInfo, StepTokens
 from mini_vllm.engine_args import EngineArgs
 from mini_vllm.model.config import GptOssConfig
 from mini_vllm.model.tokenizer import Tokenizer
@@ -50,6 +50,7 @@ class LLMEngine:
         self._seq_ids = itertools.count()
         self.prompt_tokens_total = 0
         self.generation_tokens_total = 0
+        self.step_tokens = StepTokens(args.max_num_batched_tokens)
         # tests: raise to fail one sequence (engine/faults.py)
         self.fault_hook: Callable[[Sequence], None] | None = fault_hook(args.test_fault_prompt) \
             if args.test_fault_prompt else None
@@ -108,6 +109,7 @@ class LLMEngine:
         if not batch.seqs:
             return []
         inputs = build_step_inputs(batch, self.args.block_size, self.blocks.tables)
+        self.step_tokens.observe(len(inputs.input_ids))
         touched: dict[str, Request] = {}
         try:
             logits = self.runner.execute(inputs)
@@ -222,4 +224,6 @@ class LLMEngine:
             num_requests_running=len(running), num_requests_waiting=len(waiting),
             kv_cache_usage=self.blocks.usage(), prefix_cache_queries=self.blocks.queries,
             prefix_cache_hits=self.blocks.hits, num_preemptions=self.scheduler.num_preemptions,
-            prompt_tokens_total=self.prompt_tokens_total, generation_tokens_total=self.generation_tokens_total)
+            prompt_tokens_total=self.prompt_tokens_total, generation_tokens_total=self.generation_tokens_total,
+            iteration_token_buckets=self.step_tokens.buckets, iteration_token_counts=tuple(self.step_tokens.counts),
+            iteration_tokens_sum=self.step_tokens.sum)

@@ -94,6 +94,8 @@ def request_output(req: Request) -> RequestOutput:
     if finished and req.finished_at is None:
         req.finished_at = time.monotonic()
     metrics = {"arrival": req.arrival}
+    if req.scheduled is not None:
+        metrics["scheduled"] = req.scheduled
     if req.first_token is not None:
         metrics["first_token"] = req.first_token
     if req.finished_at is not None:

@@ -42,4 +42,4 @@ class RequestOutput:
     outputs: list[CompletionOutput]
     finished: bool = False
     num_cached_tokens: int = 0       # prompt tokens served from the prefix cache
-    metrics: dict[str, float] = field(default_factory=dict)  # arrival, first_token, finished (monotonic s)
+    metrics: dict[str, float] = field(default_factory=dict)  # arrival, scheduled, first_token, finished (monotonic s)

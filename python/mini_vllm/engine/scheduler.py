@@ -10,6 +10,7 @@ The step's batch lists (sequence, number of new tokens); decodes (1 token) come 
 """
 from __future__ import annotations
 
+import time
 from collections import deque
 from dataclasses import dataclass
 
@@ -77,6 +78,8 @@ class Scheduler:
             if not self.blocks.allocate(seq):
                 break
             self.waiting.popleft()
+            if seq.req.scheduled is None:
+                seq.req.scheduled = time.monotonic()
             seq.status = Status.RUNNING
             self.running.append(seq)
             n = min(seq.num_uncomputed, budget)

@@ -30,6 +30,7 @@ class Request:
     params: SamplingParams
     seqs: list["Sequence"] = field(default_factory=list)
     arrival: float = field(default_factory=time.monotonic)
+    scheduled: float | None = None           # first admitted to a batch (queue time = scheduled - arrival)
     first_token: float | None = None
     finished_at: float | None = None
     num_cached_tokens: int = 0

@@ -4,6 +4,7 @@ Plain dataclasses so the API layer can read them without knowing the engine's in
 """
 from __future__ import annotations
 
+import bisect
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,6 +23,32 @@ class EngineStats:
     num_preemptions: int = 0
     prompt_tokens_total: int = 0
     generation_tokens_total: int = 0
+    # tokens per engine step (vllm:iteration_tokens_total): bucket bounds, counts per bucket (+Inf last), sum
+    iteration_token_buckets: tuple[int, ...] = ()
+    iteration_token_counts: tuple[int, ...] = ()
+    iteration_tokens_sum: int = 0
+
+
+def step_token_buckets(max_num_batched_tokens: int) -> tuple[int, ...]:
+    """1, 8, 16, 32, ... up to the step budget (vLLM buckets by its CUDA-graph sizes and the budget)."""
+    out, b = [1], 8
+    while b < max_num_batched_tokens:
+        out.append(b)
+        b *= 2
+    return tuple(out + [max_num_batched_tokens])
+
+
+class StepTokens:
+    """Counts engine steps by how many tokens they ran (one bisect per step)."""
+
+    def __init__(self, max_num_batched_tokens: int) -> None:
+        self.buckets = step_token_buckets(max_num_batched_tokens)
+        self.counts = [0] * (len(self.buckets) + 1)
+        self.sum = 0
+
+    def observe(self, tokens: int) -> None:
+        self.counts[bisect.bisect_left(self.buckets, tokens)] += 1
+        self.sum += tokens
 
 
 @dataclass

@@ -1,0 +1,94 @@
+"""Start a real Prometheus (Debian's `prometheus` binary) on 127.0.0.1 that scrapes given targets; query it.
+
+A test helper shared by tests that check /metrics the way production reads it (the server's metric
+names through PromQL). Prometheus keeps its data in a temporary directory and is stopped on exit.
+"""
+from __future__ import annotations
+
+import shutil
+import subprocess
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+import httpx
+import yaml
+
+from server_process import free_port
+
+
+@dataclass
+class Prometheus:
+    url: str
+    proc: subprocess.Popen
+    log_path: Path
+
+    def query(self, promql: str) -> list[dict[str, Any]]:
+        r = httpx.get(self.url + "/api/v1/query", params={"query": promql}, timeout=10)
+        body = r.json()
+        if body.get("status") != "success":
+            raise AssertionError(f"query {promql!r} failed: {body}")
+        return body["data"]["result"]
+
+    def value(self, promql: str) -> float | None:
+        """The single result's value (None when the query returns nothing)."""
+        res = self.query(promql)
+        return float(res[0]["value"][1]) if res else None
+
+    def wait_for(self, promql: str, timeout: float = 30.0) -> list[dict[str, Any]]:
+        """Poll until `promql` returns a non-empty result (after the next scrapes land)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"prometheus exited: {self.log_path.read_text()[-2000:]}")
+            res = self.query(promql)
+            if res:
+                return res
+            time.sleep(0.25)
+        raise TimeoutError(f"{promql!r} still empty after {timeout} s; log: {self.log_path.read_text()[-2000:]}")
+
+
+@contextmanager
+def prometheus(targets: list[str], work: Path, job: str = "mini-vllm", bearer_token: str | None = None,
+               interval_s: float = 1.0) -> Iterator[Prometheus]:
+    """Prometheus scraping `targets` ("127.0.0.1:PORT") every `interval_s`; yields once it answers."""
+    binary = shutil.which("prometheus")
+    if binary is None:
+        raise RuntimeError("the `prometheus` binary is missing: ./dev installs the Debian package")
+    work.mkdir(parents=True, exist_ok=True)
+    every = f"{int(interval_s * 1000)}ms"
+    job_cfg: dict[str, Any] = {"job_name": job, "static_configs": [{"targets": list(targets)}]}
+    if bearer_token:
+        job_cfg["authorization"] = {"credentials": bearer_token}
+    (work / "prometheus.yml").write_text(yaml.safe_dump(
+        {"global": {"scrape_interval": every, "evaluation_interval": every}, "scrape_configs": [job_cfg]}))
+    port = free_port()
+    log_path = work / "prometheus.log"
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen([binary, f"--config.file={work / 'prometheus.yml'}",
+                                 f"--storage.tsdb.path={work / 'data'}", f"--web.listen-address=127.0.0.1:{port}"],
+                                stdout=log, stderr=subprocess.STDOUT)
+    prom = Prometheus(f"http://127.0.0.1:{port}", proc, log_path)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"prometheus exited: {log_path.read_text()[-2000:]}")
+            try:
+                if httpx.get(prom.url + "/-/ready", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"prometheus not ready: {log_path.read_text()[-2000:]}")
+            time.sleep(0.1)
+        yield prom
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
