@@ -1,7 +1,8 @@
 """Start a real Prometheus (Debian's `prometheus` binary) on 127.0.0.1 that scrapes given targets; query it.
 
-A test helper shared by tests that check /metrics the way production reads it (the server's metric
-names through PromQL). Prometheus keeps its data in a temporary directory and is stopped on exit.
+A test helper for tests that check /metrics the way production reads it (the server's metric names
+through PromQL); queries go through minibuild.cluster.promql (the dashboards' client). Prometheus keeps its
+data in a temporary directory and is stopped on exit.
 """
 from __future__ import annotations
 
@@ -13,8 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
-import httpx
 import yaml
+from minibuild.cluster import promql
 
 from server_process import free_port
 
@@ -25,29 +26,25 @@ class Prometheus:
     proc: subprocess.Popen
     log_path: Path
 
-    def query(self, promql: str) -> list[dict[str, Any]]:
-        r = httpx.get(self.url + "/api/v1/query", params={"query": promql}, timeout=10)
-        body = r.json()
-        if body.get("status") != "success":
-            raise AssertionError(f"query {promql!r} failed: {body}")
-        return body["data"]["result"]
+    def query(self, expr: str) -> list[tuple[dict[str, str], float]]:
+        return promql.query(self.url, expr)
 
-    def value(self, promql: str) -> float | None:
+    def value(self, expr: str) -> float | None:
         """The single result's value (None when the query returns nothing)."""
-        res = self.query(promql)
-        return float(res[0]["value"][1]) if res else None
+        res = self.query(expr)
+        return res[0][1] if res else None
 
-    def wait_for(self, promql: str, timeout: float = 30.0) -> list[dict[str, Any]]:
-        """Poll until `promql` returns a non-empty result (after the next scrapes land)."""
+    def wait_for(self, expr: str, timeout: float = 30.0) -> list[tuple[dict[str, str], float]]:
+        """Poll until `expr` returns a non-empty result (after the next scrapes land)."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"prometheus exited: {self.log_path.read_text()[-2000:]}")
-            res = self.query(promql)
+            res = self.query(expr)
             if res:
                 return res
             time.sleep(0.25)
-        raise TimeoutError(f"{promql!r} still empty after {timeout} s; log: {self.log_path.read_text()[-2000:]}")
+        raise TimeoutError(f"{expr!r} still empty after {timeout} s; log: {self.log_path.read_text()[-2000:]}")
 
 
 @contextmanager
@@ -72,18 +69,7 @@ def prometheus(targets: list[str], work: Path, job: str = "mini-vllm", bearer_to
                                 stdout=log, stderr=subprocess.STDOUT)
     prom = Prometheus(f"http://127.0.0.1:{port}", proc, log_path)
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"prometheus exited: {log_path.read_text()[-2000:]}")
-            try:
-                if httpx.get(prom.url + "/-/ready", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"prometheus not ready: {log_path.read_text()[-2000:]}")
-            time.sleep(0.1)
+        promql.wait_ready(prom.url, 30)
         yield prom
     finally:
         proc.terminate()

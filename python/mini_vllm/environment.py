@@ -76,6 +76,7 @@ KNOBS: tuple[Knob, ...] = (
     Knob("MINI_VLLM_TEST_FAULT_PROMPT", "test_fault_prompt", _text),
 )
 API_KEY_VARS = ("MINI_VLLM_API_KEY", "VLLM_API_KEY")
+HF_TOKEN_VARS = ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN")      # as huggingface_hub reads them, HF_TOKEN first
 LOG_LEVEL_VARS = ("MINI_VLLM_LOG_LEVEL", "VLLM_LOGGING_LEVEL")
 
 
@@ -98,6 +99,11 @@ def env_defaults(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
 def api_key(environ: Mapping[str, str] | None = None) -> str | None:
     environ = os.environ if environ is None else environ
     return next((environ[v] for v in API_KEY_VARS if environ.get(v)), None)
+
+
+def hf_token(environ: Mapping[str, str] | None = None) -> str | None:
+    environ = os.environ if environ is None else environ
+    return next((environ[v].strip() for v in HF_TOKEN_VARS if environ.get(v, "").strip()), None)
 
 
 def log_level(environ: Mapping[str, str] | None = None) -> str | None:

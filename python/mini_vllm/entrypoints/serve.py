@@ -16,12 +16,10 @@ from mini_vllm.api.engine_client import EngineClient
 from mini_vllm.engine_args import EngineArgs
 from mini_vllm.entrypoints.flags import UsageError, check_supported, given_model, namespace_fields
 from mini_vllm.environment import api_key as env_api_key
+from mini_vllm.environment import hf_token
+from mini_vllm.model_sources import TOKENIZER_PATTERNS, ModelSourceError, SourceOptions, kind_of, resolve
 
 log = logging.getLogger("mini_vllm")
-
-
-def is_local_path(model: str) -> bool:
-    return model.startswith(("/", "./", "../", "~")) or Path(model).expanduser().exists()
 
 
 def served_names(ns: argparse.Namespace) -> list[str]:
@@ -31,13 +29,15 @@ def served_names(ns: argparse.Namespace) -> list[str]:
     if ns.served_model_name:
         return list(ns.served_model_name)
     model = given_model(ns)
-    return [Path(model).expanduser().resolve().name] if is_local_path(model) else [model]
+    return [Path(model).expanduser().resolve().name] if kind_of(model) == "local" else [model]
 
 
-def engine_args(ns: argparse.Namespace, model_dir: str | None = None) -> EngineArgs:
-    """EngineArgs from parsed flags; `model_dir` is where the model was resolved to (default: as given)."""
+def engine_args(ns: argparse.Namespace, model_dir: str | None = None, tokenizer_dir: str | None = None) -> EngineArgs:
+    """EngineArgs from parsed flags; `model_dir`/`tokenizer_dir`: where they were fetched to (default: as given)."""
     names = served_names(ns)
     args = EngineArgs(model=model_dir or given_model(ns), served_model_name=names[0], **namespace_fields(ns))
+    if tokenizer_dir:
+        args.tokenizer = tokenizer_dir
     if args.dtype == "half":
         args.dtype = "float16"
     elif args.dtype == "float":
@@ -47,6 +47,18 @@ def engine_args(ns: argparse.Namespace, model_dir: str | None = None) -> EngineA
 
 def api_key(ns: argparse.Namespace) -> str | None:
     return ns.api_key or env_api_key()
+
+
+def fetch_model(ns: argparse.Namespace) -> tuple[str, str | None]:
+    """The model's (and --tokenizer's) local directories, downloaded first when remote (ModelSourceError)."""
+    token = ns.hf_token if ns.hf_token is not None else hf_token()
+    opts = SourceOptions(revision=ns.revision, download_dir=ns.download_dir, token=token)
+    model_dir = resolve(given_model(ns), opts)
+    tok_dir = None
+    if ns.tokenizer:
+        tok_opts = SourceOptions(revision=ns.tokenizer_revision, download_dir=ns.download_dir, token=token)
+        tok_dir = str(resolve(ns.tokenizer, tok_opts, TOKENIZER_PATTERNS))
+    return str(model_dir), tok_dir
 
 
 def load_engine(args: EngineArgs) -> EngineClient:
@@ -81,7 +93,12 @@ def serve(ns: argparse.Namespace, prog: str = "mini-vllm serve") -> None:
         fail(prog, str(e))
     for note in notes:
         log.info("%s", note)
-    args = engine_args(ns)
+    try:
+        model_dir, tok_dir = fetch_model(ns)
+    except ModelSourceError as e:
+        print(f"{prog}: {e}", file=sys.stderr, flush=True)
+        raise SystemExit(1) from None
+    args = engine_args(ns, model_dir, tok_dir)
     names = served_names(ns)
     key = api_key(ns)
     log.info("serving %s as %r on %s:%d; engine args %s; api key %s", args.model, args.served_model_name,
