@@ -157,23 +157,12 @@ async def run(app: Any, items: list[Request | BadLine], out: Appender, progress:
     return not stop.is_set()
 
 
-def _state(ns: argparse.Namespace, args: Any) -> Any:
-    """The server's shared state for this model, named as `mini-vllm serve` would name it."""
-    from mini_vllm.api.state import ServerState
-    from mini_vllm.entrypoints.flags import given_model
-    from mini_vllm.entrypoints.serve import served_names
-
-    names = served_names(ns)
-    hidden = (given_model(ns),) if not ns.served_model_name and given_model(ns) != names[0] else ()
-    return ServerState(model_name=names[0], aliases=tuple(names[1:]), also_accepted=hidden, gc_freeze=args.gc_freeze)
-
-
 def batch(ns: argparse.Namespace) -> int:
     """The `mini-vllm batch` command; its exit status."""
     from mini_vllm.api import sse
     from mini_vllm.api.app import build_app, load_model
     from mini_vllm.entrypoints.flags import UsageError, check_supported
-    from mini_vllm.entrypoints.serve import engine_args, fail, load_engine
+    from mini_vllm.entrypoints.serve import fail, fetched_engine_args, load_engine, server_state
 
     try:
         for note in check_supported(ns):
@@ -183,7 +172,7 @@ def batch(ns: argparse.Namespace) -> int:
     if not ns.input.is_file():
         print(f"mini-vllm batch: input {ns.input} does not exist or is not a file", file=sys.stderr)
         return 2
-    args = engine_args(ns)
+    args = fetched_engine_args(ns, "mini-vllm batch")     # a Hugging Face id or s3:// is fetched first
     done = done_keys(ns.output)
     if done.cut:
         log.warning("%s ended in a partial line (%d bytes, a kill mid-write): cut it; that request runs again",
@@ -196,7 +185,7 @@ def batch(ns: argparse.Namespace) -> int:
     if not todo:
         Progress(total, before, ns.progress_interval).show(final=True)
         return 0
-    state = _state(ns, args)
+    state = server_state(ns, args)
     try:
         load_model(state, lambda: load_engine(args))
     except Exception as e:  # noqa: BLE001 - any load failure: one line, non-zero exit

@@ -11,6 +11,7 @@ import dataclasses
 import logging
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from mini_vllm.api.engine_client import EngineClient
 from mini_vllm.engine_args import EngineArgs
@@ -18,6 +19,9 @@ from mini_vllm.entrypoints.flags import UsageError, check_supported, given_model
 from mini_vllm.environment import api_key as env_api_key
 from mini_vllm.environment import hf_token
 from mini_vllm.model_sources import TOKENIZER_PATTERNS, ModelSourceError, SourceOptions, kind_of, resolve
+
+if TYPE_CHECKING:
+    from mini_vllm.api.state import ServerState
 
 log = logging.getLogger("mini_vllm")
 
@@ -61,6 +65,26 @@ def fetch_model(ns: argparse.Namespace) -> tuple[str, str | None]:
     return str(model_dir), tok_dir
 
 
+def fetched_engine_args(ns: argparse.Namespace, prog: str) -> EngineArgs:
+    """EngineArgs for a model fetched to a local directory; a fetch failure exits 1 with one line."""
+    try:
+        model_dir, tok_dir = fetch_model(ns)
+    except ModelSourceError as e:
+        print(f"{prog}: {e}", file=sys.stderr, flush=True)
+        raise SystemExit(1) from None
+    return engine_args(ns, model_dir, tok_dir)
+
+
+def server_state(ns: argparse.Namespace, args: EngineArgs, key: str | None = None) -> "ServerState":
+    """The API's shared state, the model named as clients will name it."""
+    from mini_vllm.api.state import ServerState
+
+    names = served_names(ns)
+    hidden = (given_model(ns),) if not ns.served_model_name and given_model(ns) != names[0] else ()
+    return ServerState(model_name=names[0], aliases=tuple(names[1:]), also_accepted=hidden, api_key=key,
+                       switch_interval_ms=args.switch_interval_ms, gc_freeze=args.gc_freeze)
+
+
 def load_engine(args: EngineArgs) -> EngineClient:
     """Build and start the engine (runs in the loader thread; heavy imports happen here, not at startup)."""
     from mini_vllm.engine.async_engine import AsyncEngine
@@ -85,7 +109,6 @@ def serve(ns: argparse.Namespace, prog: str = "mini-vllm serve") -> None:
     import uvicorn
 
     from mini_vllm.api.app import build_app, load_model
-    from mini_vllm.api.state import ServerState
 
     try:
         notes = check_supported(ns)
@@ -93,19 +116,11 @@ def serve(ns: argparse.Namespace, prog: str = "mini-vllm serve") -> None:
         fail(prog, str(e))
     for note in notes:
         log.info("%s", note)
-    try:
-        model_dir, tok_dir = fetch_model(ns)
-    except ModelSourceError as e:
-        print(f"{prog}: {e}", file=sys.stderr, flush=True)
-        raise SystemExit(1) from None
-    args = engine_args(ns, model_dir, tok_dir)
-    names = served_names(ns)
+    args = fetched_engine_args(ns, prog)
     key = api_key(ns)
     log.info("serving %s as %r on %s:%d; engine args %s; api key %s", args.model, args.served_model_name,
              ns.host, ns.port, dataclasses.asdict(args), "required" if key else "not set")
-    hidden = (given_model(ns),) if not ns.served_model_name and given_model(ns) != names[0] else ()
-    state = ServerState(model_name=names[0], aliases=tuple(names[1:]), also_accepted=hidden, api_key=key,
-                        switch_interval_ms=args.switch_interval_ms, gc_freeze=args.gc_freeze)
+    state = server_state(ns, args, key)
     try:
         load_model(state, lambda: load_engine(args))
     except Exception as e:  # noqa: BLE001 - any load failure is a failed start: one line, non-zero exit
