@@ -22,8 +22,8 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from minibuild.bench.load import LevelResult, RequestResult, Workload, closed_loop, prompts, run_level,
-                                  served_model, summarize
+from minibuild.bench.load import (LevelResult, RequestResult, Workload, closed_loop, prompts, run_level,
+                                  served_model, summarize)
 from minibuild.bench.report import COLUMNS, row_cells
 from mini_vllm.cli import engine_args, parse_args
 from mini_vllm.entrypoints.serve import load_engine
