@@ -106,6 +106,19 @@ def hf_token(environ: Mapping[str, str] | None = None) -> str | None:
     return next((environ[v].strip() for v in HF_TOKEN_VARS if environ.get(v, "").strip()), None)
 
 
+def log_stats_interval(environ: Mapping[str, str] | None = None) -> float:
+    """Seconds between the periodic stats lines: VLLM_LOG_STATS_INTERVAL as vLLM reads it (default 10)."""
+    environ = os.environ if environ is None else environ
+    raw = environ.get("VLLM_LOG_STATS_INTERVAL", "").strip()
+    try:
+        value = float(raw) if raw else 10.0
+    except ValueError:
+        raise EnvError(f"VLLM_LOG_STATS_INTERVAL={raw!r}: expected seconds (or unset it)") from None
+    if value <= 0:
+        raise EnvError(f"VLLM_LOG_STATS_INTERVAL={raw!r}: expected seconds > 0 (or unset it)")
+    return value
+
+
 def log_level(environ: Mapping[str, str] | None = None) -> str | None:
     """MINI_VLLM_LOG_LEVEL, else vLLM's VLLM_LOGGING_LEVEL (lower-cased), if set."""
     environ = os.environ if environ is None else environ

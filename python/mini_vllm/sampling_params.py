@@ -40,8 +40,8 @@ class SamplingParams:
             raise ValueError("min_p must be in [0, 1]")
         if self.max_tokens is not None and self.max_tokens < 1:
             raise ValueError("max_tokens must be >= 1")
-        if self.logprobs is not None and not 0 <= self.logprobs <= 20:
-            raise ValueError("logprobs must be in [0, 20]")
+        if self.logprobs is not None and self.logprobs < 0:
+            raise ValueError("logprobs must be >= 0")
         if self.seed is not None and not -2 ** 63 <= self.seed < 2 ** 63:
             raise ValueError("seed must be a signed 64-bit integer")
         if self.logit_bias and any(not -100 <= b <= 100 for b in self.logit_bias.values()):

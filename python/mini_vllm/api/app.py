@@ -8,6 +8,7 @@ orchestrators see "connection refused", which their probes and `invoke rollout`'
 """
 from __future__ import annotations
 
+import asyncio
 import gc
 import hmac
 import logging
@@ -29,6 +30,7 @@ from mini_vllm.api.limits import DEFAULT_MAX_REQUEST_BYTES, BodyLimitMiddleware
 from mini_vllm.api.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from mini_vllm.api.schemas import ChatCompletionRequest, CompletionRequest
 from mini_vllm.api.state import ServerState
+from mini_vllm.api.stats_log import log_stats_forever
 
 log = logging.getLogger("mini_vllm.api")
 OPEN_PATHS = frozenset({"/health", "/metrics", "/version", "/ping"})   # matched exactly, never by prefix
@@ -87,7 +89,11 @@ def build_app(state: ServerState, max_request_bytes: int = DEFAULT_MAX_REQUEST_B
     async def lifespan(_: FastAPI):
         state.created = sse.now()
         log.info("GIL switch interval %.2f ms", set_switch_interval(state.switch_interval_ms) * 1000)
+        stats = asyncio.ensure_future(log_stats_forever(state, state.log_stats_interval_s)) \
+            if state.log_stats_interval_s else None
         yield
+        if stats is not None:
+            stats.cancel()
 
     app = FastAPI(title="mini-vLLM", version=__version__, lifespan=lifespan)
     install_error_handlers(app)

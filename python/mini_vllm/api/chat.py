@@ -87,10 +87,10 @@ async def create_chat_completion(req: ChatCompletionRequest, raw: Request, state
         raise APIError(400, str(e), e.param) from None
     max_tokens = req.max_completion_tokens or req.max_tokens
     check_length(len(prompt), max_tokens, state.max_model_len, "messages")
-    params = sampling_params(req, max_tokens, (req.top_logprobs or 0) if req.logprobs else None,
-                             stop_token_ids=state.harmony.stop_ids)
+    params = sampling_params(req, state, max_tokens, (req.top_logprobs or 0) if req.logprobs else None,
+                             stop_token_ids=state.harmony.stop_ids, logprobs_param="top_logprobs")
     rid = sse.new_id("chatcmpl")
-    stream = await until_disconnect(raw, start_request(engine, state.metrics, rid, prompt, params))
+    stream = await until_disconnect(raw, start_request(state, rid, prompt, params))
     samples = [_Sample(state, req.logprobs, bool(req.top_logprobs)) for _ in range(req.n)]
     head = {"id": rid, "object": "chat.completion.chunk", "created": sse.now(), "model": state.model_name}
     if req.stream:

@@ -64,9 +64,9 @@ async def create_completion(req: CompletionRequest, raw: Request, state: ServerS
         if not ids:
             raise APIError(400, "prompt must not be empty", "prompt")
         check_length(len(ids), req.max_tokens, state.max_model_len, "prompt")
-    params = sampling_params(req, req.max_tokens, req.logprobs)
+    params = sampling_params(req, state, req.max_tokens, req.logprobs)
     rid = sse.new_id("cmpl")
-    streams = await until_disconnect(raw, start_all(engine, state.metrics, [(f"{rid}-{i}", ids) for i, ids in
+    streams = await until_disconnect(raw, start_all(state, [(f"{rid}-{i}", ids) for i, ids in
                                                                     enumerate(prompts)], params))
     echo = [tok.decode(ids, skip_special_tokens=True) if req.echo else "" for ids in prompts]
     head = {"id": rid, "object": "text_completion", "created": sse.now(), "model": state.model_name}

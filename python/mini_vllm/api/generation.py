@@ -8,6 +8,7 @@ cancellation), and record TTFT / inter-token latency / e2e latency / outcome exa
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from typing import Any, AsyncIterator, Awaitable, TypeVar
 
@@ -18,17 +19,43 @@ from mini_vllm.api.errors import APIError
 from mini_vllm.api.schemas import _Sampling
 from mini_vllm.engine.outputs import RequestOutput
 from mini_vllm.api.metrics import ServerMetrics
+from mini_vllm.api.state import ServerState
 from mini_vllm.sampling_params import SamplingParams
 
 T = TypeVar("T")
 
 
-def sampling_params(req: _Sampling, max_tokens: int | None, logprobs: int | None,
-                    stop_token_ids: list[int] = ()) -> SamplingParams:
+class _RequestLog:
+    """--enable-log-requests: one INFO line per request (id, prompt length, sampling settings)."""
+
+    def __init__(self) -> None:
+        self.enabled = False
+        self._log = logging.getLogger("mini_vllm.requests")
+
+    def info(self, *args: object) -> None:
+        self._log.info(*args)
+
+
+log_requests = _RequestLog()
+
+
+def sampling_params(req: _Sampling, state: ServerState, max_tokens: int | None, logprobs: int | None,
+                    stop_token_ids: list[int] = (), logprobs_param: str = "logprobs") -> SamplingParams:
+    """The request's sampling settings; what it leaves unset comes from the model's generation config
+    (--generation-config auto), else OpenAI's defaults."""
+    if logprobs is not None and logprobs > state.max_logprobs:
+        raise APIError(400, f"{logprobs_param} {logprobs} is more than the server's --max-logprobs "
+                       f"{state.max_logprobs}", logprobs_param)
+    d = state.sampling_defaults
+
+    def pick(value, name: str, default):
+        return value if value is not None else d.get(name, default)
+
     params = SamplingParams(
-        n=req.n, temperature=1.0 if req.temperature is None else req.temperature,
-        top_p=1.0 if req.top_p is None else req.top_p, top_k=req.top_k or 0, min_p=req.min_p or 0.0,
-        seed=req.seed, max_tokens=max_tokens, stop=list(req.stop or []),
+        n=req.n, temperature=pick(req.temperature, "temperature", 1.0), top_p=pick(req.top_p, "top_p", 1.0),
+        top_k=pick(req.top_k, "top_k", 0) or 0, min_p=pick(req.min_p, "min_p", 0.0) or 0.0,
+        seed=req.seed, max_tokens=max_tokens if max_tokens is not None else d.get("max_tokens"),
+        stop=list(req.stop or []),
         stop_token_ids=list(req.stop_token_ids or []) + [i for i in stop_token_ids if i not in (req.stop_token_ids or [])],
         ignore_eos=req.ignore_eos, logprobs=logprobs, logit_bias=req.logit_bias or None)
     try:
@@ -59,6 +86,8 @@ async def _run(engine: EngineClient, metrics: ServerMetrics, request_id: str, pr
                params: SamplingParams) -> AsyncIterator[RequestOutput]:
     """engine.generate with our error mapping and metrics; aborts the request if the consumer stops early."""
     queue_full, dead = _engine_errors()
+    if log_requests.enabled:
+        log_requests.info("request %s: %d prompt tokens, %s", request_id, len(prompt_ids), params)
     start = time.monotonic()
     last = None
     finished = refused = False
@@ -96,7 +125,7 @@ async def _run(engine: EngineClient, metrics: ServerMetrics, request_id: str, pr
             metrics.observe_finished("abort", time.monotonic() - start, None, params.max_tokens, params.n)
 
 
-async def start_request(engine: EngineClient, metrics: ServerMetrics, request_id: str, prompt_ids: list[int],
+async def start_request(state: ServerState, request_id: str, prompt_ids: list[int],
                         params: SamplingParams) -> AsyncIterator[RequestOutput]:
     """Submit a request and wait for its first output; returns the stream of all its outputs.
 
@@ -104,7 +133,7 @@ async def start_request(engine: EngineClient, metrics: ServerMetrics, request_id
     long (400), queue full (429), engine dead (503) - reach a *streaming* client as the HTTP status
     instead of an error event inside a 200 response.
     """
-    stream = _run(engine, metrics, request_id, prompt_ids, params)
+    stream = _run(state.require_engine(), state.metrics, request_id, prompt_ids, params)
     try:
         first = await stream.__anext__()
     except BaseException:
@@ -113,10 +142,10 @@ async def start_request(engine: EngineClient, metrics: ServerMetrics, request_id
     return _chain(first, stream)
 
 
-async def start_all(engine: EngineClient, metrics: ServerMetrics, requests: list[tuple[str, list[int]]],
+async def start_all(state: ServerState, requests: list[tuple[str, list[int]]],
                     params: SamplingParams) -> list[AsyncIterator[RequestOutput]]:
     """start_request for several prompts at once; if any is refused, the others are aborted."""
-    results = await asyncio.gather(*(start_request(engine, metrics, rid, ids, params) for rid, ids in requests),
+    results = await asyncio.gather(*(start_request(state, rid, ids, params) for rid, ids in requests),
                                    return_exceptions=True)
     errors = [r for r in results if isinstance(r, BaseException)]
     if errors:

@@ -70,7 +70,7 @@ class _Sampling(_Base):
 class CompletionRequest(_Sampling):
     prompt: str | list[str] | list[int] | list[list[int]]
     max_tokens: int | None = Field(16, ge=1)
-    logprobs: int | None = Field(None, ge=0, le=20)
+    logprobs: int | None = Field(None, ge=0)          # at most --max-logprobs (checked with the server's value)
     echo: bool = False
 
     @field_validator("prompt")
@@ -114,7 +114,7 @@ class ChatCompletionRequest(_Sampling):
     max_tokens: int | None = Field(None, ge=1)
     max_completion_tokens: int | None = Field(None, ge=1)
     logprobs: bool = False
-    top_logprobs: int | None = Field(None, ge=0, le=20)
+    top_logprobs: int | None = Field(None, ge=0)      # at most --max-logprobs
     tools: list[ToolDef] | None = None
     tool_choice: Literal["auto", "none"] | str | dict[str, Any] | None = None
     parallel_tool_calls: bool | None = None

@@ -6,7 +6,7 @@ request arrives; `require_engine()` still guards the handlers (a 503, never an A
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from mini_vllm.api.engine_client import EngineClient
 from mini_vllm.api.errors import APIError
@@ -24,6 +24,9 @@ class ServerState:
     api_key: str | None = None
     switch_interval_ms: float | None = None   # the GIL switch interval to set at startup (None: leave it)
     gc_freeze: bool = True                    # gc.freeze() the start-up heap once the engine is loaded
+    max_logprobs: int = 20                    # --max-logprobs
+    sampling_defaults: dict[str, Any] = field(default_factory=dict)   # --generation-config: unset request fields
+    log_stats_interval_s: float | None = 10.0  # periodic throughput/queue log line (None: --disable-log-stats)
     engine: EngineClient | None = None
     load_seconds: float | None = None
     created: int = 0

@@ -185,7 +185,10 @@ def batch(ns: argparse.Namespace) -> int:
     if not todo:
         Progress(total, before, ns.progress_interval).show(final=True)
         return 0
-    state = server_state(ns, args)
+    try:
+        state = server_state(ns, args)
+    except UsageError as e:
+        fail("mini-vllm batch", str(e))
     try:
         load_model(state, lambda: load_engine(args))
     except Exception as e:  # noqa: BLE001 - any load failure: one line, non-zero exit

@@ -59,6 +59,8 @@ class LLMEngine:
     def validate(self, prompt_token_ids: list[int], params: SamplingParams) -> None:
         """Raise ValueError for a request the engine cannot serve (the API maps it to 400)."""
         params.validate()
+        if params.logprobs is not None and params.logprobs > self.args.max_logprobs:
+            raise ValueError(f"logprobs {params.logprobs} is more than max_logprobs {self.args.max_logprobs}")
         n, limit = len(prompt_token_ids), self.model_config.max_model_len
         if n == 0:
             raise ValueError("the prompt is empty")

@@ -8,16 +8,17 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import logging
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from mini_vllm.api.engine_client import EngineClient
 from mini_vllm.engine_args import EngineArgs
 from mini_vllm.entrypoints.flags import UsageError, check_supported, given_model, namespace_fields
 from mini_vllm.environment import api_key as env_api_key
-from mini_vllm.environment import hf_token
+from mini_vllm.environment import EnvError, hf_token, log_stats_interval
 from mini_vllm.model_sources import TOKENIZER_PATTERNS, ModelSourceError, SourceOptions, kind_of, resolve
 
 if TYPE_CHECKING:
@@ -75,14 +76,42 @@ def fetched_engine_args(ns: argparse.Namespace, prog: str) -> EngineArgs:
     return engine_args(ns, model_dir, tok_dir)
 
 
+# generation_config.json keys that become defaults for what a request leaves unset (as vLLM maps them)
+GENERATION_DEFAULTS = {"temperature": "temperature", "top_p": "top_p", "top_k": "top_k", "min_p": "min_p",
+                       "max_new_tokens": "max_tokens"}
+
+
+def sampling_defaults(source: str, model_dir: str) -> dict[str, Any]:
+    """--generation-config: auto (the model's generation_config.json), vllm (none), or a directory."""
+    if source == "vllm":
+        return {}
+    path = Path(model_dir if source == "auto" else source) / "generation_config.json"
+    try:
+        doc = json.loads(path.read_text())
+    except FileNotFoundError:
+        if source != "auto":
+            raise UsageError(f"--generation-config {source}: no generation_config.json there") from None
+        return {}
+    except ValueError as e:
+        raise UsageError(f"{path}: not valid JSON ({e})") from None
+    found = {ours: doc[theirs] for theirs, ours in GENERATION_DEFAULTS.items() if doc.get(theirs) is not None}
+    if found:
+        log.info("default sampling settings from %s (a request's own values win): %s", path, found)
+    return found
+
+
 def server_state(ns: argparse.Namespace, args: EngineArgs, key: str | None = None) -> "ServerState":
     """The API's shared state, the model named as clients will name it."""
+    from mini_vllm.api.generation import log_requests
     from mini_vllm.api.state import ServerState
 
     names = served_names(ns)
     hidden = (given_model(ns),) if not ns.served_model_name and given_model(ns) != names[0] else ()
+    log_requests.enabled = bool(ns.enable_log_requests)
     return ServerState(model_name=names[0], aliases=tuple(names[1:]), also_accepted=hidden, api_key=key,
-                       switch_interval_ms=args.switch_interval_ms, gc_freeze=args.gc_freeze)
+                       switch_interval_ms=args.switch_interval_ms, gc_freeze=args.gc_freeze,
+                       max_logprobs=args.max_logprobs, sampling_defaults=sampling_defaults(ns.generation_config, args.model),
+                       log_stats_interval_s=None if ns.disable_log_stats else log_stats_interval())
 
 
 def load_engine(args: EngineArgs) -> EngineClient:
@@ -118,9 +147,12 @@ def serve(ns: argparse.Namespace, prog: str = "mini-vllm serve") -> None:
         log.info("%s", note)
     args = fetched_engine_args(ns, prog)
     key = api_key(ns)
+    try:
+        state = server_state(ns, args, key)
+    except (UsageError, EnvError) as e:
+        fail(prog, str(e))
     log.info("serving %s as %r on %s:%d; engine args %s; api key %s", args.model, args.served_model_name,
              ns.host, ns.port, dataclasses.asdict(args), "required" if key else "not set")
-    state = server_state(ns, args, key)
     try:
         load_model(state, lambda: load_engine(args))
     except Exception as e:  # noqa: BLE001 - any load failure is a failed start: one line, non-zero exit
