@@ -85,9 +85,14 @@ def cache(c, stats=False, gc=False, max_age_days=0):
             "seed": "random seed"})
 def model(c, tiny=True, out="", seed=0):
     """Write a deterministic random tiny GPT-OSS checkpoint in the published format."""
-    from mini_vllm.model.tiny import write_tiny_checkpoint
+    from minibuild.server_entry import ServerEntryError, write_tiny_model
+    from minibuild.ui import error
 
-    path = write_tiny_checkpoint(Path(out) if out else _config().model.tiny_dir, seed=seed)
+    try:
+        path, _ = write_tiny_model(_config(), Path(out) if out else None, seed=seed)
+    except ServerEntryError as exc:
+        error(str(exc))
+        raise SystemExit(1) from None
     print(path)
 
 

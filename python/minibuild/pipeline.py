@@ -21,13 +21,10 @@ console = Console(soft_wrap=True)
 
 
 def _tiny_model(cfg: Config, root: Path) -> str:
-    from mini_vllm.model.tiny import write_tiny_checkpoint
+    from minibuild.server_entry import write_tiny_model
 
-    out = cfg.model.tiny_dir
-    if (out / "config.json").exists():
-        return f"present: {out}"
-    write_tiny_checkpoint(out)
-    return f"written: {out}"
+    out, written = write_tiny_model(cfg, force=False)
+    return f"{'written' if written else 'present'}: {out}"
 
 
 def _kernels(cfg: Config, root: Path) -> str:

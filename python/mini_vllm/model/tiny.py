@@ -219,3 +219,22 @@ def write_tiny_checkpoint(out_dir: Path, seed: int = 0, shards: int = 1, experts
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out_dir
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m mini_vllm.model.tiny OUT [--seed N]`: the entry the build tools run as a process."""
+    import argparse
+
+    ap = argparse.ArgumentParser(prog="python -m mini_vllm.model.tiny",
+                                 description="Write the deterministic random tiny GPT-OSS checkpoint to OUT.")
+    ap.add_argument("out", help="output directory (replaced atomically)")
+    ap.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    ap.add_argument("--shards", type=int, default=1, help="safetensors shards (default: 1)")
+    ap.add_argument("--experts", choices=("mxfp4", "bf16"), default="mxfp4", help="expert weights (default: mxfp4)")
+    a = ap.parse_args(argv)
+    print(write_tiny_checkpoint(Path(a.out), seed=a.seed, shards=a.shards, experts=a.experts))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -74,12 +74,13 @@ def _paths(input_file: str, output_file: str) -> tuple[Path, Path]:
 
 def run_local(cfg: Config, plan: Plan, src: Path, dst: Path) -> bool:
     """`mini-vllm batch` as a child process; its progress drawn here, its log kept in the state dir."""
-    from minibuild.cluster.local import checkout_env, ensure_model
+    from minibuild.cluster.local import ensure_model
+    from minibuild.server_entry import server_env
 
     ensure_model(cfg, plan)
     log = state_dir(cfg, "local") / f"{plan.name}-batch.log"
     argv = [sys.executable, "-m", "mini_vllm.cli", *batch_args(plan, src, dst)]
-    env = checkout_env(cfg)
+    env = server_env(cfg.root)
     ui.console().print(f"batch {src} -> {dst} with {plan.served_name} (log: {log})")
     bar = Bar()
     with open(log, "ab") as logf:

@@ -26,6 +26,7 @@ from minibuild.cluster.health import probe, tail, wait_healthy
 from minibuild.cluster.render import server_args
 from minibuild.cluster.settings import Plan, RolloutError, state_dir
 from minibuild.config import Config
+from minibuild.server_entry import ServerEntryError, server_env, write_tiny_model
 
 
 def _state_file(cfg: Config, plan: Plan) -> Path:
@@ -99,18 +100,11 @@ def ensure_model(cfg: Config, plan: Plan) -> None:
         if not Path(plan.model_path).exists():
             raise RolloutError(f"model {plan.model_path} does not exist")
         return
-    try:
-        from mini_vllm.model.tiny import write_tiny_checkpoint
-    except ImportError as exc:
-        raise RolloutError(f"cannot write the tiny model: mini_vllm.model.tiny is not available ({exc})") from exc
     ui.console().print(f"writing the tiny model to {tiny}")
-    write_tiny_checkpoint(tiny)
-
-
-def checkout_env(cfg: Config) -> dict[str, str]:
-    """The environment for a mini_vllm process of this checkout (its python/ first on PYTHONPATH)."""
-    return dict(os.environ, PYTHONPATH=os.pathsep.join(
-        p for p in (str(cfg.root / "python"), os.environ.get("PYTHONPATH")) if p))
+    try:
+        write_tiny_model(cfg, tiny)
+    except ServerEntryError as exc:
+        raise RolloutError(str(exc)) from None
 
 
 def stop(cfg: Config, plan: Plan, grace_s: float = 15.0) -> bool:
@@ -156,10 +150,9 @@ def rollout(cfg: Config, plan: Plan, dry_run: bool, delete: bool) -> bool:
         return True
     ensure_model(cfg, plan)
     log = state_dir(cfg, "local") / f"{plan.name}.log"
-    env = checkout_env(cfg)
     with open(log, "ab") as out:
         proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                env=env, start_new_session=True, cwd=cfg.root)
+                                env=server_env(cfg.root), start_new_session=True, cwd=cfg.root)
     url = f"http://127.0.0.1:{port}"
     state = {"pid": proc.pid, "port": port, "url": url, "log": str(log), "argv": argv, "tp": plan.tp,
              "model": plan.model_path, "served_name": plan.served_name, "started": time.time()}
