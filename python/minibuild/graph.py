@@ -13,10 +13,9 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from . import ui
 from .config import Config
+from .image.stages import load_stages, top_stage
 
 
 def build_graph(cfg: Config) -> tuple[dict[str, str], list[tuple[str, str]]]:
@@ -43,7 +42,7 @@ def build_graph(cfg: Config) -> tuple[dict[str, str], list[tuple[str, str]]]:
             edges.append((f"img:{spec['parent']}", f"img:{stage}"))
         if any(str(layer.get("from", "")).startswith("build/ext") for layer in spec.get("layers") or []):
             edges.extend((m, f"img:{stage}") for m in modules)
-    top = _top_stage(stages)
+    top = top_stage(stages)
     for target in cfg.cluster.targets:
         nodes[f"roll:{target}"] = f"rollout {target}"
         if top:
@@ -53,16 +52,7 @@ def build_graph(cfg: Config) -> tuple[dict[str, str], list[tuple[str, str]]]:
 
 def _image_stages(cfg: Config) -> dict[str, dict[str, Any]]:
     p = cfg.path(cfg.images.stages)
-    if p.is_file():
-        data = yaml.safe_load(p.read_text()) or {}
-        return {k: v for k, v in data.items() if isinstance(v, dict)}
-    return {}
-
-
-def _top_stage(stages: dict[str, dict[str, Any]]) -> str | None:
-    parents = {v.get("parent") for v in stages.values()}
-    tops = [s for s in stages if s not in parents]
-    return tops[-1] if tops else None
+    return load_stages(p) if p.is_file() else {}
 
 
 def to_dot(nodes: dict[str, str], edges: list[tuple[str, str]]) -> str:

@@ -1,6 +1,6 @@
 """Layered, reproducible OCI images without a daemon (`invoke image`); see docs/images.md."""
 from .auth import AuthError
-from .build import ImageBuildError
+from .stages import ImageBuildError
 from .command import build_images, lock_images, push_stage
 from .debbase import BaseError
 from .layers import RecipeError

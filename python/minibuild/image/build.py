@@ -14,7 +14,6 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import yaml
 
 from .. import ui
 from ..actions import Input, Task, explain, lookup, run_task
@@ -24,14 +23,8 @@ from ..store import Store
 from . import oci
 from .layers import WRITER_VERSION, Context, Recipe, recipe_for, torch_version
 from .pull import pull_base
+from .stages import ImageBuildError, carries_python, load_stages
 from .tarlayer import Layer, write_layer
-
-STAGE_ORDER = ("essentials", "cuda", "server")
-
-
-class ImageBuildError(RuntimeError):
-    """A stage cannot be built as configured; the message says which and why."""
-
 
 def make_context(cfg: Config, store: Store | None = None, profile: str | None = None) -> Context:
     """The build context of one profile (default: images.profile, environment applied by config)."""
@@ -42,17 +35,6 @@ def make_context(cfg: Config, store: Store | None = None, profile: str | None = 
     store = store or Store.from_config(cfg.store)
     return Context(cfg=cfg, root=cfg.root, store=store, profile_name=prof.name, profile=prof,
                    stat=store.stat_cache)
-
-
-def stage_chain(stages: dict[str, Any], stage: str) -> list[str]:
-    if stage == "all":
-        stage = STAGE_ORDER[-1]
-    if stage not in stages:
-        raise ImageBuildError(f"unknown stage {stage!r} (have: {', '.join(stages)}, all)")
-    chain = [stage]
-    while stages[chain[-1]].get("parent"):
-        chain.append(stages[chain[-1]]["parent"])
-    return chain[::-1]
 
 
 def git_revision(root: Path) -> str:
@@ -77,7 +59,7 @@ class StageBuilder:
 
     def __init__(self, ctx: Context, explain: bool = False, dry_run: bool = False):
         self.ctx, self.icfg, self.explain, self.dry_run = ctx, ctx.cfg.images, explain, dry_run
-        self.stages = yaml.safe_load(ctx.path(self.icfg.stages).read_text())
+        self.stages = load_stages(ctx.path(self.icfg.stages))
         self.built: dict[str, tuple[oci.ImageSpec, oci.BuiltImage, str]] = {}
         self.ran: list[str] = []       # what did real work (layers and stages)
 
@@ -185,7 +167,7 @@ class StageBuilder:
                "io.mini-vllm.torch": torch_version(self.ctx),
                "io.mini-vllm.cuda-arch": self.icfg.cuda_arch}
         ann.update(source_annotations(self.ctx.cfg.sources))
-        if name == STAGE_ORDER[-1]:  # only the image that carries python/ names the revision
+        if carries_python(sdef):  # only the image that carries python/ names the revision
             ann["org.opencontainers.image.revision"] = git_revision(self.ctx.root)
         return ann
 

@@ -13,7 +13,8 @@ from .. import ui
 from ..config import Config
 from ..store import Store
 from . import debbase, wheels
-from .build import ImageBuildError, StageBuilder, make_context, stage_chain
+from .build import StageBuilder, make_context
+from .stages import ImageBuildError, stage_chain
 from .pull import lock_registry_base
 from .oci import Layout
 from .registry import PushStats, Reference, RegistryClient, push_image
