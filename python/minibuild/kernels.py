@@ -120,10 +120,14 @@ class Build:
         raise AssertionError("unreachable")
 
     def installed_ok(self, ks: KernelSet, digest: str) -> bool:
+        """The installed module is this digest and its manifest entry carries this build's runtime limits."""
         try:
-            return self.store.stat_cache.digest(self.out / f"{ks.module}.so") == digest
-        except OSError:
+            if self.store.stat_cache.digest(self.out / f"{ks.module}.so") != digest:
+                return False
+            entry = json.loads((self.out / "manifest.json").read_text()).get(ks.module) or {}
+        except (OSError, ValueError, AttributeError):
             return False
+        return entry.get("sha256") == digest and entry.get("runtime", {}) == dict(ks.runtime)
 
     def install(self, ks: KernelSet, task: actions.Task, rec: dict[str, Any], objects: list[tuple[str, str]]) -> None:
         self.store.export_blob(rec["module"], self.out / f"{ks.module}.so", mode=0o755)
@@ -139,6 +143,7 @@ class Build:
                 "sources": {n: {"commit": self.pins[n].commit, "tree_sha256": self.pins[n].tree_id}
                             for n in ks.sources_used},
                 "toolchain": {"nvcc": self.tc.nvcc_version, "arch": self.tc.arch},
+                "runtime": dict(ks.runtime),
             }
             atomic_write_bytes(mpath, (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode())
 

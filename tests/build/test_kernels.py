@@ -195,3 +195,11 @@ def test_gc_keeps_current_build(project: Project) -> None:
     project.clear_events()
     assert project.build()
     assert project.events("compile") == [] and project.events("link") == []
+
+
+def test_runtime_limits_go_into_the_manifest_without_a_rebuild(project: Project) -> None:
+    """kernels.<set>.runtime is data for the server: written beside the module, no compile or link for it."""
+    assert project.manifest()["tiny_kernels"]["runtime"] == {}
+    assert project.build(cfg=project.cfg(runtime={"head_dim": 64, "dtype": "bfloat16"}))
+    assert project.manifest()["tiny_kernels"]["runtime"] == {"head_dim": 64, "dtype": "bfloat16"}
+    assert project.events("compile") == [] and project.events("link") == []

@@ -9,30 +9,57 @@ when the module and the inputs allow it and falls back to the torch reference ot
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
 from .ext import Module, try_load
 from .paged_attention import paged_attention as paged_attention_reference
 
 MODULE = "mini_vllm_fa3"
-HEAD_DIM = 64
-MAX_SPLITS = 256
 HEURISTIC_SPLITS_CAP = 16  # workspace sized for this many splits when FA3's heuristic chooses (it may pick fewer)
 
 
+@dataclass(frozen=True)
+class Fa3Build:
+    """What the loaded build supports: build_config.yaml `kernels.fa3.runtime`, via its manifest.json."""
+
+    head_dim: int
+    dtype: torch.dtype
+    max_q_heads_with_sinks: int
+    max_num_splits: int
+
+    @classmethod
+    def of(cls, mod: Module) -> "Fa3Build":
+        rt = mod.runtime
+        return cls(int(rt["head_dim"]), getattr(torch, str(rt["dtype"])), int(rt["max_q_heads_with_sinks"]),
+                   int(rt["max_num_splits"]))
+
+
+def build_limits(mod: Module | None = None) -> Fa3Build:
+    """The limits of `mod` (default: the FA3 module this process loads); RuntimeError when there is none."""
+    mod = mod or try_load(MODULE)
+    if mod is None:
+        from .ext import load_errors
+
+        raise RuntimeError(f"fa3 module unavailable: {load_errors.get(MODULE, 'not loaded')}")
+    return Fa3Build.of(mod)
+
+
 def workspace_bytes(mod: Module, batch: int, total_q: int, num_heads_q: int, max_splits: int) -> int:
-    return int(mod.lib.mv_fa3_workspace_bytes(batch, total_q, num_heads_q, HEAD_DIM, max_splits))
+    return int(mod.lib.mv_fa3_workspace_bytes(batch, total_q, num_heads_q, Fa3Build.of(mod).head_dim, max_splits))
 
 
-def _check(q, k_cache, v_cache, page_table, cu_seqlens_q, seqused_k, sinks) -> None:
+def _check(lim: Fa3Build, q, k_cache, v_cache, page_table, cu_seqlens_q, seqused_k, sinks) -> None:
     def need(cond: bool, msg: str) -> None:
         if not cond:
             raise ValueError(f"fa3: {msg}")
 
-    need(q.dim() == 3 and q.shape[-1] == HEAD_DIM, f"q must be [total_q, Hq, {HEAD_DIM}], got {tuple(q.shape)}")
-    need(k_cache.dim() == 4 and k_cache.shape == v_cache.shape and k_cache.shape[-1] == HEAD_DIM,
-         "k_cache/v_cache must both be [num_pages, page_size, Hkv, 64]")
-    need(q.dtype == k_cache.dtype == v_cache.dtype == torch.bfloat16, "q, k_cache, v_cache must be bfloat16")
+    d = lim.head_dim
+    need(q.dim() == 3 and q.shape[-1] == d, f"q must be [total_q, Hq, {d}], got {tuple(q.shape)}")
+    need(k_cache.dim() == 4 and k_cache.shape == v_cache.shape and k_cache.shape[-1] == d,
+         f"k_cache/v_cache must both be [num_pages, page_size, Hkv, {d}]")
+    need(q.dtype == k_cache.dtype == v_cache.dtype == lim.dtype, f"q, k_cache, v_cache must be {lim.dtype}")
     need(q.shape[1] % k_cache.shape[2] == 0, "Hq must be a multiple of Hkv")
     for name, t in (("q", q), ("k_cache", k_cache), ("v_cache", v_cache), ("page_table", page_table),
                     ("cu_seqlens_q", cu_seqlens_q), ("seqused_k", seqused_k)):
@@ -43,9 +70,9 @@ def _check(q, k_cache, v_cache, page_table, cu_seqlens_q, seqused_k, sinks) -> N
     need(page_table.dim() == 2 and page_table.shape[0] == seqused_k.shape[0] == cu_seqlens_q.shape[0] - 1,
          "page_table [B, max_pages], seqused_k [B], cu_seqlens_q [B+1] disagree on B")
     if sinks is not None:
-        need(sinks.dtype == torch.bfloat16 and sinks.shape == (q.shape[1],) and sinks.is_contiguous()
-             and sinks.device == q.device, "sinks must be bf16 [Hq] on q's device")
-        need(q.shape[1] <= 64, "sinks need <= 64 query heads")
+        need(sinks.dtype == lim.dtype and sinks.shape == (q.shape[1],) and sinks.is_contiguous()
+             and sinks.device == q.device, f"sinks must be {lim.dtype} [Hq] on q's device")
+        need(q.shape[1] <= lim.max_q_heads_with_sinks, f"sinks need <= {lim.max_q_heads_with_sinks} query heads")
 
 
 def fa3_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, page_table: torch.Tensor,
@@ -62,11 +89,8 @@ def fa3_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
     plan, layer: share FA3's scheduler metadata across the layers of one step (see StepPlan).
     """
     mod = module or try_load(MODULE)
-    if mod is None:
-        from .ext import load_errors
-
-        raise RuntimeError(f"fa3 module unavailable: {load_errors.get(MODULE, 'not loaded')}")
-    _check(q, k_cache, v_cache, page_table, cu_seqlens_q, seqused_k, sinks)
+    lim = build_limits(mod)
+    _check(lim, q, k_cache, v_cache, page_table, cu_seqlens_q, seqused_k, sinks)
     if sliding_window is not None and sliding_window < 1:
         raise ValueError("fa3: sliding_window must be >= 1 or None")
     total_q, hq, _ = q.shape
@@ -74,17 +98,17 @@ def fa3_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
     out = torch.empty_like(q) if out is None else out
     if out.shape != q.shape or out.dtype != q.dtype or not out.is_contiguous():
         raise ValueError("fa3: out must be a contiguous tensor like q")
-    if not 0 <= num_splits <= MAX_SPLITS:
-        raise ValueError(f"fa3: num_splits must be in [0, {MAX_SPLITS}]")
+    if not 0 <= num_splits <= lim.max_num_splits:
+        raise ValueError(f"fa3: num_splits must be in [0, {lim.max_num_splits}]")
     need = workspace_bytes(mod, batch, total_q, hq, num_splits or HEURISTIC_SPLITS_CAP)
     if workspace is None:
         workspace = torch.empty(need, dtype=torch.uint8, device=q.device)
-    scale = softmax_scale if softmax_scale is not None else HEAD_DIM ** -0.5
+    scale = softmax_scale if softmax_scale is not None else lim.head_dim ** -0.5
     window_left = -1 if sliding_window is None else sliding_window - 1
     sched, semaphore, sched_mode = plan.args(layer, window_left, num_splits, batch) if plan else (None, None, 0)
     mod.call("mv_fa3_fwd", out.data_ptr(), q.data_ptr(), k_cache.data_ptr(), v_cache.data_ptr(),
              page_table.data_ptr(), page_table.shape[1], cu_seqlens_q.data_ptr(), seqused_k.data_ptr(),
-             batch, total_q, max_seqlen_q, max_seqlen_k, hq, k_cache.shape[2], HEAD_DIM,
+             batch, total_q, max_seqlen_q, max_seqlen_k, hq, k_cache.shape[2], lim.head_dim,
              k_cache.shape[0], k_cache.shape[1], scale, int(causal), window_left,
              sinks.data_ptr() if sinks is not None else None, num_splits,
              workspace.data_ptr(), workspace.numel(), sched, semaphore, sched_mode,
@@ -121,9 +145,14 @@ class StepPlan:
 
 
 def fa3_supported(q: torch.Tensor, sinks: torch.Tensor | None) -> bool:
-    """True when the FA3 module is loaded and the call is within this build (bf16, d 64, sinks <= 64 heads)."""
-    return (q.is_cuda and q.dtype == torch.bfloat16 and q.shape[-1] == HEAD_DIM
-            and (sinks is None or q.shape[1] <= 64) and try_load(MODULE) is not None)
+    """True when the FA3 module is loaded and the call is within what its build supports (its manifest's
+    runtime limits: dtype, head_dim, query heads with sinks)."""
+    mod = try_load(MODULE) if q.is_cuda else None
+    if mod is None:
+        return False
+    lim = Fa3Build.of(mod)
+    return (q.dtype == lim.dtype and q.shape[-1] == lim.head_dim
+            and (sinks is None or q.shape[1] <= lim.max_q_heads_with_sinks))
 
 
 def paged_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, page_table: torch.Tensor,

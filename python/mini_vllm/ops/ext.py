@@ -9,13 +9,18 @@ Search order for `<module>.so`: the directory given to `use_ext_dir` (the engine
 (`mini_vllm/_ext/`, where images install them). Problems are reported, never hidden: a missing module,
 a module that fails to load, or one whose cubins target another GPU architecture raise ExtensionError
 with the paths searched and what was found; `try_load` turns that into None for the CPU fallback.
+
+What a module supports (FA3: head_dim, dtype, query heads with sinks, splits) is data the build wrote
+into `manifest.json` beside it (build_config.yaml `kernels.<set>.runtime`); `Module.runtime` carries it,
+so the server checks calls against the build it loaded and never reads the builder's config.
 """
 from __future__ import annotations
 
 import ctypes
 import functools
+import json
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 _P, _I32, _I64, _F32 = ctypes.c_void_p, ctypes.c_int, ctypes.c_int64, ctypes.c_float
@@ -134,14 +139,37 @@ def fatbin_archs(path: Path) -> set[str]:
     return archs
 
 
+# The runtime limits a module's manifest entry must carry (written by `invoke kernels`).
+RUNTIME_KEYS: dict[str, tuple[str, ...]] = {
+    "mini_vllm_fa3": ("head_dim", "dtype", "max_q_heads_with_sinks", "max_num_splits"),
+}
+
+
+def build_runtime(name: str, path: Path) -> dict:
+    """The `runtime` entry of `name` in the manifest.json beside `path` ({} for modules that need none)."""
+    mpath = Path(path).parent / "manifest.json"
+    try:
+        entry = json.loads(mpath.read_text()).get(name) or {}
+    except (OSError, ValueError, AttributeError):
+        entry = {}
+    runtime = dict(entry.get("runtime") or {}) if isinstance(entry, dict) else {}
+    missing = [k for k in RUNTIME_KEYS.get(name, ()) if k not in runtime]
+    if missing:
+        raise ExtensionError(f"{mpath}: no {', '.join(missing)} for {name} (what the build supports; written by "
+                             "`invoke kernels` since it installs the module): rebuild with `invoke kernels`")
+    return runtime
+
+
 @dataclass
 class Module:
-    """A loaded extension: its path, the ctypes library, and the cubin architectures it carries."""
+    """A loaded extension: its path, the ctypes library, the cubin architectures it carries, and what
+    the build says it supports (its manifest entry's `runtime`)."""
 
     name: str
     path: Path
     lib: ctypes.CDLL
     archs: frozenset[str]
+    runtime: dict = field(default_factory=dict)
 
     def fn(self, symbol: str):
         return getattr(self.lib, symbol)
@@ -166,6 +194,7 @@ def load(name: str, path: Path | None = None, device_arch: str | None = None) ->
     if name not in SIGNATURES:
         raise ExtensionError(f"unknown extension module {name!r}; known: {sorted(SIGNATURES)}")
     archs = frozenset(fatbin_archs(path))
+    runtime = build_runtime(name, path)
     if device_arch and device_arch not in archs:
         raise ExtensionError(f"{path} was built for {sorted(archs) or 'no GPU architecture'}, "
                              f"this GPU is {device_arch}; rebuild with `invoke kernels`")
@@ -179,7 +208,7 @@ def load(name: str, path: Path | None = None, device_arch: str | None = None) ->
     for sym, (res, args) in SIGNATURES[name].items():
         f = getattr(lib, sym)
         f.restype, f.argtypes = res, args
-    return Module(name, path, lib, archs)
+    return Module(name, path, lib, archs, runtime)
 
 
 def current_device_arch() -> str | None:

@@ -152,7 +152,7 @@ def fa3_plan_problem(num_heads: int, num_kv_heads: int, device: torch.device, pa
     lens_q, lens_k = [1, 1, 1, 5], [700, 40, 1500, 5]
     pages = [(n + page_size - 1) // page_size for n in lens_k]
     num_pages = sum(pages) + 4
-    d = attention_fa3.HEAD_DIM
+    d = attention_fa3.build_limits().head_dim
 
     def rnd(*shape):
         return torch.randn(*shape, generator=gen, device=device).to(torch.bfloat16)

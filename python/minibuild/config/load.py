@@ -140,7 +140,8 @@ def kernel_set(name: str, s: _Doc) -> KernelSet:
     return KernelSet(name=name, units=units, include_dirs=incs, defines=s.strings("defines"),
                      flags=s.strings("flags"), gencode=s.strings("gencode"),
                      uses_torch=s.get("uses_torch", _bool, False), mem_gb_per_job=s.get("mem_gb_per_job", float, 1.0),
-                     module=s.get("module", str, name), link_flags=s.strings("link_flags"), sources_used=tuple(used))
+                     module=s.get("module", str, name), link_flags=s.strings("link_flags"), sources_used=tuple(used),
+                     runtime=MappingProxyType(s.section("runtime").plain()))
 
 
 def kernel_sets(d: _Doc) -> dict[str, KernelSet]:

@@ -76,6 +76,7 @@ class KernelSet:
     module: str
     link_flags: tuple[str, ...]
     sources_used: tuple[str, ...]     # pinned source names this set needs
+    runtime: Mapping[str, Any]        # what the runtime may ask of the module (into manifest.json)
 
 
 @dataclass(frozen=True)
