@@ -34,7 +34,8 @@ def _kernels(cfg: Config, root: Path) -> str:
 
     if not build_kernels(cfg, explain=False, dry_run=False, offline=False, jobs=None, only=["ours"]):
         raise RuntimeError("invoke kernels --only ours failed (see above)")
-    return "ours built; FA3 skipped on this machine (`invoke kernels` builds it: ~2 min, 7.6 GB per unit)"
+    return ("ours built; FA3 not built here (`invoke kernels --only fa3`: fetches the pinned FA3/CUTLASS sources "
+            "- GitHub or --mirror-dir, docs/build.md - then ~2 min and 7.6 GB per unit)")
 
 
 def _images(cfg: Config, root: Path) -> str:

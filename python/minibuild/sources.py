@@ -155,12 +155,45 @@ def tree_changes(store: Store, tree_id: str) -> str | None:
 _LOCAL_WRITE_FAILURES = {errno.ENOSPC, errno.EROFS, errno.EDQUOT}
 
 
-def _rejected(pin: Pin, url: str, exc: Exception, failures: list[str]) -> None:
-    msg = str(exc)
-    if isinstance(exc, subprocess.CalledProcessError) and exc.stderr:
-        msg += ": " + exc.stderr.decode(errors="replace").strip()[-300:]
-    failures.append(f"  {url}: {type(exc).__name__}: {msg}")
-    ui.warn(f"sources.{pin.name}: rejected mirror {url}: {msg}")
+def _why(url: str, exc: Exception) -> str:
+    """What one mirror did wrong, in a few words (a mirror's failure is said once, in the advice block)."""
+    import urllib.error
+    from urllib.parse import urlsplit
+
+    host = urlsplit(url[4:] if url.startswith("git+") else url).hostname or url
+    if isinstance(exc, urllib.error.HTTPError):
+        return f"HTTP {exc.code} from {host}"
+    if isinstance(exc, urllib.error.URLError):
+        return f"cannot reach {host} ({getattr(exc.reason, 'strerror', None) or exc.reason})"
+    if isinstance(exc, subprocess.CalledProcessError):
+        lines = [ln.strip() for ln in (exc.stderr or b"").decode(errors="replace").splitlines() if ln.strip()]
+        return f"git {exc.cmd[3] if len(exc.cmd) > 3 else ''} failed: {lines[-1] if lines else f'exit {exc.returncode}'}"
+    if isinstance(exc, TimeoutError):
+        return f"no answer from {host} (timed out)"
+    return str(exc) if isinstance(exc, SourceError) else f"{type(exc).__name__}: {exc}"
+
+
+class FetchFailed(SourceError):
+    """No mirror gave a pin's tree. The message is the whole advice block: what failed (each mirror once)
+    and what to do - a mirror directory and how to make one, `--only ours`, `--offline`."""
+
+    def __init__(self, pin: Pin, failures: list[tuple[str, str]], offline: bool, mdir: Path | None) -> None:
+        self.pin, self.failures = pin, failures
+        tried = [f"    {url}: {why}" for url, why in failures] or [
+            "    (no mirror to try" + (" with --offline: only file:// mirrors and a mirror directory count)"
+                                       if offline else ")")]
+        if mdir is not None and not any(u.startswith(mdir.as_uri()) for u, _ in failures):
+            tried.insert(0, f"    mirror directory {mdir}: holds no {pin.name}-{pin.commit}.tar[.gz] (or directory)")
+        super().__init__("\n".join([
+            f"cannot fetch the pinned source {pin.name} ({pin.repo} {pin.version or pin.commit[:12]}); nothing stored.",
+            *tried,
+            "  what to do (docs/build.md, Sources):",
+            f"    - give a mirror directory: --mirror-dir DIR (or MINI_VLLM_MIRROR=DIR) holding {pin.name}-{pin.commit}.tar;",
+            "      make it where GitHub is reachable: python bench/make_source_mirror.py --from-github --out DIR,",
+            "      or run `invoke fetch` there and copy its store here (MINI_VLLM_CACHE=DIR)",
+            "    - build without third-party sources: invoke kernels --only ours (FA3 needs them)",
+            "    - --offline: use only the store and local mirrors, try no network",
+        ]))
 
 
 def ensure_source(store: Store, pin: Pin, offline: bool = False, mdir: Path | None = None) -> Path:
@@ -172,14 +205,13 @@ def ensure_source(store: Store, pin: Pin, offline: bool = False, mdir: Path | No
         if store.has_tree(tid):
             return store.tree_dir(tid)
         urls = candidates(pin, mdir, offline)
-        if not urls:
-            raise SourceError(f"sources.{pin.name}: no mirror to try" + (" offline (use --mirror-dir or "
-                              "$MINI_VLLM_MIRROR, or a file:// mirror)" if offline else ""))
-        failures: list[str] = []
+        failures: list[tuple[str, str]] = []
         for url in urls:
             staged = store.staging_dir()
             try:
                 t0 = time.monotonic()
+                if not url.startswith(("file://", "git+file://")):
+                    ui.info(f"fetching {pin.name} {pin.version or pin.commit[:12]} from {url} ...")
                 tree = staged / "tree"
                 tree.mkdir()
                 _materialize(url, pin, tree, staged, pin.limits)
@@ -195,15 +227,14 @@ def ensure_source(store: Store, pin: Pin, offline: bool = False, mdir: Path | No
             except OSError as exc:
                 if exc.errno in _LOCAL_WRITE_FAILURES:   # our disk, not the mirror: no other mirror helps
                     raise
-                _rejected(pin, url, exc, failures)
-            except Exception as exc:  # any mirror failure: report, try the next one
-                _rejected(pin, url, exc, failures)
+                failures.append((url, _why(url, exc)))
+            except Exception as exc:  # any mirror failure: noted (said once, below), the next one tried
+                failures.append((url, _why(url, exc)))
             finally:
                 if staged.exists():
                     make_writable(staged)
                     shutil.rmtree(staged, ignore_errors=True)
-        raise SourceError(f"sources.{pin.name} ({pin.commit}): no mirror gave the pinned tree; nothing "
-                          "stored.\n" + "\n".join(failures))
+        raise FetchFailed(pin, failures, offline, mdir)
 
 
 def fetch_all(cfg: Config, offline: bool = False, mirror: str | os.PathLike[str] | None = None,

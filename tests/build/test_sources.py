@@ -82,7 +82,7 @@ def test_mirror_dir_first_and_offline_skips_network(fixture_repo: dict[str, Any]
     assert candidates(pin, mdir, offline=True) == [(mdir / f"fix-{fixture_repo['commit']}.tar").as_uri()]
     assert candidates(pin, None, offline=False)[0].endswith(f"/example/fixture/tar.gz/{fixture_repo['commit']}")
     assert tree_hash(fetch_all(cfg, offline=True, mirror=mdir)["fix"]) == fixture_repo["tree"]
-    with pytest.raises(SourceError, match="no mirror to try offline"):
+    with pytest.raises(SourceError, match="no mirror to try with --offline"):
         fetch_all(cfg_for(fixture_repo, ["https://example.invalid/x.tar.gz"], tree="0" * 64), offline=True)
 
 
