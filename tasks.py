@@ -9,10 +9,10 @@ import os
 import sys
 from pathlib import Path
 
-from invoke import task
-
 ROOT = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT / "python"))
+
+from minibuild.cli_task import task  # noqa: E402  (no automatic short flags: one meaning per short flag)
 
 
 def _config():
@@ -29,7 +29,7 @@ def _config():
 
 # --- build engine (issue: build engine, pinned sources, invoke kernels) ------------------------
 
-@task(help={"offline": "use only the store and local (file://) mirrors",
+@task(help={"offline": "use only the store and local (file://) mirrors, try no network (default: off)",
             "mirror_dir": "directory of <name>-<commit>.tar source tarballs (default: $MINI_VLLM_MIRROR)"})
 def fetch(c, offline=False, mirror_dir=""):
     """Bring the pinned third-party sources into the store, verified by tree hash."""
@@ -41,9 +41,9 @@ def fetch(c, offline=False, mirror_dir=""):
 
 
 @task(help={
-    "explain": "print, for each task that runs, which input changed",
-    "dry_run": "print what would run, run nothing",
-    "offline": "use only the store and local mirrors for sources",
+    "explain": "print, for each task that runs, which input changed (default: off)",
+    "dry_run": "print what would run, run nothing (default: off)",
+    "offline": "use only the store and local mirrors for sources, try no network (default: off)",
     "jobs": "parallel compile jobs (default: bounded by cores and free memory)",
     "only": "comma-separated kernel sets to build (default: all in build_config.yaml)",
     "mirror_dir": "directory of <name>-<commit>.tar source tarballs (default: $MINI_VLLM_MIRROR)",
@@ -58,8 +58,8 @@ def kernels(c, explain=False, dry_run=False, offline=False, jobs=0, only="", mir
         raise SystemExit(1)
 
 
-@task(help={"dot": "also write the graph as Graphviz DOT to this path",
-            "png": "also render a PNG (needs graphviz's dot)"})
+@task(help={"dot": "also write the graph as Graphviz DOT to this path (default: none)",
+            "png": "also render a PNG to this path (needs graphviz's dot; default: none)"})
 def graph(c, dot="", png=""):
     """Print the task graph (sources -> objects -> modules -> images -> rollout)."""
     from minibuild.graph import show_graph
@@ -67,8 +67,9 @@ def graph(c, dot="", png=""):
     show_graph(_config(), dot=dot or None, png=png or None)
 
 
-@task(help={"stats": "print entry counts and sizes", "gc": "delete entries no current build references",
-            "max_age_days": "with --gc: also keep anything used within this many days"})
+@task(help={"stats": "print entry counts and sizes (default: on unless --gc)",
+            "gc": "delete entries no current build references, and .tmp-* leftovers (default: off)",
+            "max_age_days": "with --gc: also keep anything used within this many days (default: 0 = only what builds use)"})
 def cache(c, stats=False, gc=False, max_age_days=0):
     """Inspect or prune the content-addressed store."""
     from minibuild.cache_cmd import cache_command
@@ -80,9 +81,9 @@ def cache(c, stats=False, gc=False, max_age_days=0):
 
 # --- runtime server -------------------------------------------------------------------------------
 
-@task(help={"tiny": "write the tiny random GPT-OSS checkpoint (the embedded default)",
+@task(help={"tiny": "write the tiny random GPT-OSS checkpoint, the embedded default model (default: on; the only kind)",
             "out": "output directory (default: model.tiny_dir in build_config.yaml)",
-            "seed": "random seed"})
+            "seed": "random seed (default: 0)"})
 def model(c, tiny=True, out="", seed=0):
     """Write a deterministic random tiny GPT-OSS checkpoint in the published format."""
     from minibuild.server_entry import ServerEntryError, write_tiny_model
@@ -96,7 +97,9 @@ def model(c, tiny=True, out="", seed=0):
     print(path)
 
 
-@task(help={"model": "model directory (default: the tiny model)", "port": "port", "tp": "tensor parallel size"})
+@task(help={"model": "model directory (default: the tiny model)",
+            "port": "port to listen on (default: server.port in build_config.yaml, 8000)",
+            "tp": "tensor parallel size (default: 1)"})
 def serve(c, model="", port=0, tp=1):
     """Run `mini-vllm serve` in the foreground."""
     cfg = _config()
@@ -108,9 +111,10 @@ def serve(c, model="", port=0, tp=1):
 
 # --- images ------------------------------------------------------------------------------------------
 
-@task(help={"stage": "essentials | cuda | server | all", "push": "REGISTRY/REPO:TAG to push to",
-            "explain": "say why a stage rebuilt", "dry_run": "print what would be built",
-            "lock": "re-resolve the profile's base and wheel locks (images/*.lock*), build nothing",
+@task(help={"stage": "a stage of images/stages.yaml, or all: the top stage and those below it (default: all)",
+            "push": "REGISTRY/REPO:TAG to push the stage to (default: no push)",
+            "explain": "say why a stage rebuilt (default: off)", "dry_run": "print what would be built (default: off)",
+            "lock": "re-resolve the profile's base and wheel locks (images/*.lock*), build nothing (default: off)",
             "profile": "image profile from build_config.yaml images.profiles (default: images.profile)"})
 def image(c, stage="all", push="", explain=False, dry_run=False, lock=False, profile=""):
     """Assemble layered, reproducible OCI images without a daemon; optionally push them."""
@@ -135,9 +139,9 @@ _SERVED = ("served model name: names the deployment (Kubernetes objects, Slurm j
            "and what clients ask for (default: the model path's last component)")
 
 
-@task(auto_shortflags=False,  # -o/-g/-j would mean --only/--gc/--jobs in other tasks
-      help={"tp": "tensor parallel size (default: 1)", "target": "hyperpod | eks | slurm | local (default: local)",
-            "dry_run": "print the rendered manifests / job script (and a diff against what is live); apply nothing",
+@task(help={"tp": "tensor parallel size (default: 1)", "target": "hyperpod | eks | slurm | local (default: local)",
+            "dry_run": "print the rendered manifests / job script (and a diff against what is live); apply nothing "
+                       "(default: off)",
             "delete": "remove the deployment of --served-model-name / --model (default: the only one, else the "
                       "default model's)",
             "image": "image reference REPO@sha256:... or a bare sha256: digest (default: build/images/server.json)",
@@ -162,8 +166,7 @@ def rollout(c, tp=1, target="local", dry_run=False, delete=False, image="", mode
         raise SystemExit(1)
 
 
-@task(auto_shortflags=False,
-      help={"target": "hyperpod | eks | slurm | local (default: local)",
+@task(help={"target": "hyperpod | eks | slurm | local (default: local)",
             "served_model_name": "show only this deployment (default: all)",
             "json": "print one deployment's parts as a JSON list of {role: replica|router|gateway, url, "
                     "pid|pod|job, ready} (default: a table of all)"})
@@ -185,7 +188,7 @@ def logs(c, target="local", served_model_name="", tail=100, follow=False):
     do_logs(_config(), target=target, served_name=served_model_name or None, tail=tail, follow=follow)
 
 
-@task(help={"target": "hyperpod | eks | slurm | local (default: local)", "url": "check this URL instead of the target's",
+@task(help={"target": "hyperpod | eks | slurm | local (default: local)", "url": "check this URL instead of the target's (default: the target's)",
             "served_model_name": "which deployment (default: the only one, else the default model's)",
             "api_key": "API key (default: $MINI_VLLM_API_KEY)"})
 def verify(c, target="local", url="", served_model_name="", api_key=""):
@@ -199,8 +202,8 @@ def verify(c, target="local", url="", served_model_name="", api_key=""):
         raise SystemExit(1)
 
 
-@task(auto_shortflags=False, help={
-    "url": "server A's base URL, e.g. http://127.0.0.1:8000 (required)",
+@task(help={
+    "url": "server A's base URL, e.g. http://127.0.0.1:8000 (required, no default)",
     "url_b": "server B's base URL for an A/B comparison (default: none)",
     "label_a": "name of A in tables and plots (default: A)", "label_b": "name of B (default: B)",
     "concurrency": "comma-separated concurrency levels (default: 1,8,64)",
@@ -251,7 +254,8 @@ def up(c):
         raise SystemExit(1)
 
 
-@task(help={"k": "pytest -k expression", "x": "stop at the first failure"})
+@task(help={"k": "only tests matching this pytest -k expression (default: all)",
+            "x": "stop at the first failure (default: off)"})
 def test(c, k="", x=False):
     """Run the whole test suite (what CI runs)."""
     args = [sys.executable, "-m", "pytest", "-q", "-ra", "--durations=15"]

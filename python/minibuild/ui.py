@@ -66,6 +66,21 @@ def failures_as_one_line(*known: type[BaseException]) -> Iterator[None]:
         raise SystemExit(1) from None
 
 
+def printable(text: str) -> str:
+    """`text` with control and other non-printable characters escaped (\\x1b, \\n, \\u202e...): a terminal
+    shows what a server sent, and no escape sequence in it runs."""
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
+
+
+def table_console() -> Any:
+    """The console for tables a user copies from (URLs, paths, pids): on a terminal its width; piped or
+    redirected, no width limit, so nothing is cut at 80 columns."""
+    from rich.console import Console
+
+    con = Console(highlight=False)
+    return con if con.is_terminal else Console(highlight=False, width=1_000_000)
+
+
 def out(msg: str = "") -> None:
     """Data output (stdout), not decorated."""
     sys.stdout.write(msg + "\n")

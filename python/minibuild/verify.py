@@ -15,9 +15,12 @@ from typing import Any
 
 import httpx
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 from minibuild.config import Config, ConfigError, VerifyConfig
+from minibuild.ui import printable, table_console
 
 console = Console(soft_wrap=True)
 
@@ -186,15 +189,15 @@ def verify(cfg: Config, target: str = "local", url: str | None = None, served_na
             base = url or stack.enter_context(target_url(cfg, target, served_name))
             results = run_checks(base, api_key, vcfg)
     except (RuntimeError, ConfigError, OSError) as exc:
-        console.print(f"[red]verify {target}: cannot reach the server:[/] {exc}")
+        console.print(f"[red]verify {target}: cannot reach the server:[/] {escape(printable(str(exc)))}")
         return False
-    table = Table(title=f"verify {base}")
+    table = Table(title=f"verify {printable(base)}")
     for col, kw in (("check", {}), ("result", {}), ("latency", {"justify": "right"}), ("detail", {})):
         table.add_column(col, **kw)
     for r in results:
         table.add_row(r.name, "[green]ok[/]" if r.ok else "[red]FAILED[/]", f"{r.seconds * 1000:.0f} ms",
-                      r.detail, style=None if r.ok else "red")
-    console.print(table)
+                      Text(printable(r.detail)), style=None if r.ok else "red")   # what the server sent, escaped
+    table_console().print(table)
     failed = [r.name for r in results if not r.ok]
     if failed or len(results) < 6:
         console.print(f"[red]verify failed:[/] {', '.join(failed)}")

@@ -12,7 +12,6 @@ import threading
 import time
 from typing import Any
 
-from rich.console import Console
 from rich.table import Table
 
 from minibuild import ui
@@ -209,7 +208,7 @@ def _status_one(plan: Plan, verdict: Verdict, pods: list[dict[str, Any]]) -> Non
         table.add_row(p["metadata"]["name"], phase,
                       str(cs[0].get("ready", False)), str(cs[0].get("restartCount", 0)),
                       (p.get("spec") or {}).get("nodeName", "-"))
-    Console().print(table)
+    ui.table_console().print(table)
 
 
 def logs(cfg: Config, plan: Plan, lines: int, follow: bool = False) -> None:

@@ -17,7 +17,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-from rich.console import Console
 from rich.table import Table
 
 from minibuild import ui
@@ -191,7 +190,7 @@ def status(cfg: Config, plan: Plan, only: bool = False) -> None:
                       st["url"], "yes" if up and probe(st["url"]) else "no", str(st.get("tp", "-")), st["log"])
     if not states:
         table.add_row(plan.name if only else "-", "-", "-", "not deployed", "-", "-", "-", "-")
-    Console().print(table)
+    ui.table_console().print(table)
 
 
 def logs(cfg: Config, plan: Plan, lines: int, follow: bool = False) -> None:

@@ -21,7 +21,6 @@ from typing import Any
 
 import httpx
 import yaml
-from rich.console import Console
 from rich.table import Table
 
 from minibuild import ui
@@ -285,7 +284,7 @@ def status(cfg: Config, plan: Plan, only: bool = False) -> None:
             path = ROUTER_READY if name.endswith("-router") else GATEWAY_READY
             table.add_row(name, str(rec.get("pid", "-")), rec.get("url", "-"),
                           "yes" if running(rec) and probe(rec["url"], path=path) else "no")
-        Console().print(table)
+        ui.table_console().print(table)
         return
     table = Table(title=f"local {plan.name}")
     for col in ("role", "name", "pid", "url", "ready", "in router"):
@@ -293,7 +292,7 @@ def status(cfg: Config, plan: Plan, only: bool = False) -> None:
     for e in entries(cfg, plan):
         table.add_row(e["role"], e["name"], str(e["pid"]), e["url"], "yes" if e["ready"] else "no",
                       {True: "yes", False: "no"}.get(e.get("in_router"), "-"))
-    Console().print(table)
+    ui.table_console().print(table)
 
 
 def logs(cfg: Config, plan: Plan, lines: int, follow: bool = False) -> None:

@@ -15,7 +15,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-from rich.console import Console
 from rich.table import Table
 
 from minibuild import ui
@@ -217,7 +216,7 @@ def status(cfg: Config, plan: Plan, only: bool = False) -> None:
         shown += 1
     if not shown:
         table.add_row(plan.name if only else "-", "-", "-", "not deployed", *["-"] * 6)
-    Console().print(table)
+    ui.table_console().print(table)
     batches = [j for j in queued("batch") if not only or j.served == plan.served_name]
     if batches:      # `invoke batch --target slurm` jobs in the queue
         jobs = Table(title="slurm batch jobs")
@@ -225,7 +224,7 @@ def status(cfg: Config, plan: Plan, only: bool = False) -> None:
             jobs.add_column(col)
         for j in batches:
             jobs.add_row(j.name, j.served, j.job_id, j.state, j.reason, j.node or "-")
-        Console().print(jobs)
+        ui.table_console().print(jobs)
 
 
 def logs(cfg: Config, plan: Plan, lines: int, follow: bool = False) -> None:
