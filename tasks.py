@@ -59,9 +59,16 @@ def kernels(c, explain=False, dry_run=False, offline=False, jobs=0, only="", mir
 
 
 @task(help={"dot": "also write the graph as Graphviz DOT to this path (default: none)",
-            "png": "also render a PNG to this path (needs graphviz's dot; default: none)"})
-def graph(c, dot="", png=""):
-    """Print the task graph (sources -> objects -> modules -> images -> rollout)."""
+            "png": "also render a PNG to this path (needs graphviz's dot; default: none)",
+            "imports": "instead, redraw the house from the code's imports: docs/architecture.svg and .dot "
+                       "(default: off)"})
+def graph(c, dot="", png="", imports=False):
+    """Print the task graph (sources -> objects -> modules -> images -> rollout); --imports: the house."""
+    if imports:
+        from minibuild.arch import draw_docs
+
+        draw_docs(ROOT)
+        return
     from minibuild.graph import show_graph
 
     show_graph(_config(), dot=dot or None, png=png or None)

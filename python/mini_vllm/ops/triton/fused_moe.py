@@ -42,20 +42,15 @@ class GemmTiles:
 
 
 @dataclass(frozen=True)
-class MoeConfig:
-    """block_m (shared: it sizes the align step) + gate_up tiles; `down` overrides them for down.
+class MoeConfig(GemmTiles):
+    """block_m (shared: it sizes the align step) + gate_up tiles (the GemmTiles fields, inherited);
+    `down` overrides them for down.
 
     kernel: "grouped" (tensor-core grouped GEMM, moe_gemm.py) or "gemv" (moe_gemv.py, decode sizes;
     block_m = routed slots per program, 1 = one slot per program and no align launch).
     """
 
     block_m: int = 16
-    block_n: int = 64
-    block_k: int = 128
-    num_warps: int = 4
-    num_stages: int = 3
-    decode: str = "dot_scaled"
-    split_k: int = 1
     down: GemmTiles | None = field(default=None)
     kernel: str = "grouped"
 
