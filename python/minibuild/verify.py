@@ -171,8 +171,8 @@ def target_url(cfg: Config, target: str, served_name: str | None = None) -> Iter
     if target == "local":   # through the router when one runs
         from minibuild.cluster.local_stack import url
         yield url(cfg, plan)
-    elif target == "slurm":
-        from minibuild.cluster.slurm import url
+    elif target == "slurm":   # through the router job when one runs
+        from minibuild.cluster.slurm_stack import url
         yield url(cfg, plan)
     else:
         from minibuild.cluster.portforward import forward_to_deployment

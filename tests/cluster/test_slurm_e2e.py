@@ -184,3 +184,30 @@ def test_a_job_whose_server_cannot_load_fails(slurm, tmp_path):
     # load first, listen after: the server exits 1 with one line, so the job itself fails (nothing to cancel)
     assert "model failed to load" in r.stdout and "last lines of" in r.stdout
     assert _squeue(env, "mini-vllm-not-a-model") == ""
+
+
+def test_replicas_behind_a_router_job(slurm, tmp_path):
+    """Two model jobs and a vllm-router job beside them; verify goes through the router."""
+    if not (ROOT / ".venv-tools/vllm-router/bin/vllm-router").exists():
+        pytest.skip("vllm-router venv missing: run ./dev")
+    model = tiny_model(tmp_path / "tiny-gpt-oss")
+    env = {**_env(slurm, tmp_path), "MINI_VLLM_ROUTER_PORT": str(free_port()),
+           "MINI_VLLM_ROUTER_METRICS_PORT": str(free_port())}
+    try:
+        r = invoke("rollout", "--target", "slurm", "--model", str(model), "--replicas", "2", "--router", "round_robin",
+                   env=env, timeout=400)
+        assert r.returncode == 0, r.stdout
+        assert "submitted router job" in r.stdout
+        st = json.loads(invoke("status", "--target", "slurm", "--json", env=env).stdout)
+        assert [e["role"] for e in st] == ["replica", "replica", "router"], st
+        assert all(e["ready"] and e["state"] == "RUNNING" for e in st), st
+        router = st[-1]["url"]
+        assert router.endswith(env["MINI_VLLM_ROUTER_PORT"])
+        script = (tmp_path / "rollout/slurm/mini-vllm-tiny-gpt-oss-router.sbatch").read_text()
+        assert all(e["url"] in script for e in st[:2]) and "--policy round_robin" in script
+        v = invoke("verify", "--target", "slurm", env=env)
+        assert v.returncode == 0 and f"verify {router}" in v.stdout, v.stdout
+    finally:
+        d = invoke("rollout", "--target", "slurm", "--delete", env=env)
+    assert d.returncode == 0
+    assert _squeue(slurm.env, "mini-vllm-tiny-gpt-oss") == "" and _squeue(slurm.env, "mini-vllm-tiny-gpt-oss-router") == ""

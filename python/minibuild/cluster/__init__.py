@@ -19,8 +19,8 @@ from minibuild.config import Config, ConfigError
 def _backend(target: str):
     if target == "local":   # replicas, router and gateway around local.py's one-process server
         from minibuild.cluster import local_stack as backend
-    elif target == "slurm":
-        from minibuild.cluster import slurm as backend
+    elif target == "slurm":   # replica jobs (slurm.py) + a router job
+        from minibuild.cluster import slurm_stack as backend
     else:
         from minibuild.cluster import kube as backend
     return backend

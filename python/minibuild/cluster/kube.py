@@ -16,7 +16,9 @@ from rich.table import Table
 
 from minibuild import ui
 from minibuild.cluster.kube_api import ApiError, ClusterUnreachable, Kube
-from minibuild.cluster.render import render_kubernetes, to_yaml
+from minibuild.cluster.kube_stack import MODELS, STACK_KINDS, stack_selector, wait_parts
+from minibuild.cluster.render import to_yaml
+from minibuild.cluster.render_stack import render_stack
 from minibuild.cluster.settings import MANAGED, Plan, RolloutError
 from minibuild.cluster.waiter import Verdict, assess, crashlooping, kueue_gated
 from minibuild.config import Config
@@ -67,27 +69,30 @@ def show_dry_run(plan: Plan, objects: list[dict[str, Any]]) -> bool:
 
 
 def delete_all(kube: Kube, plan: Plan) -> bool:
-    """Delete what the rollout made in its namespace by label: autoscaler, monitors, Deployment, Service.
-    Kept: an EKS model-cache PVC (it is the cache), the GPU NodePool and the adapter's ConfigMap (shared)."""
+    """Delete what the rollout made in its namespace by label: autoscaler, monitors, model workload,
+    Service, router + RBAC, gateway. Kept: an EKS model-cache PVC (it is the cache), the GPU NodePool and
+    the adapter's ConfigMap (shared; only the gateway's ConfigMap is deleted)."""
     gone = []
-    for kind in ("ScaledObject", "HorizontalPodAutoscaler", "PodMonitor", "ServiceMonitor", "Deployment", "Service"):
+    for kind in ("ScaledObject", "HorizontalPodAutoscaler", "PodMonitor", "ServiceMonitor", *STACK_KINDS):
+        selectors = ([f"{stack_selector(plan)},app.kubernetes.io/component=gateway"] if kind == "ConfigMap"
+                     else [plan.selector, stack_selector(plan)])
         try:
-            found = kube.list(kind, plan.namespace, plan.selector)
+            found = {o["metadata"]["name"] for sel in selectors for o in kube.list(kind, plan.namespace, sel)}
         except ApiError as exc:
             if exc.status == 404 and kind in PROVIDERS:   # that CRD is not installed: nothing of it to delete
                 continue
             raise
-        for obj in found:
-            kube.delete(kind, plan.namespace, obj["metadata"]["name"])
-            gone.append(f"{kind}/{obj['metadata']['name']}")
+        for name in sorted(found):
+            kube.delete(kind, plan.namespace, name)
+            gone.append(f"{kind}/{name}")
     ui.console().print(f"deleted {', '.join(gone)}" if gone else f"nothing labelled {plan.selector} in {plan.namespace}")
     return True
 
 
 def observe(kube: Kube, plan: Plan) -> Verdict:
     """Read the rollout's objects once and judge them."""
-    dep = kube.get("Deployment", plan.namespace, plan.name)
-    if dep is None:
+    dep = kube.get("Deployment", plan.namespace, plan.name) or kube.get("StatefulSet", plan.namespace, plan.name)
+    if dep is None:   # (a StatefulSet: EKS replicas with a cache each; its status reads the same here)
         return Verdict("missing", f"deployment {plan.name} does not exist in {plan.namespace}", done=True)
     pods = kube.list("Pod", plan.namespace, f"app={plan.name}")
     rsets = kube.list("ReplicaSet", plan.namespace, f"app={plan.name}")
@@ -142,7 +147,7 @@ def apply_one(kube: Kube, obj: dict[str, Any], manager: str) -> dict[str, Any] |
 
 
 def rollout(cfg: Config, plan: Plan, dry_run: bool, delete: bool) -> bool:
-    objects = render_kubernetes(cfg, plan)
+    objects = render_stack(cfg, plan)
     if dry_run:
         return show_dry_run(plan, objects)
     try:
@@ -159,6 +164,9 @@ def rollout(cfg: Config, plan: Plan, dry_run: bool, delete: bool) -> bool:
             ui.console().print(f"applied {obj['kind']}/{obj['metadata']['name']} in {where} (generation {gen})")
         verdict = wait(kube, plan, float(plan.settings.get("wait_timeout_s") or cfg.cluster.wait_timeout_s),
                        float(plan.settings.get("poll_s", 5)))
+        if verdict.ok:
+            verdict = wait_parts(kube, plan, float(plan.settings.get("wait_timeout_s") or cfg.cluster.wait_timeout_s),
+                                 float(plan.settings.get("poll_s", 5)))
     except (ClusterUnreachable, ApiError) as exc:
         raise RolloutError(str(exc)) from exc
     if verdict.ok:
@@ -176,7 +184,7 @@ def rollout(cfg: Config, plan: Plan, dry_run: bool, delete: bool) -> bool:
 def deployed(cfg: Config, plan: Plan) -> list[str]:
     """Served names of the Deployments rollout made in the plan's namespace."""
     try:
-        deps = _connect().list("Deployment", plan.namespace, MANAGED)
+        deps = [d for kind in ("Deployment", "StatefulSet") for d in _connect().list(kind, plan.namespace, MODELS)]
     except (ClusterUnreachable, ApiError) as exc:
         raise RolloutError(str(exc)) from exc
     return sorted(((d["metadata"].get("annotations") or {}).get(SERVED_ANNOTATION) or d["metadata"]["name"])
@@ -187,7 +195,8 @@ def status(cfg: Config, plan: Plan, only: bool = False) -> None:
     """Each Deployment rollout made (or only the plan's): its verdict and its pods."""
     try:
         kube = _connect()
-        names = [plan.name] if only else sorted(d["metadata"]["name"] for d in kube.list("Deployment", plan.namespace, MANAGED))
+        names = [plan.name] if only else sorted(d["metadata"]["name"] for kind in ("Deployment", "StatefulSet")
+                                                for d in kube.list(kind, plan.namespace, MODELS))
         if not names:
             ui.console().print(f"{plan.target} {plan.namespace}: nothing deployed (no Deployment labelled {MANAGED})")
         for name in names:
@@ -250,3 +259,13 @@ def _follow(kube: Kube, namespace: str, pods: list[str], lines: int) -> None:
             t.join(0.2)
     if errors:
         raise errors[0]
+
+
+def entries(cfg: Config, plan: Plan) -> list[dict[str, Any]]:
+    """status --json: model pods, router and gateway pods with their readiness."""
+    from minibuild.cluster import kube_stack
+
+    try:
+        return kube_stack.entries(_connect(), plan, cfg.cluster.stack.router.port, cfg.cluster.stack.gateway.port)
+    except (ClusterUnreachable, ApiError) as exc:
+        raise RolloutError(str(exc)) from exc

@@ -27,6 +27,10 @@ KINDS: dict[str, tuple[str, str]] = {   # kind -> (API prefix, plural)
     "ScaledObject": ("/apis/keda.sh/v1alpha1", "scaledobjects"),                # KEDA
     "NodePool": ("/apis/karpenter.sh/v1", "nodepools"),                         # Karpenter (cluster-scoped)
     "EC2NodeClass": ("/apis/karpenter.k8s.aws/v1", "ec2nodeclasses"),
+    "StatefulSet": ("/apis/apps/v1", "statefulsets"),
+    "ServiceAccount": ("/api/v1", "serviceaccounts"),
+    "Role": ("/apis/rbac.authorization.k8s.io/v1", "roles"),
+    "RoleBinding": ("/apis/rbac.authorization.k8s.io/v1", "rolebindings"),
 }
 CLUSTER_SCOPED = {"NodePool", "EC2NodeClass"}
 

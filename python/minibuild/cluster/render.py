@@ -119,7 +119,9 @@ def render_kubernetes(cfg: Config, plan: Plan) -> list[dict[str, Any]]:
         "command": ["mini-vllm", *server_args(plan)], "env": _env(cfg, plan),
         "node_selector": node_selector or None, "tolerations": s.get("tolerations") or None,
         "volumes": volumes, "volume_mounts": mounts,
-        "progress_deadline_s": cfg.cluster.progress_deadline_s,
+        "progress_deadline_s": cfg.cluster.progress_deadline_s, "replicas": plan.replicas,
+        "strategy": {"type": "Recreate"} if plan.replicas == 1 else
+        {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 0, "maxUnavailable": 1}},
         "pvc_name": vol.get("pvc"), "pvc_size": vol.get("size"), "storage_class": vol.get("storage_class"),
         **{k: int(v) for k, v in probes.items()},
     }

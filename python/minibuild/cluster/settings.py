@@ -126,28 +126,28 @@ def state_dir(cfg: Config, target: str) -> Path:
     return d
 
 
-def image_reference(cfg: Config, image: str | None) -> tuple[str, str]:
+def image_reference(cfg: Config, image: str | None, stage: str = "server") -> tuple[str, str]:
     """(REPO@sha256:..., source) from --image (a reference, or a bare digest in registry.default) or
-    build/images/server.json; refuses tag-only references."""
+    build/images/<stage>.json; refuses tag-only references."""
     if image and image.startswith("sha256:"):   # a bare digest: the server image in the default registry
         registry = cfg.registry
-        ref, source = f"{registry.default}/{registry.prefix}server@{image}", "--image + registry.default"
+        ref, source = f"{registry.default}/{registry.prefix}{stage}@{image}", "--image + registry.default"
     elif image:
         ref, source = image, "--image"
     else:
-        record = cfg.path(cfg.images.out_dir) / "server.json"
+        record = cfg.path(cfg.images.out_dir) / f"{stage}.json"
         if not record.exists():
             raise RolloutError(f"no image: {record} does not exist. Build and push one "
-                               "(`invoke image --stage server --push REGISTRY/REPO:TAG`) or pass --image REPO@sha256:...")
+                               f"(`invoke image --stage {stage} --push REGISTRY/REPO:TAG`) or pass --image REPO@sha256:...")
         try:
             data = json.loads(record.read_text())
         except json.JSONDecodeError as exc:
             raise RolloutError(f"{record}: not valid JSON ({exc})") from exc
         ref, source = data.get("reference"), str(record)
         if not ref:
-            raise RolloutError(f"{record}: the server image (digest {data.get('digest')}) was built but not "
-                               "pushed, so a cluster cannot pull it. Push it (`invoke image --stage server "
-                               "--push REGISTRY/REPO:TAG`) or pass --image REPO@sha256:...")
+            raise RolloutError(f"{record}: the {stage} image (digest {data.get('digest')}) was built but not "
+                               "pushed, so a cluster cannot pull it. Push it (`invoke image --stage "
+                               f"{stage} --push REGISTRY/REPO:TAG`) or pass --image REPO@sha256:...")
     if not _DIGEST_REF.match(ref):
         raise RolloutError(f"image {ref!r} is not pinned by digest (REPO@sha256:<64 hex>): a tag can change "
                            "under a running Deployment. Pass the digest reference that `invoke image` printed.")

@@ -12,6 +12,8 @@ Environment overrides (each replaces one setting):
   SOURCE_DATE_EPOCH -> images.source_date_epoch
   MINI_VLLM_PORT -> cluster.port              MINI_VLLM_ROLLOUT_DIR -> cluster.state_dir
   MINI_VLLM_TOOLS_DIR -> the router / gateway venvs (.venv-tools)
+  MINI_VLLM_IMAGE_ROUTER / MINI_VLLM_IMAGE_GATEWAY -> the router / gateway image (a digest reference)
+  MINI_VLLM_ROUTER_PORT / MINI_VLLM_ROUTER_METRICS_PORT -> cluster.stack.router.port / .metrics_port
   $<cluster.api_key_env> -> the API key `invoke verify` sends (held in memory, never written)
   XDG_CACHE_HOME -> the store's default place when store.local is null
 """

@@ -180,14 +180,18 @@ def _secret(s: _Doc) -> SecretRef:
 def stack_config(d: _Doc, root: Path, env: Mapping[str, str]) -> StackConfig:
     r, g = d.section("router"), d.section("gateway")
     frozen = lambda s: MappingProxyType({str(k): v for k, v in s.plain().items()})  # noqa: E731
-    router = RouterConfig(policies=r.strings("policies"), port=r.get("port", int), metrics_port=r.get("metrics_port", int),
+    port = _env(env, "MINI_VLLM_ROUTER_PORT", int, "cluster.stack.router.port") or r.get("port", int)
+    mport = _env(env, "MINI_VLLM_ROUTER_METRICS_PORT", int, "cluster.stack.router.metrics_port") or r.get("metrics_port", int)
+    router = RouterConfig(policies=r.strings("policies"), port=port, metrics_port=mport,
                           image_stage=r.get("image_stage", str, "router"),
                           session_header=r.get("session_header", str, "X-Session-ID"),
-                          args=frozen(r.section("args")), resources=frozen(r.section("resources")))
+                          args=frozen(r.section("args")), resources=frozen(r.section("resources")),
+                          image=_env(env, "MINI_VLLM_IMAGE_ROUTER", str, "the router image"))
     gateway = GatewayConfig(kinds=g.strings("kinds"), port=g.get("port", int), image_stage=g.get("image_stage", str, "gateway"),
                             master_key=_secret(g.section("master_key")),
                             env=MappingProxyType({str(k): str(v) for k, v in g.section("env").data.items()}),
-                            resources=frozen(g.section("resources")))
+                            resources=frozen(g.section("resources")),
+                            image=_env(env, "MINI_VLLM_IMAGE_GATEWAY", str, "the gateway image"))
     tools = _env(env, "MINI_VLLM_TOOLS_DIR", str, "the tools' venvs (.venv-tools)")
     return StackConfig(router=router, gateway=gateway, tools_dir=_path(root, tools) if tools else root / ".venv-tools")
 

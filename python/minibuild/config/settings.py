@@ -153,6 +153,7 @@ class RouterConfig:
     session_header: str
     args: Mapping[str, Any]          # vllm-router flags (name -> value; True = bare flag)
     resources: Mapping[str, str]
+    image: str | None = None         # $MINI_VLLM_IMAGE_ROUTER: a digest reference instead of build/images/router.json
 
 
 @dataclass(frozen=True)
@@ -164,6 +165,7 @@ class GatewayConfig:
     master_key: SecretRef
     env: Mapping[str, str]
     resources: Mapping[str, str]
+    image: str | None = None         # $MINI_VLLM_IMAGE_GATEWAY: a digest reference instead of build/images/gateway.json
 
 
 @dataclass(frozen=True)

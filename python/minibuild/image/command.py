@@ -91,6 +91,9 @@ def lock_images(cfg: Config, profile: str | None = None) -> None:
         raise ImageBuildError(f"profile {ctx.profile_name}: unknown base kind {base.kind!r}")
     lines = wheels.lock_wheels(ctx.path(whl.requirements), ctx.path(whl.lock), list(ctx.profile.pip_args))
     ui.info(f"{whl.lock}: {len(lines)} wheels")
+    for req, lock in wheels.stage_locks(ctx.path(cfg.images.stages), ctx.profile_name):   # router, gateway
+        lines = wheels.lock_wheels(ctx.path(req), ctx.path(lock), wheels.pypi_only(ctx.profile.pip_args))
+        ui.info(f"{lock}: {len(lines)} wheels")
 
 
 

@@ -99,10 +99,12 @@ def base_recipe(ctx: Context, spec: dict[str, Any]) -> Recipe:
 
 
 def wheels_recipe(ctx: Context, spec: dict[str, Any]) -> Recipe:
-    lock_rel = ctx.profile.wheels.lock
+    # The profile's wheel lock, or the stage's own (`lock: images/router-{profile}.lock`, PyPI only).
+    own = spec.get("lock")
+    lock_rel = own.replace("{profile}", ctx.profile_name) if own else ctx.profile.wheels.lock
     lock_path = ctx.path(lock_rel)
     wheels.read_lock(lock_path)            # unresolved -> clear error before any work
-    pip_args = list(ctx.profile.pip_args)
+    pip_args = wheels.pypi_only(ctx.profile.pip_args) if own else list(ctx.profile.pip_args)
     inputs = [ctx.file_input(lock_rel), Input("config", "pip_args", pip_args),
               Input("config", "site_packages", ctx.site()), Input("toolchain", "pip", wheels.pip_version())]
     tmp: list[Path] = []
