@@ -53,7 +53,7 @@ def _per_pod_statefulset(plan: Plan, dep: Obj, vol: dict[str, Any]) -> Obj:
                     "volumeClaimTemplates": [{
                         "metadata": {"name": "model", "labels": {"mini-vllm/stack": plan.name}},
                         "spec": {"accessModes": ["ReadWriteOnce"], "storageClassName": vol["storage_class"],
-                                "resources": {"requests": {"storage": vol["size"]}}}}]}}
+                                 "resources": {"requests": {"storage": vol["size"]}}}}]}}
     if "replicas" not in spec:     # an autoscaler owns the count (addons.py)
         del sts["spec"]["replicas"]
     return sts
