@@ -218,14 +218,15 @@ def verify(c, target="local", url="", served_model_name="", api_key=""):
     "requests": "requests per level (default: 0 = 2 per concurrent slot, at least 8)",
     "out": "output directory (default: build/bench)", "model": "model name in requests (default: first of /v1/models)",
     "api_key": "API key (default: $MINI_VLLM_API_KEY)", "warmup": "warm-up requests per server (default: 2)",
-    "temperature": "sampling temperature (default: 0)", "timeout": "per-request timeout in seconds (default: 600)"})
+    "temperature": "sampling temperature (default: 0)", "timeout": "per-request timeout in seconds (default: 600)",
+    "rounds": "run each level this many times, A and B alternating, and pool them (default: 1)"})
 def bench(c, url="", url_b="", label_a="A", label_b="B", concurrency="1,8,64", input_len=128, output_len=128,
-          requests=0, out="build/bench", model="", api_key="", warmup=2, temperature=0.0, timeout=600.0):
+          requests=0, out="build/bench", model="", api_key="", warmup=2, temperature=0.0, timeout=600.0, rounds=1):
     """Streamed load over the OpenAI API at each concurrency (A, or A vs B): table + PNG plots in --out."""
     from minibuild.bench import bench_command
 
     if not bench_command(url, url_b, label_a, label_b, concurrency, input_len, output_len, requests, out, model,
-                         api_key or os.environ.get("MINI_VLLM_API_KEY"), warmup, temperature, timeout):
+                         api_key or _config().cluster.api_key, warmup, temperature, timeout, rounds):
         raise SystemExit(1)
 
 

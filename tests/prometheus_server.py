@@ -51,9 +51,6 @@ class Prometheus:
 def prometheus(targets: list[str], work: Path, job: str = "mini-vllm", bearer_token: str | None = None,
                interval_s: float = 1.0) -> Iterator[Prometheus]:
     """Prometheus scraping `targets` ("127.0.0.1:PORT") every `interval_s`; yields once it answers."""
-    binary = shutil.which("prometheus")
-    if binary is None:
-        raise RuntimeError("the `prometheus` binary is missing: ./dev installs the Debian package")
     work.mkdir(parents=True, exist_ok=True)
     every = f"{int(interval_s * 1000)}ms"
     job_cfg: dict[str, Any] = {"job_name": job, "static_configs": [{"targets": list(targets)}]}
@@ -61,10 +58,21 @@ def prometheus(targets: list[str], work: Path, job: str = "mini-vllm", bearer_to
         job_cfg["authorization"] = {"credentials": bearer_token}
     (work / "prometheus.yml").write_text(yaml.safe_dump(
         {"global": {"scrape_interval": every, "evaluation_interval": every}, "scrape_configs": [job_cfg]}))
+    with prometheus_with_config(work / "prometheus.yml", work) as prom:
+        yield prom
+
+
+@contextmanager
+def prometheus_with_config(config: Path, work: Path) -> Iterator[Prometheus]:
+    """Prometheus run with an existing config file (e.g. the one `invoke rollout` wrote); data under `work`."""
+    binary = shutil.which("prometheus")
+    if binary is None:
+        raise RuntimeError("the `prometheus` binary is missing: ./dev installs the Debian package")
+    work.mkdir(parents=True, exist_ok=True)
     port = free_port()
     log_path = work / "prometheus.log"
     with open(log_path, "wb") as log:
-        proc = subprocess.Popen([binary, f"--config.file={work / 'prometheus.yml'}",
+        proc = subprocess.Popen([binary, f"--config.file={config}",
                                  f"--storage.tsdb.path={work / 'data'}", f"--web.listen-address=127.0.0.1:{port}"],
                                 stdout=log, stderr=subprocess.STDOUT)
     prom = Prometheus(f"http://127.0.0.1:{port}", proc, log_path)

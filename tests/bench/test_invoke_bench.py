@@ -47,13 +47,14 @@ def test_ab_table_and_plots_show_both(servers, tmp_path):
     a, b = servers
     out = tmp_path / "bench"
     r = invoke("bench", "--url", a, "--url-b", b, "--label-a", "seqs16", "--label-b", "seqs2",
-               "--concurrency", "1,4", "--input-len", "24", "--output-len", "8", "--requests", "8", "--out", str(out))
+               "--concurrency", "1,4", "--input-len", "24", "--output-len", "8", "--requests", "4", "--rounds", "2",
+               "--out", str(out))
     assert r.returncode == 0, r.stdout[-3000:]
     res = json.loads((out / "results.json").read_text())
     rows = {(x["label"], x["concurrency"]): x for x in res["rows"]}
     assert set(rows) == {("seqs16", 1), ("seqs16", 4), ("seqs2", 1), ("seqs2", 4)}
     for x in rows.values():
-        assert x["errors"] == 0 and x["requests"] == 8 and x["output_tokens"] == 8 * 8   # usage checked per request
+        assert x["errors"] == 0 and x["requests"] == 2 * 4 and x["output_tokens"] == 8 * 8   # 2 rounds pooled
         assert x["output_tok_s"] > 0 and 0 < x["ttft_ms"]["p50"] <= x["e2e_ms"]["p50"]
     md = (out / "results.md").read_text()
     assert md.count("| seqs16 |") == 2 and md.count("| seqs2 |") == 2 and "B/A ratios" in md

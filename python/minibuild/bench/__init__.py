@@ -7,6 +7,7 @@ level, so slow drift of a shared machine hits both) and shows progress.
 """
 from __future__ import annotations
 
+import asyncio
 import platform
 import shlex
 import sys
@@ -15,7 +16,8 @@ from dataclasses import replace
 from pathlib import Path
 
 from minibuild import ui
-from minibuild.bench.load import BenchError, LevelResult, Workload, run_level, served_model
+from minibuild.bench.load import (BenchError, LevelResult, RequestResult, Workload, measure, run_level,
+                                  served_model, summarize)
 
 
 def parse_levels(text: str) -> list[int]:
@@ -39,8 +41,12 @@ def _check(w: Workload) -> None:
 
 
 def run_bench(targets: list[tuple[str, str]], levels: list[int], workload: Workload, out: Path,
-              requests: int = 0, warmup: int = 2) -> list[LevelResult]:
-    """Run every level against every (label, url); write results and plots into out. Raises BenchError."""
+              requests: int = 0, warmup: int = 2, rounds: int = 1) -> list[LevelResult]:
+    """Run every level against every (label, url); write results and plots into out. Raises BenchError.
+    With rounds > 1 each level runs A, B, A, B, ... (fresh prompts per round) and the rounds are pooled:
+    a shared machine's slow drift then hits both sides alike."""
+    if rounds < 1:
+        raise BenchError(f"--rounds {rounds}: at least one round")
     _check(workload)
     models = {label: workload.model or served_model(url, workload.api_key) for label, url in targets}
     rows: list[LevelResult] = []
@@ -52,10 +58,16 @@ def run_bench(targets: list[tuple[str, str]], levels: list[int], workload: Workl
                 raise BenchError(f"{label} ({url}): every warm-up request failed: {r.first_error}")
     for conc in levels:
         n = requests_for(conc, requests)
-        for label, url in targets:
-            w = replace(workload, model=models[label])
-            with ui.progress(f"{label} c={conc}", n) as bar:
-                row = run_level(url, w, conc, n, label, on_done=lambda _r: bar.advance())
+        pooled: dict[str, tuple[list[RequestResult], list[float]]] = {label: ([], []) for label, _ in targets}
+        for r in range(rounds):
+            for label, url in targets:
+                w = replace(workload, model=models[label], seed=workload.seed + r)
+                with ui.progress(f"{label} c={conc}" + (f" round {r + 1}/{rounds}" if rounds > 1 else ""), n) as bar:
+                    results, wall = asyncio.run(measure(url, w, conc, n, on_done=lambda _r: bar.advance()))
+                pooled[label][0].extend(results)
+                pooled[label][1].append(wall)
+        for label, _ in targets:
+            row = summarize(label, workload, conc, pooled[label][0], sum(pooled[label][1]))
             rows.append(row)
             ui.info(f"{label:>8} c={conc:<4} {row.output_tok_s:9,.0f} out tok/s  TTFT p50 {row.ttft_ms['p50']:8.1f} ms  "
                     f"ITL p50 {row.itl_ms['p50']:7.2f} ms  e2e p50 {row.e2e_ms['p50']:8.0f} ms  "
@@ -92,7 +104,7 @@ def _cpus() -> int:
 
 def bench_command(url: str, url_b: str, label_a: str, label_b: str, concurrency: str, input_len: int,
                   output_len: int, requests: int, out: str, model: str, api_key: str | None, warmup: int,
-                  temperature: float, timeout: float) -> bool:
+                  temperature: float, timeout: float, rounds: int = 1) -> bool:
     """`invoke bench`: False (after a one-line error) when the benchmark cannot run."""
     try:
         if not url:
@@ -102,7 +114,7 @@ def bench_command(url: str, url_b: str, label_a: str, label_b: str, concurrency:
         targets = [(label_a, url)] + ([(label_b, url_b)] if url_b else [])
         w = Workload(input_len=int(input_len), output_len=int(output_len), model=model, temperature=float(temperature),
                      timeout_s=float(timeout), api_key=api_key or None)
-        rows = run_bench(targets, parse_levels(concurrency), w, Path(out), int(requests), int(warmup))
+        rows = run_bench(targets, parse_levels(concurrency), w, Path(out), int(requests), int(warmup), int(rounds))
     except BenchError as exc:
         ui.error(str(exc))
         return False

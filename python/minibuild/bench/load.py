@@ -185,13 +185,19 @@ async def closed_loop(send: Callable[[list[int]], Awaitable[RequestResult]], pro
     return results, time.perf_counter() - t0
 
 
-async def run_level_async(url: str, w: Workload, concurrency: int, requests: int, label: str = "",
-                          on_done: Callable[[RequestResult], None] | None = None) -> LevelResult:
-    """`requests` requests through `concurrency` slots (closed loop); returns the level's row."""
+async def measure(url: str, w: Workload, concurrency: int, requests: int,
+                  on_done: Callable[[RequestResult], None] | None = None) -> tuple[list[RequestResult], float]:
+    """`requests` streamed requests through `concurrency` slots (closed loop): (results, wall seconds)."""
     limits = httpx.Limits(max_connections=concurrency + 8, max_keepalive_connections=concurrency + 8)
     async with httpx.AsyncClient(timeout=httpx.Timeout(w.timeout_s, connect=30), limits=limits) as client:
-        results, wall = await closed_loop(lambda p: one_request(client, url, w, p), prompts(w, concurrency, requests),
-                                          concurrency, on_done)
+        return await closed_loop(lambda p: one_request(client, url, w, p), prompts(w, concurrency, requests),
+                                 concurrency, on_done)
+
+
+async def run_level_async(url: str, w: Workload, concurrency: int, requests: int, label: str = "",
+                          on_done: Callable[[RequestResult], None] | None = None) -> LevelResult:
+    """One level's row (see `measure`)."""
+    results, wall = await measure(url, w, concurrency, requests, on_done)
     return summarize(label, w, concurrency, results, wall)
 
 
