@@ -16,6 +16,7 @@ from rich.console import Console
 from rich.table import Table
 
 from minibuild.config import Config
+from minibuild.ui import table_console
 
 console = Console(soft_wrap=True)
 
@@ -105,12 +106,12 @@ def up(cfg: Config, root: Path) -> bool:
     """Run every step, print a summary table; True if none failed."""
     rows = run_steps(cfg, root)
     table = Table(title="invoke up")
-    for col, kw in (("step", {}), ("result", {}), ("time", {"justify": "right"}), ("detail", {})):
+    for col, kw in (("step", {}), ("result", {}), ("time", {"justify": "right"}), ("detail", {"overflow": "fold"})):
         table.add_column(col, **kw)
     for name, result, secs, note in rows:
         colour = {"ok": "green", "FAILED": "red"}.get(result, "yellow")
         table.add_row(name, f"[{colour}]{result}[/]", f"{secs:.1f} s", note)
-    console.print(table)
+    table_console().print(table)    # piped: nothing cut; on a terminal, long paths fold
     ok = all(r[1] != "FAILED" and not r[3].startswith("needs ") for r in rows)
     if ok:
         console.print("the server keeps running: `invoke status`, `invoke logs`, "

@@ -192,7 +192,7 @@ def verify(cfg: Config, target: str = "local", url: str | None = None, served_na
         console.print(f"[red]verify {target}: cannot reach the server:[/] {escape(printable(str(exc)))}")
         return False
     table = Table(title=f"verify {printable(base)}")
-    for col, kw in (("check", {}), ("result", {}), ("latency", {"justify": "right"}), ("detail", {})):
+    for col, kw in (("check", {}), ("result", {}), ("latency", {"justify": "right"}), ("detail", {"overflow": "fold"})):
         table.add_column(col, **kw)
     for r in results:
         table.add_row(r.name, "[green]ok[/]" if r.ok else "[red]FAILED[/]", f"{r.seconds * 1000:.0f} ms",

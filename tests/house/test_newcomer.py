@@ -77,10 +77,13 @@ def test_dev_says_each_step_and_its_time() -> None:
 
 
 def test_dev_shows_pip_progress_not_noise() -> None:
-    r = _dev("printf 'Collecting torch==2.13.0+cpu\\n  Using cached x.whl\\nRequirement already satisfied: y\\n"
-             "Successfully installed torch-2.13.0+cpu\\n' | show_pip")
-    assert r.stderr.splitlines() == ["[dev]   Collecting torch==2.13.0+cpu",
-                                     "[dev]   Successfully installed torch-2.13.0+cpu"]
+    r = _dev("{ printf 'Collecting torch==2.13.0+cpu\\n  Using cached x.whl\\nProcessing /w/numpy.whl\\n"
+             "Requirement already satisfied: y\\nInstalling collected packages: numpy, torch\\n"
+             "Successfully installed numpy-2 torch-2.13.0+cpu\\n'; printf 'ERROR: No matching distribution\\n"
+             "  for torch==9\\n'; } | show_pip")
+    assert r.stderr.splitlines() == ["[dev]   ... 1 package so far (torch==2.13.0+cpu)",
+                                     "[dev]   installing 2 packages ...", "[dev]   installed 2 packages",
+                                     "[dev]   ERROR: No matching distribution", "[dev]     for torch==9"]
 
 
 def test_dev_asks_for_the_cpu_torch_with_pytorchs_index_as_an_extra() -> None:
