@@ -203,6 +203,12 @@ def test_replicas_behind_a_router_job(slurm, tmp_path):
         assert all(e["ready"] and e["state"] == "RUNNING" for e in st), st
         router = st[-1]["url"]
         assert router.endswith(env["MINI_VLLM_ROUTER_PORT"])
+        assert st[-1]["metrics_url"].endswith(f":{env['MINI_VLLM_ROUTER_METRICS_PORT']}/metrics")
+        sd = tmp_path / "rollout/slurm/prometheus"      # the scrape targets: both replicas and the router
+        assert sorted(e["targets"][0] for e in json.loads((sd / "servers.json").read_text())) == \
+            sorted(e["url"].split("://")[1] for e in st[:2])
+        assert [e["labels"]["__metrics_path__"] for e in json.loads((sd / "routers.json").read_text())] == ["/metrics"]
+        assert httpx.get(st[-1]["metrics_url"], timeout=10).text.count("vllm_router_") > 0
         script = (tmp_path / "rollout/slurm/mini-vllm-tiny-gpt-oss-router.sbatch").read_text()
         assert all(e["url"] in script for e in st[:2]) and "--policy round_robin" in script
         v = invoke("verify", "--target", "slurm", env=env)

@@ -121,6 +121,8 @@ def entries(cfg: Config, plan: Plan) -> list[dict[str, Any]]:
         u = f"http://{node_address(info['NodeList'])}:{state['port']}" if info.get("JobState") == "RUNNING" else None
         out.append({"role": role, "name": p.name, "job": state["job_id"], "state": info.get("JobState", "gone"),
                     "url": u, "ready": bool(u) and probe(u, path=path)})
+        if role == "router" and u and state.get("metrics_port"):   # what the Prometheus scrape config reads
+            out[-1]["metrics_url"] = f"http://{node_address(info['NodeList'])}:{state['metrics_port']}/metrics"
     return out
 
 
