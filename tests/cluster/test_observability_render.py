@@ -14,6 +14,7 @@ import yaml
 from minibuild.cluster import autoscale, dashboard
 from minibuild.cluster.crd_schemas import file_name, run_validate, vendored
 from minibuild.cluster.render import render_kubernetes, to_yaml
+from minibuild.cluster.render_stack import render_stack
 from minibuild.cluster.settings import RolloutError, make_plan
 from minibuild.cluster.stack import with_stack
 from minibuild.config import ConfigError, load_config, parse_config, read_document
@@ -36,7 +37,8 @@ def _with(**sections):
 
 
 def _objs(cfg, target, tp=1, autoscale_mode=None):
-    return render_kubernetes(cfg, make_plan(cfg, target, tp, image=IMAGE, autoscale=autoscale_mode))
+    """What `invoke rollout` applies (render_stack: the model objects, and router / gateway when asked)."""
+    return render_stack(cfg, make_plan(cfg, target, tp, image=IMAGE, autoscale=autoscale_mode))
 
 
 def _kind(objs, kind):
@@ -96,6 +98,17 @@ def test_keda_scaled_object(cfg):
     # a new replica may not be scaled away while it still loads: the initial cooldown covers the startup window
     probes = cfg.cluster.probes
     assert so["spec"]["initialCooldownPeriod"] == probes["startup_period_s"] * probes["startup_failure_threshold"]
+
+
+def test_autoscaled_eks_pods_each_get_their_own_model_cache(cfg):
+    # one ReadWriteOnce EBS claim cannot follow pods the autoscaler adds on other nodes: a StatefulSet
+    # with a claim template gives each its own, and the autoscaler scales that
+    objs = _objs(cfg, "eks", 1, "keda")
+    sts, = _kind(objs, "StatefulSet")
+    so, = _kind(objs, "ScaledObject")
+    assert not _kind(objs, "Deployment") and not _kind(objs, "PersistentVolumeClaim")
+    assert "replicas" not in sts["spec"] and sts["spec"]["volumeClaimTemplates"][0]["metadata"]["name"] == "model"
+    assert so["spec"]["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "StatefulSet", "name": sts["metadata"]["name"]}
 
 
 def test_hpa_and_adapter_rule(cfg):

@@ -62,8 +62,8 @@ def _per_pod_statefulset(plan: Plan, dep: Obj, vol: dict[str, Any]) -> Obj:
 def model_objects(cfg: Config, plan: Plan) -> list[Obj]:
     objects = render_kubernetes(cfg, plan)
     vol = plan.settings.get("model_volume") or {}
-    if plan.replicas == 1 or not vol.get("create"):
-        return objects          # one pod, or a claim that is shared already (HyperPod's S3 PVC)
+    if (plan.replicas == 1 and not plan.autoscale) or not vol.get("create"):
+        return objects          # one pod for good, or a claim that is shared already (HyperPod's S3 PVC)
     mode = vol.get("replicas_mode", "per_pod")
     if mode == "shared":
         for obj in objects:
