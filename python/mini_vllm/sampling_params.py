@@ -25,6 +25,7 @@ class SamplingParams:
     include_stop_str_in_output: bool = False
     skip_special_tokens: bool = True
     logit_bias: dict[int, float] | None = None   # token id -> added to its logit before sampling (OpenAI's)
+    grammar: str | None = None    # llguidance Lark grammar the output must follow (structured/grammar.py)
 
     def validate(self) -> None:
         """Raise ValueError naming the field; the API turns it into an OpenAI-shaped 400."""

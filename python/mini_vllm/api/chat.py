@@ -1,7 +1,7 @@
 """POST /v1/chat/completions for GPT-OSS: render harmony, generate, parse channels and tool calls.
 
 Generation stops on <|return|> (answer done) or <|call|> (a tool call); the harmony parser routes
-the analysis channel to `reasoning_content`, the final channel to `content` and `functions.*`
+the analysis channel to `reasoning` (and `reasoning_content`, its older name), the final channel to `content` and `functions.*`
 recipients to `tool_calls` (finish_reason "tool_calls"). Streaming emits the same split as deltas.
 """
 from __future__ import annotations
@@ -13,6 +13,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 
 from mini_vllm.api import sse
 from mini_vllm.api.completions import token_text
+from mini_vllm.api.constraints import request_grammar
 from mini_vllm.api.errors import APIError
 from mini_vllm.api.generation import check_length, sampling_params, start_request, until_disconnect
 from mini_vllm.api.schemas import ChatCompletionRequest
@@ -35,16 +36,30 @@ class _Sample:
         self.parser = HarmonyParser(state.require_engine().tokenizer, state.harmony)
         self.want_lp, self.top = want_lp, top
         self.done = False
+        self._lps: dict[int, TokenLogprob] = {}   # by token index, until the parser says where the token went
+        self._fed = 0
 
     def feed(self, o: CompletionOutput, ids: list[int], lps: list[TokenLogprob] | None) -> tuple[list[ParserEvent], list]:
-        events, content_lps = [], []
+        """Parse new tokens; logprob entries for every token that turned out to be content (a held header
+        that proves to be text releases its tokens' entries then, in order)."""
+        events: list[ParserEvent] = []
+        keep = self.want_lp and lps
         for k, tid in enumerate(ids):
+            if keep and k < len(lps):
+                self._lps[self._fed] = lps[k]
+            self._fed += 1
             events += self.parser.feed(tid)
-            if self.want_lp and lps and k < len(lps) and self.parser.last_kind == "content":
-                content_lps.append(_lp_entry(self.parser.tokenizer, lps[k], self.top))
         if o.finished:
             events += self.parser.finish()
             self.done = True
+        content_lps = []
+        for i, kind in self.parser.take_routed():
+            lp = self._lps.pop(i, None)
+            if lp is not None and kind == "content":
+                content_lps.append(_lp_entry(self.parser.tokenizer, lp, self.top))
+        if self._lps:                               # control and header tokens never become content
+            first = self.parser.undecided_from
+            self._lps = {i: v for i, v in self._lps.items() if i >= first}
         return events, content_lps
 
     def finish_reason(self, o: CompletionOutput) -> str | None:
@@ -52,7 +67,8 @@ class _Sample:
             raise APIError(500, f"generation failed: {o.error or 'engine error'}")
         if o.finish_reason is None:
             return None
-        return "tool_calls" if self.parser.has_tool_calls else o.finish_reason
+        # a call cut off by max_tokens is "length" (its arguments are incomplete), as OpenAI reports it
+        return "tool_calls" if self.parser.has_tool_calls and o.finish_reason == "stop" else o.finish_reason
 
 
 def _delta(events: list[ParserEvent]) -> dict[str, Any]:
@@ -67,9 +83,10 @@ def _delta(events: list[ParserEvent]) -> dict[str, Any]:
                 calls[-1]["function"]["arguments"] += e.text
             else:
                 calls.append({"index": e.tool_index, "function": {"arguments": e.text}})
+        elif e.kind == "reasoning":       # vLLM's current `reasoning` and the older `reasoning_content`
+            delta["reasoning"] = delta["reasoning_content"] = delta.get("reasoning", "") + e.text
         else:
-            key = "reasoning_content" if e.kind == "reasoning" else "content"
-            delta[key] = delta.get(key, "") + e.text
+            delta["content"] = delta.get("content", "") + e.text
     if calls:
         delta["tool_calls"] = calls
     return delta
@@ -89,6 +106,7 @@ async def create_chat_completion(req: ChatCompletionRequest, raw: Request, state
     check_length(len(prompt), max_tokens, state.max_model_len, "messages")
     params = sampling_params(req, state, max_tokens, (req.top_logprobs or 0) if req.logprobs else None,
                              stop_token_ids=state.harmony.stop_ids, logprobs_param="top_logprobs")
+    params.grammar = await request_grammar(req, engine.tokenizer, chat=True, tools=tools)
     rid = sse.new_id("chatcmpl")
     stream = await until_disconnect(raw, start_request(state, rid, prompt, params))
     samples = [_Sample(state, req.logprobs, bool(req.top_logprobs)) for _ in range(req.n)]
@@ -104,7 +122,7 @@ async def create_chat_completion(req: ChatCompletionRequest, raw: Request, state
         completion_tokens += len(o.token_ids)
         r = s.parser.result
         msg: dict[str, Any] = {"role": "assistant", "content": r.content or (None if r.tool_calls else ""),
-                               "reasoning_content": r.reasoning or None}
+                               "reasoning": r.reasoning or None, "reasoning_content": r.reasoning or None}
         if r.tool_calls:
             msg["tool_calls"] = [{"id": c.id, "type": "function",
                                   "function": {"name": c.name, "arguments": c.arguments}} for c in r.tool_calls]

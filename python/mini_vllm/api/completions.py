@@ -11,6 +11,7 @@ from fastapi import Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from mini_vllm.api import sse
+from mini_vllm.api.constraints import request_grammar
 from mini_vllm.api.errors import APIError
 from mini_vllm.api.generation import check_length, merged, sampling_params, start_all, until_disconnect
 from mini_vllm.api.schemas import CompletionRequest
@@ -65,6 +66,7 @@ async def create_completion(req: CompletionRequest, raw: Request, state: ServerS
             raise APIError(400, "prompt must not be empty", "prompt")
         check_length(len(ids), req.max_tokens, state.max_model_len, "prompt")
     params = sampling_params(req, state, req.max_tokens, req.logprobs)
+    params.grammar = await request_grammar(req, tok, chat=False)
     rid = sse.new_id("cmpl")
     streams = await until_disconnect(raw, start_all(state, [(f"{rid}-{i}", ids) for i, ids in
                                                                     enumerate(prompts)], params))

@@ -40,6 +40,14 @@ class _Sampling(_Base):
     frequency_penalty: float | None = None  # accepted, not applied
     user: str | None = None
     logit_bias: dict[int, float] | None = None   # token id (a JSON object key) -> bias added to its logit
+    # constrained decoding (api/constraints.py): OpenAI's response_format, vLLM's structured_outputs and
+    # its older guided_* fields
+    response_format: dict[str, Any] | None = None
+    structured_outputs: dict[str, Any] | None = None
+    guided_json: dict[str, Any] | str | None = None
+    guided_regex: str | None = None
+    guided_choice: list[str] | None = None
+    guided_grammar: str | None = None
 
     @model_validator(mode="before")
     @classmethod
@@ -116,13 +124,15 @@ class ChatCompletionRequest(_Sampling):
     logprobs: bool = False
     top_logprobs: int | None = Field(None, ge=0)      # at most --max-logprobs
     tools: list[ToolDef] | None = None
-    tool_choice: Literal["auto", "none"] | str | dict[str, Any] | None = None
+    tool_choice: Literal["auto", "none", "required"] | dict[str, Any] | None = None
     parallel_tool_calls: bool | None = None
     reasoning_effort: Literal["low", "medium", "high"] | None = None
 
     @field_validator("tool_choice")
     @classmethod
     def _supported_choice(cls, v: Any) -> Any:
-        if v not in (None, "auto", "none"):
-            raise ValueError('only "auto" and "none" are supported')
+        if isinstance(v, dict):
+            fn = v.get("function")
+            if v.get("type") != "function" or not isinstance(fn, dict) or not isinstance(fn.get("name"), str):
+                raise ValueError('a named tool_choice is {"type": "function", "function": {"name": ...}}')
         return v

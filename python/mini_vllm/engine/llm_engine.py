@@ -81,8 +81,12 @@ class LLMEngine:
         req = Request(request_id, list(prompt_token_ids), params)
         room = self.model_config.max_model_len - len(prompt_token_ids)
         max_tokens = room if params.max_tokens is None else min(params.max_tokens, room)
+        if params.grammar:
+            from mini_vllm.structured.matcher import new_matcher
         for i in range(params.n):
             seq = Sequence(req, i, next(self._seq_ids), max_tokens)
+            if params.grammar:
+                seq.matcher = new_matcher(params.grammar, self.tokenizer)
             detokenizer.start(seq)
             if i > 0 and self.args.enable_prefix_caching:
                 seq.leader = req.seqs[0]
@@ -164,7 +168,11 @@ class LLMEngine:
                     hook(seq)
                 if lp is not None and seq.logprobs is not None:
                     self._append_logprob(seq, token, lp)
+                if seq.matcher is not None and not seq.matcher.consume_token(token):
+                    raise RuntimeError(f"constrained decoding: token {token} rejected ({seq.matcher.get_error()})")
                 append(seq, token, tok, eos, limit)
+                if seq.matcher is not None and seq.status is not finished_status and seq.matcher.is_stopped():
+                    seq.finish("stop")          # the grammar is complete and allows nothing more
             except Exception as e:  # noqa: BLE001 - this request fails alone
                 log.warning("request %s failed: %s", seq.req.request_id, traceback.format_exc())
                 self._fail(seq, f"{type(e).__name__}: {e}", touched)

@@ -6,7 +6,8 @@ lets a seeded sequence draw its noise from its own torch.Generator: the same see
 tokens whatever else is in the batch. Logprobs are the log-softmax of the temperature-scaled logits
 (raw logits for greedy), before top-k/top-p/min-p truncation, so they stay finite. OpenAI's
 `logit_bias` is added to the logits first (on a copy: the logits may be a CUDA graph's output buffer),
-so it steers greedy and random picks alike and shows in the logprobs, as in OpenAI's API.
+so it steers greedy and random picks alike and shows in the logprobs, as in OpenAI's API. A sequence
+under constrained decoding has its disallowed tokens masked to -inf next (structured/matcher.py).
 """
 from __future__ import annotations
 
@@ -55,6 +56,9 @@ class Sampler:
         params = [s.params for s in seqs]
         if any(p.logit_bias for p in params):
             logits = apply_logit_bias(logits, params)
+        if any(s.matcher is not None for s in seqs):       # constrained rows: only what the grammar allows
+            from mini_vllm.structured.matcher import apply_masks
+            logits = apply_masks(logits, [s.matcher for s in seqs])
         want_lp = [p.logprobs is not None for p in params]
         if all(p.greedy for p in params):
             tokens = logits.argmax(dim=-1)

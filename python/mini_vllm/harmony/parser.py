@@ -20,6 +20,23 @@ from mini_vllm.harmony.tokens import HarmonyTokens, TokenizerLike
 
 Kind = Literal["reasoning", "content", "tool_args"]
 HEADER_LIMIT = 48  # tokens; real headers are ~5-20 tokens, longer means the model is not writing one
+_RECIPIENT_NAME = re.compile(r"[^\s<]*\s*")
+
+
+def _pre_channel_prefix(text: str) -> bool:
+    """Could `text` begin a header's part before its first control token - at most the role and a
+    recipient, as in "assistant to=functions.get_weather"?"""
+    t = text.lstrip()
+    if "assistant".startswith(t):
+        return True
+    if t.startswith("assistant"):
+        t = t[len("assistant"):]
+        if not t[0].isspace():
+            return False
+        t = t.lstrip()
+    if "to=".startswith(t):
+        return True
+    return t.startswith("to=") and _RECIPIENT_NAME.fullmatch(t[3:]) is not None
 
 _RECIPIENT = re.compile(r"to=([^\s<]+)")
 
@@ -90,10 +107,17 @@ class HarmonyParser:
         self._kind: Kind = "content"
         self._body: _TextStream | None = None
         self.last_kind: Kind | None = None  # where the last fed token's text went (None: control/header)
+        # (index of a fed token, where its text went), in order, as soon as that is known - a header's
+        # tokens are decided only when the header turns out to be text. take_routed() drains it.
+        self.routed: list[tuple[int, Kind]] = []
+        self._fed = 0                       # index of the token being fed
+        self._header_idx: list[int] = []
 
     # -- public -------------------------------------------------------------------------------------
     def feed(self, token_id: int) -> list[ParserEvent]:
         self.last_kind = None
+        self._cur = self._fed
+        self._fed += 1
         t = self.t
         if self._state == "header":
             return self._feed_header(token_id)
@@ -133,12 +157,22 @@ class HarmonyParser:
         return events
 
     @property
+    def undecided_from(self) -> int:
+        """Feed index of the first token whose destination is not known yet (a held header's first)."""
+        return self._header_idx[0] if self._state == "header" and self._header_idx else self._fed
+
+    def take_routed(self) -> list[tuple[int, Kind]]:
+        """Tokens (by feed index) whose destination became known since the last call, in feed order."""
+        out, self.routed = self.routed, []
+        return out
+
+    @property
     def has_tool_calls(self) -> bool:
         return bool(self.result.tool_calls)
 
     # -- header -------------------------------------------------------------------------------------
     def _open_header(self) -> list[ParserEvent]:
-        self._state, self._header = "header", []
+        self._state, self._header, self._header_idx = "header", [], []
         return []
 
     def _feed_header(self, token_id: int) -> list[ParserEvent]:
@@ -146,15 +180,26 @@ class HarmonyParser:
         if token_id == t.message:
             return self._header_done()
         if token_id in (t.end, t.return_, t.call, t.start):
-            events = self._header_as_content()
+            events = self._header_as_content() + self._close_body()   # flushed: no held byte is lost
             self._state = "between"
             if token_id == t.start:
                 self._open_header()
             return events
         self._header.append(token_id)
-        if len(self._header) > HEADER_LIMIT:
+        self._header_idx.append(self._cur)
+        if len(self._header) > HEADER_LIMIT or not self._may_be_header():
             return self._header_as_content()
         return []
+
+    def _may_be_header(self) -> bool:
+        """False once the held tokens cannot start a header: text before any control token that is not
+        a role or recipient. Then it is content, streamed from this token on instead of held back."""
+        if any(tid in self.t.all_ids for tid in self._header):
+            return True
+        text = self._tok.decode(self._header, skip_special_tokens=False)
+        if text.endswith("\ufffd"):            # inside a multi-byte character: wait for the rest
+            return True
+        return _pre_channel_prefix(text)
 
     def _header_text(self) -> tuple[str, str]:
         """(full header with markers, text after <|channel|>)."""
@@ -189,21 +234,22 @@ class HarmonyParser:
         return []
 
     def _header_as_content(self) -> list[ParserEvent]:
-        ids, self._header = self._header, []
+        ids, idx, self._header, self._header_idx = self._header, self._header_idx, [], []
         self._open_body("content")
         events: list[ParserEvent] = []
-        for tid in ids:
+        for tid, i in zip(ids, idx):
             if tid not in self.t.all_ids:
-                events += self._body_text(tid)
+                events += self._body_text(tid, i)
         return events
 
     # -- body ---------------------------------------------------------------------------------------
     def _open_body(self, kind: Kind) -> None:
         self._state, self._kind, self._body = "body", kind, _TextStream(self._tok)
 
-    def _body_text(self, token_id: int) -> list[ParserEvent]:
+    def _body_text(self, token_id: int, index: int | None = None) -> list[ParserEvent]:
         assert self._body is not None
         self.last_kind = self._kind
+        self.routed.append((self._cur if index is None else index, self._kind))
         return self._emit(self._body.push(token_id))
 
     def _close_body(self) -> list[ParserEvent]:

@@ -1,0 +1,174 @@
+"""Constrained decoding, tool_choice, `reasoning`, and chat logprobs - through the official openai client.
+
+The tiny model's weights are random, so its answers are arbitrary: the tests check properties that
+must hold for every answer (each one that finishes satisfies the schema / regex / choice, each forced
+tool call names a listed tool and carries arguments valid for it) over several seeds, and that some
+answers do finish. Seeded sampling makes each run repeat exactly.
+"""
+from __future__ import annotations
+
+import json
+import re
+
+import jsonschema
+import openai
+import pytest
+
+from mini_vllm.model.tokenizer import Tokenizer
+
+from api_helpers import MODEL
+
+SCHEMA = {"type": "object", "properties": {"city": {"enum": ["Paris", "Rome"]},
+                                          "n": {"type": "integer", "minimum": 0, "maximum": 99},
+                                          "ok": {"type": "boolean"}},
+          "required": ["city", "n", "ok"], "additionalProperties": False}
+TOOLS = [{"type": "function", "function": {"name": "get_weather", "description": "Weather in a city",
+                                           "parameters": SCHEMA}},
+         {"type": "function", "function": {"name": "get_time", "parameters": {
+             "type": "object", "properties": {"tz": {"enum": ["UTC", "CET"]}}, "required": ["tz"],
+             "additionalProperties": False}}}]
+SEEDS = range(8)
+
+
+def _chat(client, seed: int, **kw):
+    return client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "Weather in Paris?"}],
+                                          temperature=1.0, seed=seed, max_tokens=kw.pop("max_tokens", 120), **kw)
+
+
+def _extra(msg, name: str):
+    return getattr(msg, name, None) if getattr(msg, name, None) is not None else (msg.model_extra or {}).get(name)
+
+
+def test_response_format_json_schema_holds_for_every_finished_answer(client):
+    rf = {"type": "json_schema", "json_schema": {"name": "weather", "schema": SCHEMA}}
+    finished = 0
+    for seed in SEEDS:
+        c = _chat(client, seed, response_format=rf).choices[0]
+        if c.finish_reason == "stop":
+            jsonschema.validate(json.loads(c.message.content), SCHEMA)
+            finished += 1
+        else:
+            assert c.finish_reason == "length" and not c.message.content   # still reasoning when cut off
+    assert finished >= 2
+
+
+def test_json_object_and_vllm_field_names(client):
+    objects = [_chat(client, s, response_format={"type": "json_object"}).choices[0] for s in SEEDS]
+    assert any(c.finish_reason == "stop" for c in objects)
+    for c in objects:
+        if c.finish_reason == "stop":
+            assert isinstance(json.loads(c.message.content), dict)
+    for extra in ({"structured_outputs": {"choice": ["yes", "no"]}}, {"guided_choice": ["yes", "no"]}):
+        answers = [_chat(client, s, extra_body=extra).choices[0] for s in SEEDS]
+        assert {c.message.content for c in answers if c.finish_reason == "stop"} <= {"yes", "no"}
+        assert any(c.finish_reason == "stop" for c in answers)
+    guided = [_chat(client, s, extra_body={"guided_json": SCHEMA}).choices[0] for s in SEEDS]
+    for c in guided:
+        if c.finish_reason == "stop":
+            jsonschema.validate(json.loads(c.message.content), SCHEMA)
+
+
+def test_completions_follow_regex_and_schema(client):
+    for seed in SEEDS:
+        r = client.completions.create(model=MODEL, prompt="Code:", max_tokens=20, temperature=1.0, seed=seed,
+                                      extra_body={"structured_outputs": {"regex": "[a-c]{3}-[0-9]{2}"}})
+        assert re.fullmatch("[a-c]{3}-[0-9]{2}", r.choices[0].text) and r.choices[0].finish_reason == "stop"
+    r = client.completions.create(model=MODEL, prompt="JSON:", max_tokens=80, temperature=1.0, seed=3,
+                                  extra_body={"guided_json": SCHEMA})
+    if r.choices[0].finish_reason == "stop":
+        jsonschema.validate(json.loads(r.choices[0].text), SCHEMA)
+
+
+def test_streamed_structured_answer_is_the_same_json(client):
+    rf = {"type": "json_schema", "json_schema": {"name": "weather", "schema": SCHEMA}}
+    for seed in SEEDS:
+        whole = _chat(client, seed, response_format=rf).choices[0]
+        if whole.finish_reason != "stop":
+            continue
+        parts = [ch.choices[0].delta.content or "" for ch in _chat(client, seed, response_format=rf, stream=True)
+                 if ch.choices]
+        assert "".join(parts) == whole.message.content
+        assert len([p for p in parts if p]) > 1                # token by token, not one chunk at the end
+        return
+    pytest.fail("no seed finished")
+
+
+@pytest.mark.parametrize("choice", ["required", {"type": "function", "function": {"name": "get_time"}}])
+def test_tool_choice_forces_a_valid_call(client, choice):
+    calls = 0
+    for seed in SEEDS:
+        c = _chat(client, seed, tools=TOOLS, tool_choice=choice, max_tokens=180).choices[0]
+        if c.finish_reason != "tool_calls":
+            assert c.finish_reason == "length"         # cut off while reasoning or mid-arguments
+            continue
+        [call] = c.message.tool_calls
+        names = ["get_time"] if isinstance(choice, dict) else ["get_weather", "get_time"]
+        assert call.function.name in names
+        schema = next(t["function"]["parameters"] for t in TOOLS if t["function"]["name"] == call.function.name)
+        jsonschema.validate(json.loads(call.function.arguments), schema)
+        calls += 1
+    assert calls >= 1
+
+
+@pytest.mark.parametrize("kw, param", [
+    ({"response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": {"not": {"type": "string"}}}}},
+     "response_format.json_schema.schema"),
+    ({"response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "strange"}}}},
+     "response_format.json_schema.schema"),
+    ({"response_format": {"type": "yaml"}}, "response_format.type"),
+    ({"extra_body": {"structured_outputs": {"regex": "(?<=a)b"}}}, "structured_outputs.regex"),
+    ({"extra_body": {"structured_outputs": {"grammar": "start: \"a\""}}}, "structured_outputs.grammar"),
+    ({"response_format": {"type": "json_object"}, "extra_body": {"guided_choice": ["a"]}}, "guided_choice"),
+    ({"tools": TOOLS, "tool_choice": {"type": "function", "function": {"name": "nope"}}}, "tool_choice"),
+    ({"tool_choice": "required"}, "tool_choice"),
+])
+def test_unsupported_constraints_are_400_naming_the_field(client, kw, param):
+    with pytest.raises(openai.BadRequestError) as exc:
+        _chat(client, 0, **kw)
+    assert exc.value.body["param"] == param, exc.value.body
+
+
+def test_reasoning_is_sent_under_both_names(client):
+    rf = {"type": "json_schema", "json_schema": {"name": "weather", "schema": SCHEMA}}
+    seen = 0
+    for seed in SEEDS:
+        msg = _chat(client, seed, response_format=rf, max_tokens=24).choices[0].message
+        assert _extra(msg, "reasoning") == _extra(msg, "reasoning_content")
+        seen += bool(_extra(msg, "reasoning"))
+        for ch in _chat(client, seed, response_format=rf, max_tokens=24, stream=True):
+            d = ch.choices[0].delta if ch.choices else None
+            if d is not None and _extra(d, "reasoning") is not None:
+                assert _extra(d, "reasoning") == _extra(d, "reasoning_content")
+    assert seen >= 1
+
+
+@pytest.fixture(scope="module")
+def forced(tiny_model) -> int:
+    """A plain word's token id: a logit bias of 100 on it makes the answer that word, repeated, with no header."""
+    tok = Tokenizer.from_pretrained(tiny_model)
+    return tok.encode(" sea", add_special_tokens=False)[0]
+
+
+def test_chat_logprobs_cover_every_content_token(client, forced):
+    kw = dict(logprobs=True, top_logprobs=2, max_tokens=12, temperature=0, logit_bias={str(forced): 100})
+    c = client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "Hi"}], **kw)
+    entries = c.choices[0].logprobs.content
+    assert c.usage.completion_tokens == 12 and len(entries) == 12      # no header: every token is content
+    assert "".join(e.token for e in entries) == c.choices[0].message.content
+    assert all(len(e.top_logprobs) == 2 for e in entries)
+    chunks = list(client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "Hi"}],
+                                                 stream=True, **kw))
+    with_text = [ch for ch in chunks if ch.choices and ch.choices[0].delta.content]
+    assert len(with_text) > 1 and "".join(ch.choices[0].delta.content for ch in with_text) == c.choices[0].message.content
+    streamed = [e for ch in chunks if ch.choices and ch.choices[0].logprobs for e in ch.choices[0].logprobs.content]
+    assert [e.token for e in streamed] == [e.token for e in entries]
+
+
+def test_chat_logprobs_of_a_structured_answer_are_its_content_tokens(client):
+    rf = {"type": "json_schema", "json_schema": {"name": "weather", "schema": SCHEMA}}
+    for seed in SEEDS:
+        c = _chat(client, seed, response_format=rf, logprobs=True).choices[0]
+        if c.finish_reason == "stop":
+            assert "".join(e.token for e in c.logprobs.content) == c.message.content
+            return
+    pytest.fail("no seed finished")
