@@ -34,7 +34,12 @@ def _string(text: str) -> str:
     return json.dumps(text)           # a JSON string literal is a Lark string literal
 
 
-def _json(schema: Any, param: str) -> Body:
+def _compact(schema: dict[str, Any]) -> dict[str, Any]:
+    """The schema with JSON written without optional whitespace (unless it says otherwise itself)."""
+    return schema if "x-guidance" in schema else {**schema, "x-guidance": {"whitespace_flexible": False}}
+
+
+def _json(schema: Any, param: str, compact: bool = False) -> Body:
     if isinstance(schema, str):
         try:
             schema = json.loads(schema)
@@ -42,7 +47,7 @@ def _json(schema: Any, param: str) -> Body:
             raise ConstraintError("the JSON schema is not valid JSON", param) from None
     if not isinstance(schema, dict):
         raise ConstraintError("the JSON schema must be an object", param)
-    return Body(f"%json {json.dumps(schema)}", param)
+    return Body(f"%json {json.dumps(_compact(schema) if compact else schema)}", param)
 
 
 def _regex(pattern: Any, param: str) -> Body:
@@ -76,14 +81,15 @@ def body_from_request(response_format: Any, structured_outputs: Any, guided: dic
     so = structured_outputs or {}
     if not isinstance(so, dict):
         raise ConstraintError("structured_outputs must be an object", "structured_outputs")
+    compact = bool(so.get("disable_any_whitespace"))
     for key, value in so.items():
         if value is None or value is False:
             continue
         param = f"structured_outputs.{key}"
         if key == "json":
-            found.append(_json(value, param))
+            found.append(_json(value, param, compact))
         elif key == "json_object":
-            found.append(Body('%json {"type": "object"}', param))
+            found.append(_json({"type": "object"}, param, compact))
         elif key == "regex":
             found.append(_regex(value, param))
         elif key == "choice":
@@ -132,14 +138,15 @@ def chat_grammar(body: Body) -> str:
 
 
 def tool_call_grammar(tools: list[dict[str, Any]], only: str | None) -> str:
-    """Optional reasoning, then a call of one of `tools` (or of `only`) with arguments per its schema."""
+    """Optional reasoning, then a call of one of `tools` (or of `only`) with arguments per its schema,
+    written compactly as GPT-OSS writes tool arguments (no optional whitespace between JSON tokens)."""
     chosen = [t for t in tools if only is None or t["function"]["name"] == only]
     if not chosen:
         raise ConstraintError(f"tool_choice names {only!r}, which is not among the request's tools", "tool_choice")
     rules = []
     for i, t in enumerate(chosen):
         fn = t["function"]
-        schema = fn.get("parameters") or {"type": "object"}
+        schema = _compact(fn.get("parameters") or {"type": "object"})
         rules.append(f"tool{i}: {_string(fn['name'] + ' ')} <|constrain|> \"json\" <|message|> %json {json.dumps(schema)}")
     return ("start: analysis? call\n" + _ANALYSIS +
             'call: <|channel|> "commentary to=functions." (' + " | ".join(f"tool{i}" for i in range(len(chosen))) +
