@@ -10,7 +10,7 @@ from typing import Any
 
 from minibuild.cluster import autoscale, karpenter
 from minibuild.cluster.monitoring import Component, pod_annotations, render_monitors
-from minibuild.cluster.render import template_dir
+from minibuild.cluster.templates import template_dir
 from minibuild.cluster.settings import Plan
 from minibuild.cluster.stack import router_name
 from minibuild.config import Config

@@ -16,7 +16,7 @@ from typing import Any
 
 import yaml
 
-from minibuild.cluster.render import fill
+from minibuild.cluster.templates import fill
 from minibuild.cluster.settings import Plan, RolloutError
 from minibuild.config import AutoscaleConfig
 

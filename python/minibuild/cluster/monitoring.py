@@ -20,7 +20,7 @@ from urllib.parse import urlsplit
 
 import yaml
 
-from minibuild.cluster.render import fill, template_dir
+from minibuild.cluster.templates import fill, template_dir
 from minibuild.cluster.settings import Plan, make_plan, state_dir
 from minibuild.config import Config, MonitoringConfig
 

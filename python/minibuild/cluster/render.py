@@ -6,8 +6,6 @@ overlay, so reviewing a deployment means reading YAML, not code. Output is deter
 """
 from __future__ import annotations
 
-import copy
-import re
 import shlex
 import string
 from pathlib import Path
@@ -15,45 +13,10 @@ from typing import Any
 
 import yaml
 
+from minibuild.cluster.addons import add_ons   # monitors, autoscaler, GPU NodePool (docs/observability.md)
 from minibuild.cluster.settings import Plan
+from minibuild.cluster.templates import fill, merge, template_dir
 from minibuild.config import Config
-
-_WHOLE = re.compile(r"^\$\{(\w+)\}$")
-_PART = re.compile(r"\$\{(\w+)\}")
-_DROP = object()
-
-
-def template_dir(cfg: Config) -> Path:
-    return cfg.root / "cluster"
-
-
-def fill(node: Any, values: dict[str, Any]) -> Any:
-    """Replace ${var} placeholders; a whole-value placeholder keeps the value's type, None drops the key."""
-    if isinstance(node, dict):
-        out = {}
-        for k, v in node.items():
-            filled = fill(v, values)
-            if filled is not _DROP:
-                out[k] = filled
-        return out
-    if isinstance(node, list):
-        return [x for x in (fill(v, values) for v in node) if x is not _DROP]
-    if isinstance(node, str):
-        whole = _WHOLE.match(node)
-        if whole:
-            value = values[whole.group(1)]
-            return _DROP if value is None else copy.deepcopy(value)
-        return _PART.sub(lambda m: str(values[m.group(1)]), node)
-    return node
-
-
-def merge(base: dict[str, Any], overlay: dict[str, Any]) -> dict[str, Any]:
-    """Deep-merge overlay into a copy of base (mappings merge, everything else replaces)."""
-    out = copy.deepcopy(base)
-    for k, v in overlay.items():
-        out[k] = merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else copy.deepcopy(v)
-    return out
-
 
 def server_args(plan: Plan, host: str = "0.0.0.0") -> list[str]:
     """The `mini-vllm serve` arguments every target runs."""
@@ -126,7 +89,6 @@ def render_kubernetes(cfg: Config, plan: Plan) -> list[dict[str, Any]]:
         **{k: int(v) for k, v in probes.items()},
     }
     deployment = merge(fill(_load(cfg, "k8s/deployment.yaml"), values), _load(cfg, f"k8s/{plan.target}.yaml") or {})
-    from minibuild.cluster.addons import add_ons   # monitors, autoscaler, GPU NodePool (docs/observability.md)
 
     before, after = add_ons(cfg, plan, deployment)
     objects = list(before)

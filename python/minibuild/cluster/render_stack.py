@@ -15,7 +15,8 @@ from typing import Any
 
 import yaml
 
-from minibuild.cluster.render import fill, render_kubernetes, template_dir
+from minibuild.cluster.render import render_kubernetes
+from minibuild.cluster.templates import fill, template_dir
 from minibuild.cluster.settings import Plan, RolloutError, image_reference
 from minibuild.cluster.stack import gateway_config, gateway_name, router_args, router_name
 from minibuild.config import Config

@@ -19,7 +19,8 @@ from typing import Any
 from minibuild import ui
 from minibuild.cluster import slurm
 from minibuild.cluster.health import probe
-from minibuild.cluster.render import sbatch_options, template_dir
+from minibuild.cluster.render import sbatch_options
+from minibuild.cluster.templates import template_dir
 from minibuild.cluster.settings import Plan, RolloutError, state_dir
 from minibuild.cluster.slurm_jobs import ACTIVE, job_info, node_address, submit
 from minibuild.cluster.stack import replica_name, replica_plans, router_args, router_name, tool_path
