@@ -103,6 +103,39 @@ def part_check() -> None:
           f"== CPU fp32: {same_fp32}")
 
 
+def single_stream(eng, bw: float, prompt: list[int], gen: int, key: str, load_s: float) -> None:
+    """Batch-1 greedy decode of one prompt: tok/s (median step) vs the bandwidth limit, and its step split."""
+    from mini_vllm.sampling_params import SamplingParams
+
+    prompt_len = len(prompt)
+    need = decode_step_bytes(eng.runner.model)
+    kv_bytes = 2 * eng.cfg.num_hidden_layers * eng.runner.model.n_kv * eng.cfg.head_dim * 2 * (prompt_len + gen // 2)
+    limit = bw * 1e9 / (need + kv_bytes)
+    phases: dict[str, float] = {}
+    timed(eng.runner, "execute", phases)
+    timed(eng.sampler, "sample", phases)          # sync and async both sample through Sampler.sample
+    eng.add_request(key, prompt, SamplingParams(temperature=0.0, max_tokens=gen, ignore_eos=True))
+    times = []
+    while eng.has_unfinished():   # no sync per step: each call waits for the tokens it hands out
+        s = time.perf_counter()
+        eng.step()
+        times.append(time.perf_counter() - s)
+    step_s = statistics.median(times[2:])
+    tok_s = 1 / step_s
+    n = len(times)
+    gpu_ms = graph_gpu_ms(eng.runner.cuda_step, 1, prompt_len + gen // 2)
+    split = {"step_ms": step_s * 1e3, "graph_gpu_ms": gpu_ms, "host_gap_ms": step_s * 1e3 - gpu_ms,
+             "execute_ms": phases["execute"] / n * 1e3, "sample_launch_ms": phases["sample"] / n * 1e3,
+             "async_scheduling": eng.async_scheduling}
+    RESULTS[key] = {"copy_bw_GBps": bw, "weight_bytes_per_step": need, "kv_bytes_per_step": kv_bytes,
+                    "limit_tok_s": limit, "decode_tok_s": tok_s, "fraction_of_limit": tok_s / limit,
+                    "prefill_s": max(times[:2]), "engine_up_s": load_s, "step_split": split}
+    print(f"[{key}] copy bandwidth {bw:.0f} GB/s; a step reads {need / 1e9:.3f} GB weights + "
+          f"{kv_bytes / 1e6:.0f} MB KV -> limit {limit:.0f} tok/s; measured {tok_s:.1f} tok/s "
+          f"({tok_s / limit:.1%} of the limit); prefill of {prompt_len} tokens {max(times[:2]) * 1e3:.0f} ms")
+    print(f"[{key}] batch-1 step split (ms): " + ", ".join(f"{k} {v:.3f}" for k, v in split.items()), flush=True)
+
+
 # ---- decode --------------------------------------------------------------------------------------
 def part_decode(prompt_len: int = 1024, gen: int = 256) -> None:
     from mini_vllm.sampling_params import SamplingParams
@@ -113,42 +146,16 @@ def part_decode(prompt_len: int = 1024, gen: int = 256) -> None:
     eng = engine(ckpt, max_model_len=4096, max_num_seqs=512)
     load_s = time.perf_counter() - t0
     print("[decode]", eng.runner.startup_report, f"(engine up in {load_s:.1f} s)")
-    need = decode_step_bytes(eng.runner.model)
-    kv_bytes = 2 * eng.cfg.num_hidden_layers * eng.runner.model.n_kv * eng.cfg.head_dim * 2 * (prompt_len + gen // 2)
-    limit = bw * 1e9 / (need + kv_bytes)
     g = torch.Generator().manual_seed(0)
     prompt = torch.randint(0, 800, (prompt_len,), generator=g).tolist()
-    p = SamplingParams(temperature=0.0, max_tokens=gen, ignore_eos=True)
     eng.generate([prompt[:64]], SamplingParams(temperature=0.0, max_tokens=8, ignore_eos=True))  # warm-up
     for seed in (None, 7):      # sampling on CUDA (unseeded: the device generator; seeded: per-sequence)
         outs = eng.generate([prompt[:64]] * 3, SamplingParams(temperature=0.8, top_p=0.9, max_tokens=8,
                                                                ignore_eos=True, seed=seed))
         print(f"[decode] temperature 0.8 / top-p 0.9 sampling (seed {seed}): "
               f"{[o.outputs[0].token_ids[:4] for o in outs]}")
-    phases: dict[str, float] = {}
-    timed(eng.runner, "execute", phases)
-    timed(eng, "sampler", phases)
-    eng.add_request("single", prompt, p)
-    times = []
-    while eng.has_unfinished():
-        torch.cuda.synchronize()
-        s = time.perf_counter()
-        eng.step()
-        times.append(time.perf_counter() - s)
-    step_s = statistics.median(times[2:])
-    tok_s = 1 / step_s
-    n = len(times)
-    gpu_ms = graph_gpu_ms(eng.runner.cuda_step, 1, prompt_len + gen // 2)
-    split = {"step_ms": step_s * 1e3, "graph_gpu_ms": gpu_ms, "host_gap_ms": step_s * 1e3 - gpu_ms,
-             "execute_ms": phases["execute"] / n * 1e3, "sampler_incl_gpu_wait_ms": phases["sampler"] / n * 1e3}
-    RESULTS["single_stream"] = {"copy_bw_GBps": bw, "weight_bytes_per_step": need, "kv_bytes_per_step": kv_bytes,
-                                "limit_tok_s": limit, "decode_tok_s": tok_s, "fraction_of_limit": tok_s / limit,
-                                "prefill_s": times[0], "engine_up_s": load_s, "step_split": split}
-    print(f"[decode] copy bandwidth {bw:.0f} GB/s; a step reads {need / 1e9:.3f} GB weights + "
-          f"{kv_bytes / 1e6:.0f} MB KV -> limit {limit:.0f} tok/s; measured {tok_s:.1f} tok/s "
-          f"({tok_s / limit:.1%} of the limit); prefill of {prompt_len} tokens {times[0] * 1e3:.0f} ms")
-    print("[decode] batch-1 step split (ms): " + ", ".join(f"{k} {v:.3f}" for k, v in split.items()))
-    for batch, n_in, n_out in ((1, 1024, 128), (16, 1024, 128), (64, 1024, 64), (64, 1024, 256), (256, 1024, 256), (512, 1024, 256)):
+    single_stream(eng, bw, prompt, gen, "single_stream", load_s)
+    for batch, n_in, n_out in ((1, 1024, 128), (256, 1024, 256)):
         r = offline(eng, batch, n_in, n_out, seed=batch + n_out)
         bucket = next(b for b in eng.runner.cuda_step.buckets if b >= batch)
         r["graph_gpu_ms"] = graph_gpu_ms(eng.runner.cuda_step, bucket, n_in + n_out // 2)
@@ -157,8 +164,85 @@ def part_decode(prompt_len: int = 1024, gen: int = 256) -> None:
               f"decode step p50 {r['decode_step_ms_p50']:.2f} ms, its graph alone {r['graph_gpu_ms']:.2f} ms GPU", flush=True)
 
 
+AB_CONFIGS = (("baseline", dict(gemv_kernels=False, async_scheduling=False)),
+              ("gemv", dict(gemv_kernels=True, async_scheduling=False)),
+              ("gemv+async", dict(gemv_kernels=True, async_scheduling=True)),
+              ("gemv+async, Triton attention", dict(gemv_kernels=True, async_scheduling=True,
+                                                    attention_backend="triton")))
+
+
+def part_decode_ab(prompt_len: int = 1024, gen: int = 128) -> None:
+    """Same process, one engine after another: batch-1 decode and the batch-1/8 graphs' GPU time with our
+    decode GEMVs and async scheduling off/on; batch 256 (1024 in / 128 out) with async off and on."""
+    import gc
+
+    from mini_vllm.sampling_params import SamplingParams
+
+    ckpt = ensure_ckpt(CKPT, 24)
+    g = torch.Generator().manual_seed(3)
+    prompt = torch.randint(0, 800, (prompt_len,), generator=g).tolist()
+    for name, kw in AB_CONFIGS:
+        eng = engine(ckpt, max_model_len=4096, max_num_seqs=256, **kw)
+        print(f"[decodeab] {name}:", eng.runner.startup_report, flush=True)
+        eng.generate([prompt[:64]], SamplingParams(temperature=0.0, max_tokens=8, ignore_eos=True))
+        eng.add_request(f"ab-{name}", prompt, SamplingParams(temperature=0.0, max_tokens=gen, ignore_eos=True))
+        times = []
+        while eng.has_unfinished():   # no sync per step (async scheduling overlaps steps)
+            s = time.perf_counter()
+            eng.step()
+            times.append(time.perf_counter() - s)
+        step_ms = statistics.median(times[2:]) * 1e3
+        r = {"step_ms": step_ms, "tok_s": 1e3 / step_ms,
+             "graph_b1_ms": graph_gpu_ms(eng.runner.cuda_step, 1, prompt_len + gen // 2),
+             "graph_b8_ms": graph_gpu_ms(eng.runner.cuda_step, 8, prompt_len + gen // 2)}
+        if name not in ("baseline", "gemv+async, Triton attention"):
+            b = offline(eng, 256, prompt_len, 128, seed=256)
+            b["graph_gpu_ms"] = graph_gpu_ms(eng.runner.cuda_step, 256, prompt_len + 64)
+            r["b256"] = b
+        RESULTS[f"decode_ab_{name}"] = r
+        extra = (f"; batch 256 x (1024 in, 128 out): {r['b256']['output_tok_s']:.0f} tok/s, decode step p50 "
+                 f"{r['b256']['decode_step_ms_p50']:.2f} ms vs its graph {r['b256']['graph_gpu_ms']:.2f} ms "
+                 f"(host adds {r['b256']['decode_step_ms_p50'] / r['b256']['graph_gpu_ms'] - 1:.1%})"
+                 if "b256" in r else "")
+        print(f"[decodeab] {name}: batch-1 {r['tok_s']:.1f} tok/s (step {step_ms:.3f} ms), graph GPU "
+              f"batch 1 {r['graph_b1_ms']:.3f} ms, batch 8 {r['graph_b8_ms']:.3f} ms{extra}", flush=True)
+        del eng
+        gc.collect()
+        torch.cuda.empty_cache()
+
+
+def part_big(levels: str = "1x1024,256x1024") -> None:
+    """gpt-oss-120b shapes (36 layers, 128 experts), weights made in GPU memory (bench/synthetic_ckpt.py):
+    batch-1 decode vs the limit, offline batches, then `mini-vllm serve` under HTTP load."""
+    import gc
+
+    import synthetic_ckpt
+
+    synthetic_ckpt.install()
+    ckpt = synthetic_ckpt.write(Path("/tmp/gptoss-120b-mem"), 36, 128)
+    bw = copy_bandwidth()
+    t0 = time.perf_counter()
+    eng = engine(ckpt, max_model_len=4096, max_num_seqs=256)
+    load_s = time.perf_counter() - t0
+    print("[big]", eng.runner.startup_report, f"(engine up in {load_s:.1f} s, "
+          f"{eng.runner.model.weight_bytes() / 1e9:.1f} GB of weights)", flush=True)
+    g = torch.Generator().manual_seed(1)
+    prompt = torch.randint(0, 800, (1024,), generator=g).tolist()
+    offline(eng, 1, 64, 8, seed=1)                                     # warm-up
+    single_stream(eng, bw, prompt, 128, "big_single_stream", load_s)
+    for batch, n_in, n_out in ((64, 1024, 128), (256, 1024, 128)):
+        r = offline(eng, batch, n_in, n_out, seed=batch)
+        RESULTS[f"big_offline_b{batch}_{n_in}x{n_out}"] = r
+        print(f"[big] offline batch {batch} x ({n_in} in, {n_out} out): {r['output_tok_s']:.0f} output tok/s; "
+              f"decode step p50 {r['decode_step_ms_p50']:.2f} ms", flush=True)
+    del eng
+    gc.collect()
+    torch.cuda.empty_cache()
+    part_http(levels, ckpt, OUT, RESULTS, tag="http120b", launcher=[sys.executable, synthetic_ckpt.__file__])
+
+
 # ---- peer ----------------------------------------------------------------------------------------
-PEER_ROWS = ((1, 1024, 128), (64, 512, 64), (64, 128, 32))   # (batch, in, out): transformers, then ours
+PEER_ROWS = ((1, 1024, 128), (64, 128, 32))   # (batch, in, out): transformers, then ours
 
 
 def part_peer() -> None:
@@ -284,12 +368,14 @@ def part_http_ab(levels: str) -> None:
 
 
 PARTS = {"check": part_check, "decode": part_decode, "peer": part_peer, "profile": part_profile,
-         "hostprof": part_hostprof}
+         "hostprof": part_hostprof, "decodeab": part_decode_ab}
+BIG = "big"
 
 
 def run_part(part: str, args: argparse.Namespace) -> None:
     """One part in this process; its results go to $OUT/gptoss_<part>.json."""
     fns = dict(PARTS, http=lambda: part_http(args.levels, ensure_ckpt(CKPT, 24), OUT, RESULTS),
+               big=lambda: part_big(args.big_levels),
                httpab=lambda: part_http_ab(args.ab_levels))
     t0 = time.perf_counter()
     try:
@@ -301,7 +387,8 @@ def run_part(part: str, args: argparse.Namespace) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("parts", nargs="+", choices=[*PARTS, "http", "httpab"])
+    ap.add_argument("parts", nargs="+", choices=[*PARTS, "http", "httpab", BIG])
+    ap.add_argument("--big-levels", default="1x1024,256x1024", help="HTTP levels of the 120b part")
     ap.add_argument("--levels", default="1x1024,16x1024,64x1024,256x1024,64x256,256x256")
     ap.add_argument("--ab-levels", default="256x128")
     ap.add_argument("--in-process", action="store_true", help="run the parts here, not one subprocess each")
@@ -315,7 +402,8 @@ def main() -> None:
     # one process per part: a failing part cannot leave the GPU full of the previous part's engine
     merged: dict[str, object] = {}
     for part in args.parts:
-        cmd = [sys.executable, __file__, part, "--levels", args.levels, "--ab-levels", args.ab_levels]
+        cmd = [sys.executable, __file__, part, "--levels", args.levels, "--ab-levels", args.ab_levels,
+               "--big-levels", args.big_levels]
         rc = subprocess.run(cmd).returncode
         f = OUT / f"gptoss_{part}.json"
         merged.update(json.loads(f.read_text()) if f.exists() else {})

@@ -32,8 +32,8 @@ from mini_vllm.ops.triton.fused_moe import fused_moe_mxfp4, pick_config  # noqa:
 from mini_vllm.ops.reference import dequant_mxfp4 as dequant_mxfp4_reference  # noqa: E402
 from mini_vllm.ops.triton.mxfp4 import random_moe_weights  # noqa: E402
 from mini_vllm.ops.triton.paged_attention import paged_attention  # noqa: E402
-from mini_vllm.ops.triton.reference import (fused_moe_reference,  # noqa: E402
-                                            paged_attention_reference, swiglu_gpt_oss)
+from mini_vllm.ops.reference import paged_attention as paged_attention_reference  # noqa: E402
+from mini_vllm.ops.triton.reference import fused_moe_reference, swiglu_gpt_oss  # noqa: E402
 
 H, I, E, TOPK = 2880, 2880, 32, 4
 HQ, HKV, HEAD_DIM, KV_BLOCK = 64, 8, 64, 16
@@ -155,8 +155,8 @@ def attention_section(copy_gbs: float, gen: torch.Generator) -> list[dict]:
             out = torch.full_like(q, float("nan"))
             got = paged_attention(q, kc, vc, cu, seq_lens, tables, out=out, **kw)
             if len(q_lens) <= 64:  # the reference loops over sequences in Python
-                want = paged_attention_reference(q, kc, vc, cu, seq_lens, tables, scale=0.125,
-                                                 sinks=sinks, window=window,
+                want = paged_attention_reference(q, kc, vc, tables, cu, seq_lens, softmax_scale=0.125,
+                                                 sinks=sinks, sliding_window=window,
                                                  compute_dtype=torch.float32)
                 row["rel_err"] = rel_err(got, want)
                 row["ok"] = row["rel_err"] < TOL
@@ -170,7 +170,7 @@ def attention_section(copy_gbs: float, gen: torch.Generator) -> list[dict]:
                        tflops=4 * HQ * HEAD_DIM * pairs / ms / 1e9)
             if len(q_lens) <= 8:
                 ms_ref = do_bench(lambda: paged_attention_reference(
-                    q, kc, vc, cu, seq_lens, tables, scale=0.125, sinks=sinks, window=window,
+                    q, kc, vc, tables, cu, seq_lens, softmax_scale=0.125, sinks=sinks, sliding_window=window,
                     compute_dtype=torch.bfloat16), rep=50, return_mode="median")
                 row.update(peer_torch_gather_us=ms_ref * 1e3, speedup_vs_torch=ms_ref / ms)
         except Exception as exc:

@@ -33,7 +33,7 @@ import torch.nn.functional as F  # noqa: E402
 
 from mini_vllm import ops  # noqa: E402
 from mini_vllm.ops import attention_fa3, ext, reference, selfcheck  # noqa: E402
-from mini_vllm.ops.paged_attention import paged_attention as paged_reference  # noqa: E402
+from mini_vllm.ops.reference import paged_attention as paged_reference  # noqa: E402
 
 DEV = "cuda"
 TOL = selfcheck.TOL
@@ -395,16 +395,23 @@ def main() -> int:
               "mxfp4": check_mxfp4, "routing": check_routing, "router_fused": check_router_fused,
               "rope_kv_fused": check_rope_kv_fused, "fa3": check_fa3, "fa3_plan": check_fa3_plan}
     wanted = [g for g in args.only.split(",") if g] or list(groups)
-    for g in wanted:
+    return run_groups({g: groups[g] for g in wanted}, (args.iters,), ROWS, args.json, {"device": device_name})
+
+
+def run_groups(groups: dict[str, Callable], fn_args: tuple, rows: list[dict], json_path: str | None,
+               header: dict) -> int:
+    """Run each check group (a failing one is recorded, the rest still run), print the tally, write the
+    rows as JSON; exit status 1 if anything failed. Shared with device_check_gemv.py."""
+    for g, fn in groups.items():
         try:
-            groups[g](args.iters)
+            fn(*fn_args)
         except Exception as exc:  # noqa: BLE001 - e.g. a module missing: report, go on
-            ROWS.append({"op": g, "case": "setup", "ok": False, "error": f"{type(exc).__name__}: {exc}"})
+            rows.append({"op": g, "case": "setup", "ok": False, "error": f"{type(exc).__name__}: {exc}"})
             print(f"FAIL {g:18} setup: {exc}", flush=True)
-    failed = [r for r in ROWS if not r["ok"]]
-    print(f"\n{len(ROWS) - len(failed)}/{len(ROWS)} checks passed")
-    if args.json:
-        Path(args.json).write_text(json.dumps({"device": device_name, "rows": ROWS}, indent=1))
+    failed = [r for r in rows if not r["ok"]]
+    print(f"\n{len(rows) - len(failed)}/{len(rows)} checks passed")
+    if json_path:
+        Path(json_path).write_text(json.dumps({**header, "rows": rows}, indent=1))
     return 1 if failed else 0
 
 

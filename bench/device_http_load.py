@@ -83,14 +83,16 @@ async def _load(url: str, conc: int, prompt_len: int, max_tokens: int) -> dict:
 
 
 def part_http(levels: str, ckpt: Path, out: Path, results: dict, extra_args: tuple[str, ...] = (),
-              env_extra: dict[str, str] | None = None, tag: str = "http") -> None:
+              env_extra: dict[str, str] | None = None, tag: str = "http",
+              launcher: list[str] | None = None) -> None:
     import httpx
 
     port = 8011
     env = dict(os.environ, **(env_extra or {}), PYTHONPATH=str(ROOT / "python") + ":" + os.environ.get("PYTHONPATH", ""))
     log = open(out / f"server-{tag}.log", "w")
     t0 = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, "-m", "mini_vllm.cli", "serve", str(ckpt), "--port", str(port),
+    launcher = launcher or [sys.executable, "-m", "mini_vllm.cli"]
+    proc = subprocess.Popen([*launcher, "serve", str(ckpt), "--port", str(port),
                              "--host", "127.0.0.1", "--served-model-name", "bench", "--max-model-len", "4096",
                              "--max-num-seqs", str(max(256, *(int(x.split("x")[0]) for x in levels.split(",")))), "--max-num-batched-tokens", "8192",
                              "--disable-uvicorn-access-log", *extra_args], stdout=log, stderr=subprocess.STDOUT, env=env)

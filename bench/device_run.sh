@@ -18,13 +18,10 @@ for s in "$@"; do
       nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv
       nproc; free -g | head -2; gcc --version | head -1; nvcc --version | tail -1
       python3 -c "import torch, triton, transformers; print('torch', torch.__version__, 'triton', triton.__version__, 'transformers', transformers.__version__)"
-      # only what the device lacks (fastapi, uvicorn, pydantic, ...), resolved from the carried wheels;
-      # if the resolver refuses, the server's own deps go to /tmp/pydeps (on PYTHONPATH) without deps
+      # only what the device lacks (fastapi, uvicorn, pydantic, opentelemetry-api ...): the carried wheels,
+      # no deps resolved, into /tmp/pydeps (on PYTHONPATH ahead of site-packages)
       if [ -d .carry/wheels ]; then
-        python3 -m pip install --no-index --find-links .carry/wheels fastapi uvicorn httptools uvloop 2>&1 | grep -v "root user" | tail -3
-        if ! python3 -c "import fastapi, uvicorn, pydantic" 2>/dev/null; then
-          python3 -m pip install -q --no-deps --target /tmp/pydeps .carry/wheels/{fastapi,uvicorn,pydantic,pydantic_core,starlette,annotated_types,typing_inspection,annotated_doc}-*.whl 2>&1 | grep -v "root user" | tail -3
-        fi
+        python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/pydeps .carry/wheels/*.whl 2>&1 | grep -v "root user" | tail -3
         python3 -c "import fastapi, uvicorn, pydantic; print('server deps ok:', fastapi.__version__, uvicorn.__version__, pydantic.__version__)"
       fi ;;
     build)
@@ -39,6 +36,9 @@ for s in "$@"; do
     check)
       step "check: our kernels + FA3 vs torch references"
       timeout 120 python3 bench/device_check_kernels.py --ext-dir build/ext --json "$OUT/kernels.json" 2>&1 | tee "$OUT/check.log" ;;
+    gemv)
+      step "gemv: decode GEMV kernels vs cuBLAS / Triton"
+      timeout 240 python3 bench/device_check_gemv.py --json "$OUT/gemv.json" 2>&1 | tee "$OUT/gemv.log" ;;
     triton)
       step "triton: MoE + paged attention"
       timeout 180 python3 bench/device_bench_triton.py 2>&1 | tee "$OUT/triton.log" ;;

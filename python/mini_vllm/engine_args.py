@@ -41,4 +41,7 @@ class EngineArgs:
     deliver_in_gpu_wait: bool = True          # hand a step's outputs to the event loop during the next GPU wait
     switch_interval_ms: float | None = None   # the server process's GIL switch interval (None: Python's 5 ms)
     gc_freeze: bool = True                    # gc.freeze() the start-up heap once the model is loaded
+    gemv_kernels: bool = True                 # CUDA: our MoE GEMVs at 2..8 tokens + fused MoE sum/norm (False: Triton)
+    async_scheduling: bool | None = None      # schedule step n+1 before step n's tokens reach the host
+                                              # (None: on for one CUDA device; never with tensor parallelism)
     test_fault_prompt: str | None = None      # TESTS ONLY: "ID,ID,...[@K]" fails matching requests (faults.py)

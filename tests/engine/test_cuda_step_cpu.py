@@ -8,6 +8,8 @@ against the plain CPU model, token for token.
 """
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -18,9 +20,9 @@ from mini_vllm.sampling_params import SamplingParams
 triton = pytest.importorskip("triton")
 
 
-def _with_cuda_step(engine) -> None:
+def _with_cuda_step(engine, **backend_overrides) -> None:
     r = engine.runner
-    backends = select_backends(r.model)
+    backends = dataclasses.replace(select_backends(r.model), **backend_overrides)
     assert backends.attention == "triton" and backends.moe == "triton-mxfp4"
     r.cuda_step = CudaStep(CudaForward(r.model, backends), r.kv_caches, r.model.lm_head,
                            engine.model_config.max_model_len, r.block_size, engine.args.max_num_seqs,
@@ -42,7 +44,11 @@ def test_gpu_step_path_matches_cpu_model_greedy(make_engine, texts):
     assert got == want
 
 
-def test_gpu_step_path_logits_match(make_engine):
+# the GEMV kernels' wiring: on the CPU they fall back (F.linear, the Triton MoE's per-slot rows, torch sum +
+# add + norm), so this runs the forward's fused-MoE-sum path, which the GPU takes at every batch size
+@pytest.mark.parametrize("overrides", [{}, {"moe_gemv": "ours", "moe_sum_norm": "fused"}],
+                         ids=["unfused", "gemv-and-fused-sum"])
+def test_gpu_step_path_logits_match(make_engine, overrides):
     from mini_vllm.engine.model_runner import build_step_inputs
     from mini_vllm.ops.triton.interpret import interpreted
 
@@ -52,7 +58,7 @@ def test_gpu_step_path_logits_match(make_engine):
     batch = eng.scheduler.schedule()
     inp = build_step_inputs(batch, eng.args.block_size)
     want = eng.runner.execute(inp)
-    _with_cuda_step(eng)
+    _with_cuda_step(eng, **overrides)
     before = eng.runner.kv.clone()
     with interpreted():
         eng.runner.cuda_step.warm_up(32)          # start-up warm-up: must not touch the KV cache

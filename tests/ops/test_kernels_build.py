@@ -118,8 +118,10 @@ def test_fa3_wrapper_compiles_and_needs_only_the_listed_units(tmp_path):
     cfg = read_document()
     kset, sources = cfg["kernels"]["fa3"], cfg["sources"]
     hopper = _extract(sources["fa3"], "hopper", tmp_path / "fa3")
-    cutlass = _extract(sources["cutlass_fa3"], "include", tmp_path / "cutlass")
-    trees = {"fa3": hopper.parent, "cutlass_fa3": cutlass.parent}
+    for patch in sources["fa3"].get("patches", []):   # as `invoke kernels` applies them
+        subprocess.run(["patch", "-p1", "-s", "-f", "-d", str(hopper.parent), "-i", str(ROOT / patch)], check=True)
+    cutlass = _extract(sources["cutlass"], "include", tmp_path / "cutlass")
+    trees = {"fa3": hopper.parent, "cutlass": cutlass.parent}
 
     def resolve(d: str) -> str:
         if d.startswith("@"):

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from mini_vllm.ops.attention_fa3 import paged_attention
-from mini_vllm.ops.paged_attention import paged_attention as paged_reference
+from mini_vllm.ops.reference import paged_attention as paged_reference
 
 gpt_oss = pytest.importorskip("transformers.models.gpt_oss.modeling_gpt_oss")
 

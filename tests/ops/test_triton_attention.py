@@ -8,7 +8,7 @@ pytest.importorskip("triton")
 
 from mini_vllm.ops.triton.interpret import interpreted  # noqa: E402
 from mini_vllm.ops.triton.paged_attention import paged_attention, pick_num_splits  # noqa: E402
-from mini_vllm.ops.triton.reference import paged_attention_reference  # noqa: E402
+from mini_vllm.ops.reference import paged_attention as paged_attention_reference  # noqa: E402
 
 
 @pytest.fixture(autouse=True)
@@ -56,8 +56,8 @@ def test_paged_attention_matches_reference(q_lens, kv_lens, hq, hkv, bs, window,
     got = paged_attention(q, kc, vc, cu, seq_lens, tables, max_seqlen_q=max(q_lens),
                           max_seqlen_k=max(kv_lens), scale=0.125, sinks=sinks, window=window,
                           num_splits=splits, out=out)
-    want = paged_attention_reference(q, kc, vc, cu, seq_lens, tables, scale=0.125, sinks=sinks,
-                                     window=window)
+    want = paged_attention_reference(q, kc, vc, tables, cu, seq_lens, softmax_scale=0.125, sinks=sinks,
+                                     sliding_window=window, compute_dtype=torch.float64)
     assert got is out and torch.isfinite(got).all()
     err = ((got.double() - want.double()).norm() / want.double().norm()).item()
     assert err < tol

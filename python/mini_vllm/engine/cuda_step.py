@@ -16,11 +16,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from mini_vllm.engine.placeholders import resolve_placeholders
 from mini_vllm.model.cuda_forward import CudaAttnInputs, CudaForward
 
 log = logging.getLogger(__name__)
 
-DEFAULT_BUCKETS = (1, 2, 4, 8, 16, 24, 32, 48, 64, 96, 128, 160, 192, 224, 256, 320, 384, 448, 512)
+DEFAULT_BUCKETS = (1, 2, 4, 8, 16, 24, 32, 48, 64, 96, 128, 160, 192, 224, 256, 320, 384, 448, 512, 640, 768, 896,
+                   1024)
 
 
 @dataclass
@@ -116,6 +118,8 @@ class CudaStep:
                 return logits if inp.sample_all else logits[rows]
         host = self._host_inputs(inp, seqs, len(seqs.q_lens))
         t = {k: v.to(self.device, non_blocking=True) for k, v in host.items()}
+        if inp.prev_tokens is not None:
+            t["ids"] = resolve_placeholders(t["ids"], inp.prev_tokens)
         hidden = self.fwd.forward(t["ids"], self._attn(t, max(seqs.q_lens), max(seqs.ctx_lens)), self.kv_caches)
         if not rows:
             return None
@@ -149,6 +153,8 @@ class CudaStep:
                 t[i, :m] = bt[:m]
         t[n:, 0] = 0                               # pads read one key of block 0
         buf["i64"].copy_(i64, non_blocking=True)
+        if inp.prev_tokens is not None:       # async scheduling: ids sampled by the last step, on the device
+            buf["ids"].copy_(resolve_placeholders(buf["ids"], inp.prev_tokens))
         buf["used"].copy_(used, non_blocking=True)
         buf["table"][:, :width].copy_(table, non_blocking=True)
         if st.copied is not None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from tokenizers.decoders import DecodeStream
 
-from mini_vllm.engine.sequence import Sequence
+from mini_vllm.engine.sequence import Sequence, Status
 from mini_vllm.model.tokenizer import Tokenizer
 
 
@@ -18,13 +18,27 @@ def start(seq: Sequence) -> None:
 
 
 def append_token(seq: Sequence, token_id: int, tokenizer: Tokenizer, eos_ids: frozenset[int],
-                 max_model_len: int) -> None:
+                 max_model_len: int, at: int | None = None) -> None:
     """Add a sampled token: update the text and finish the sequence if a stop condition hits.
 
-    Runs once per sequence per step, so attributes are read once into locals."""
-    p = seq.params
+    `at`: the token's index when it is already in token_ids as a placeholder (async scheduling, where a
+    newer placeholder may follow it: a stop drops those). Runs once per sequence per step, so attributes
+    are read once into locals."""
     ids = seq.token_ids
-    ids.append(token_id)
+    if at is None:
+        ids.append(token_id)
+        _check_stop(seq, token_id, tokenizer, eos_ids, max_model_len, len(ids))
+    else:
+        ids[at] = token_id
+        _check_stop(seq, token_id, tokenizer, eos_ids, max_model_len, at + 1)
+        if seq.status is Status.FINISHED and len(ids) > at + 1:
+            del ids[at + 1:]
+
+
+def _check_stop(seq: Sequence, token_id: int, tokenizer: Tokenizer, eos_ids: frozenset[int], max_model_len: int,
+                n: int) -> None:
+    """Detokenise the token; finish the sequence (n tokens long) if a stop condition hits."""
+    p = seq.params
     piece = seq.decoder.step(tokenizer.raw, token_id) if token_id < tokenizer.vocab_size else None
     if piece:
         prev_len = len(seq.text)
@@ -42,7 +56,7 @@ def append_token(seq: Sequence, token_id: int, tokenizer: Tokenizer, eos_ids: fr
         seq.finish("stop", token_id)
     elif not p.ignore_eos and token_id in eos_ids:
         seq.finish("stop", None)
-    elif len(ids) - seq.num_prompt_tokens >= seq.max_tokens or len(ids) >= max_model_len:
+    elif n - seq.num_prompt_tokens >= seq.max_tokens or n >= max_model_len:
         seq.finish("length")
 
 

@@ -12,7 +12,9 @@ import time
 import traceback
 from typing import Callable
 
-from mini_vllm.engine import detokenizer
+import torch
+
+from mini_vllm.engine import async_step, detokenizer
 from mini_vllm.engine.block_manager import BlockManager
 from mini_vllm.engine.faults import fault_hook
 from mini_vllm.engine.model_runner import ModelRunner, build_step_inputs
@@ -54,6 +56,14 @@ class LLMEngine:
         # tests: raise to fail one sequence (engine/faults.py)
         self.fault_hook: Callable[[Sequence], None] | None = fault_hook(args.test_fault_prompt) \
             if args.test_fault_prompt else None
+        # async scheduling (engine/async_step.py): auto = on for a single CUDA device; a step with
+        # constrained decoding runs synchronously (its mask needs the previous token on the host)
+        want = args.async_scheduling
+        single = getattr(self.runner, "model", None) is None or self.runner.model.tp_size == 1
+        on_cuda = getattr(self.runner, "device", torch.device("cpu")).type == "cuda"
+        self.async_scheduling = bool(single and (on_cuda if want is None else want))
+        self._pending = None             # the launched step whose tokens are not on the host yet
+        self._grammar_requests: set[str] = set()
 
     # ---- requests ------------------------------------------------------------------------------
     def validate(self, prompt_token_ids: list[int], params: SamplingParams) -> None:
@@ -83,6 +93,7 @@ class LLMEngine:
         max_tokens = room if params.max_tokens is None else min(params.max_tokens, room)
         if params.grammar:
             from mini_vllm.structured.matcher import new_matcher
+            self._grammar_requests.add(request_id)
         for i in range(params.n):
             seq = Sequence(req, i, next(self._seq_ids), max_tokens)
             if params.grammar:
@@ -100,7 +111,9 @@ class LLMEngine:
         req = self.requests.pop(request_id, None)
         if req is None:
             return None
+        self._grammar_requests.discard(request_id)
         for seq in req.seqs:
+            async_step.drop_placeholders(seq)
             if seq.status is not Status.FINISHED:
                 self.scheduler.remove(seq)
                 seq.finish("abort")
@@ -111,19 +124,18 @@ class LLMEngine:
 
     # ---- the step ------------------------------------------------------------------------------
     def step(self) -> list[RequestOutput]:
+        if self.async_scheduling and not self._grammar_requests:
+            return async_step.step_async(self)
+        if self._pending is not None:   # leaving async mode: hand out the launched step's tokens first
+            return async_step.drain(self)
         batch = self.scheduler.schedule()
         if not batch.seqs:
             return []
-        inputs = build_step_inputs(batch, self.args.block_size, self.blocks.tables)
-        self.step_tokens.observe(len(inputs.input_ids))
         touched: dict[str, Request] = {}
-        try:
-            logits = self.runner.execute(inputs)
-        except Exception as e:  # noqa: BLE001 - the batch's requests fail, the engine lives on
-            log.exception("model step failed")
-            for seq in batch.seqs:
-                self._fail(seq, f"model step failed: {type(e).__name__}: {e}", touched)
+        ran = self._execute(batch, touched)
+        if ran is None:
             return self._collect(touched)
+        inputs, logits = ran
         if self.gpu_wait_hook is not None:   # the forward is enqueued, the GPU busy: hand over outputs now
             self.gpu_wait_hook()
         seqs = batch.seqs
@@ -140,27 +152,48 @@ class LLMEngine:
             self._accept_all(sampled, result.token_ids, result.logprobs, touched)
         return self._collect(touched)
 
-    def _advance(self, batch) -> None:
-        """The batch's new tokens are in the KV cache: count them, register newly full blocks."""
-        blocks = self.blocks
-        register = blocks.register_full_blocks if blocks.enable_prefix_caching else None
-        bs = blocks.block_size
+    def _execute(self, batch, touched: dict[str, Request], prev_tokens=None):
+        """(inputs, logits) of the batch's forward; None when the model call raised (the batch's requests
+        are failed then, the engine lives on). prev_tokens: async scheduling's ids of the last step."""
+        inputs = build_step_inputs(batch, self.args.block_size, self.blocks.tables)
+        inputs.prev_tokens = prev_tokens
+        self.step_tokens.observe(len(inputs.input_ids))
+        try:
+            return inputs, self.runner.execute(inputs)
+        except Exception as e:  # noqa: BLE001 - the batch's requests fail, the engine lives on
+            log.exception("model step failed")
+            for seq in batch.seqs:
+                self._fail(seq, f"model step failed: {type(e).__name__}: {e}", touched)
+            return None
+
+    def _advance(self, batch, register: bool = True) -> None:
+        """The batch's new tokens are in the KV cache: count them, register newly full blocks (async
+        scheduling registers later, once the tokens of those blocks are known: `_register`)."""
         for seq, n in zip(batch.seqs, batch.num_new):
-            done = seq.num_computed_tokens + n
-            seq.num_computed_tokens = done
-            if register is not None and done // bs > seq.num_hashed_blocks:
-                register(seq)
+            seq.num_computed_tokens += n
+        if register:
+            self._register(batch)
+
+    def _register(self, batch) -> None:
+        blocks = self.blocks
+        if not blocks.enable_prefix_caching:
+            return
+        bs = blocks.block_size
+        for seq in batch.seqs:
+            if seq.status is not Status.FINISHED and seq.num_computed_tokens // bs > seq.num_hashed_blocks:
+                blocks.register_full_blocks(seq)
 
     def _accept_all(self, sampled: list[Sequence], tokens: list[int],
                     logprobs: list[tuple[float, list[tuple[int, float]]] | None],
-                    touched: dict[str, Request]) -> None:
-        """Append each sampled token (detokenise, stop checks); a failure fails that request alone."""
+                    touched: dict[str, Request], at: list[int] | None = None) -> None:
+        """Append each sampled token (detokenise, stop checks); a failure fails that request alone.
+        `at`: the index of each token's placeholder (async scheduling) instead of appending."""
         now = time.monotonic()
         tok, eos, limit = self.tokenizer, self.eos_ids, self.model_config.max_model_len
         append, hook, finished_status = detokenizer.append_token, self.fault_hook, Status.FINISHED
         done: list[Sequence] = []
         accepted = 0
-        for seq, token, lp in zip(sampled, tokens, logprobs):
+        for k, (seq, token, lp) in enumerate(zip(sampled, tokens, logprobs)):
             if seq.status is finished_status:
                 continue
             try:
@@ -170,7 +203,10 @@ class LLMEngine:
                     self._append_logprob(seq, token, lp)
                 if seq.matcher is not None and not seq.matcher.consume_token(token):
                     raise RuntimeError(f"constrained decoding: token {token} rejected ({seq.matcher.get_error()})")
-                append(seq, token, tok, eos, limit)
+                if at is None:
+                    append(seq, token, tok, eos, limit)
+                else:
+                    append(seq, token, tok, eos, limit, at[k])
                 if seq.matcher is not None and seq.status is not finished_status and seq.matcher.is_stopped():
                     seq.finish("stop")          # the grammar is complete and allows nothing more
             except Exception as e:  # noqa: BLE001 - this request fails alone
@@ -197,6 +233,7 @@ class LLMEngine:
         """Fail the whole request the sequence belongs to."""
         req = seq.req
         for s in req.seqs:
+            async_step.drop_placeholders(s)
             if s.status is not Status.FINISHED:
                 self.scheduler.remove(s)
                 s.finish("error", error=message)
@@ -209,6 +246,7 @@ class LLMEngine:
             outs.append(out)
             if out.finished:
                 self.requests.pop(rid, None)
+                self._grammar_requests.discard(rid)
         return outs
 
     # ---- offline convenience -------------------------------------------------------------------

@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from mini_vllm.engine.block_tables import BlockTableArray
+from mini_vllm.engine.placeholders import resolve_placeholders
 from mini_vllm.engine.scheduler import ScheduledBatch
 from mini_vllm.engine_args import EngineArgs
 from mini_vllm.model.attention import AttnMetadata, build_group
@@ -48,6 +49,8 @@ class StepInputs:
     # the sequences' block tables in token order, int32 [sequences, width], zero-padded/truncated to
     # width = ceil(max context / block_size) (None when built without a BlockTableArray)
     block_table_array: np.ndarray | None = field(default=None, compare=False)
+    # async scheduling: the previous step's sampled ids on the device; input ids -(j+1) stand for prev[j]
+    prev_tokens: torch.Tensor | None = field(default=None, compare=False)
 
 
 def resolve_device_dtype(args: EngineArgs) -> tuple[torch.device, torch.dtype]:
@@ -155,7 +158,8 @@ class ModelRunner:
         if a.moe_configs:
             from mini_vllm.ops.triton.fused_moe import use_config_table
             use_config_table(a.moe_configs)
-        backends = select_backends(self.model, a.attention_backend, a.fused_ops, a.fused_router)
+        backends = select_backends(self.model, a.attention_backend, a.fused_ops, a.fused_router,
+                                   gemv_kernels=a.gemv_kernels)
         max_len = min(self.args.max_model_len or self.cfg.max_position_embeddings, self.num_blocks * self.block_size)
         step = CudaStep(CudaForward(self.model, backends), self.kv_caches, self.model.lm_head, max_len,
                         self.block_size, self.args.max_num_seqs, use_graphs=not self.args.enforce_eager)
@@ -186,6 +190,8 @@ class ModelRunner:
     def prepare(self, inp: StepInputs) -> tuple[torch.Tensor, AttnMetadata]:
         dev = self.device
         ids = torch.tensor(inp.input_ids, dtype=torch.long, device=dev)
+        if inp.prev_tokens is not None:
+            ids = resolve_placeholders(ids, inp.prev_tokens)
         meta = AttnMetadata(torch.tensor(inp.positions, dtype=torch.long, device=dev),
                             torch.tensor(inp.slot_mapping, dtype=torch.long, device=dev))
         window = self.cfg.sliding_window

@@ -53,29 +53,39 @@ class Sampler:
         return g
 
     def __call__(self, logits: torch.Tensor, seqs: list[Sequence]) -> SampleResult:
+        tokens, lp = self.sample(logits, seqs)
+        return self.results(tokens.tolist(), lp, seqs)
+
+    def sample(self, logits: torch.Tensor, seqs: list[Sequence]) -> tuple[torch.Tensor, tuple | None]:
+        """Token ids [rows] on the logits' device without a host sync, plus (when some row wants logprobs)
+        the logprob tensors, computed now - the logits may be a CUDA graph's output buffer that the next
+        step overwrites. `results` turns both into a SampleResult once the ids are on the host."""
         params = [s.params for s in seqs]
         if any(p.logit_bias for p in params):
             logits = apply_logit_bias(logits, params)
         if any(s.matcher is not None for s in seqs):       # constrained rows: only what the grammar allows
             from mini_vllm.structured.matcher import apply_masks
             logits = apply_masks(logits, [s.matcher for s in seqs])
-        want_lp = [p.logprobs is not None for p in params]
         if all(p.greedy for p in params):
-            tokens = logits.argmax(dim=-1)
-            scaled = logits
+            tokens, scaled = logits.argmax(dim=-1), logits
         else:
             tokens, scaled = self._sample(logits, seqs)
-        token_list = tokens.tolist()
+        rows = [i for i, p in enumerate(params) if p.logprobs is not None]
+        if not rows:
+            return tokens, None
+        logp = torch.log_softmax(scaled[rows].float(), dim=-1)
+        chosen = logp.gather(1, tokens[rows].unsqueeze(1)).squeeze(1)
+        k = max(params[i].logprobs for i in rows)
+        top_v, top_i = (logp.topk(k, dim=-1) if k > 0 else (logp[:, :0], logp[:, :0].long()))
+        return tokens, (rows, chosen, top_v, top_i)
+
+    def results(self, token_list: list[int], lp: tuple | None, seqs: list[Sequence]) -> SampleResult:
         lps: list[tuple[float, list[tuple[int, float]]] | None] = [None] * len(seqs)
-        if any(want_lp):
-            rows = [i for i, w in enumerate(want_lp) if w]
-            logp = torch.log_softmax(scaled[rows].float(), dim=-1)
-            chosen = logp.gather(1, tokens[rows].unsqueeze(1)).squeeze(1).tolist()
-            k = max(params[i].logprobs for i in rows)
-            top_v, top_i = (logp.topk(k, dim=-1) if k > 0 else (logp[:, :0], logp[:, :0].long()))
-            top_v, top_i = top_v.tolist(), top_i.tolist()
+        if lp is not None:
+            rows, chosen, top_v, top_i = lp
+            chosen, top_v, top_i = chosen.tolist(), top_v.tolist(), top_i.tolist()
             for j, i in enumerate(rows):
-                n = params[i].logprobs
+                n = seqs[i].params.logprobs
                 lps[i] = (chosen[j], list(zip(top_i[j][:n], top_v[j][:n])))
         return SampleResult(token_list, lps)
 

@@ -58,6 +58,9 @@ class Scheduler:
         i = 0
         while i < len(running) and budget > 0:
             seq = running[i]
+            if seq.final_pending:     # async scheduling: its last token is on its way; nothing left to run
+                i += 1
+                continue
             end = len(seq.token_ids)
             if end - seq.num_computed_tokens > budget:
                 end = seq.num_computed_tokens + budget

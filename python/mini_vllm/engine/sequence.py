@@ -47,7 +47,7 @@ class Sequence:
     __slots__ = ("req", "index", "seq_id", "token_ids", "num_prompt_tokens", "block_table", "num_computed_tokens",
                  "num_hashed_blocks", "status", "generator", "decoder", "text", "sent_text_len", "sent_tokens",
                  "logprobs", "sent_logprobs", "finish_reason", "stop_reason", "error", "leader", "max_tokens", "params",
-                 "block_row", "matcher")
+                 "block_row", "matcher", "final_pending")
 
     def __init__(self, req: Request, index: int, seq_id: int, max_tokens: int):
         self.req, self.index, self.seq_id = req, index, seq_id
@@ -75,6 +75,7 @@ class Sequence:
         self.leader: "Sequence | None" = None   # n > 1: wait for this sample to fill the prompt's blocks
         self.max_tokens = max_tokens
         self.matcher = None                 # constrained decoding (structured/matcher.py), set by the engine
+        self.final_pending = False        # async scheduling: its last token is sampled, not yet on the host
 
     def __len__(self) -> int:
         return len(self.token_ids)

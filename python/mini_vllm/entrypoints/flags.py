@@ -49,7 +49,6 @@ NOOP_FLAGS: dict[str, str] = {
     "tool_call_parser": "GPT-OSS tool calls are parsed by our harmony parser, whatever parser is named",
     "reasoning_parser": "GPT-OSS reasoning is split off by our harmony parser, whatever parser is named",
     "enable_chunked_prefill": "prefill is always chunked here (by --max-num-batched-tokens)",
-    "async_scheduling": "our engine always overlaps output delivery with the next step",
     "swap_space": "preempted requests are recomputed, never swapped to CPU memory",
     "disable_log_requests": "requests are not logged unless --enable-log-requests is given",
     "disable_frontend_multiprocessing": "the API server and engine share one process here",
@@ -93,6 +92,8 @@ def _vllm_flags(p: argparse.ArgumentParser, positional_model: bool) -> None:
     g.add_argument("--block-size", type=int, default=_D.block_size, help="tokens per KV block")
     g.add_argument("--seed", type=int, default=_D.seed, help="seed of unseeded sampling")
     g.add_argument("--enforce-eager", action="store_true", default=_D.enforce_eager, help="CUDA: no CUDA graphs")
+    g.add_argument("--async-scheduling", action=argparse.BooleanOptionalAction, default=_D.async_scheduling,
+                   help="launch step n+1 before step n's tokens reach the host (default None: on for one CUDA GPU)")
     g.add_argument("--max-logprobs", type=int, default=_D.max_logprobs,
                    help="largest logprobs/top_logprobs a request may ask for")
     g.add_argument("--kv-cache-dtype", default="auto", help="auto (the model dtype); fp8 is refused")
@@ -120,7 +121,7 @@ def _vllm_flags(p: argparse.ArgumentParser, positional_model: bool) -> None:
 
 def _noop_flags(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("vLLM flags accepted that change nothing here (one log line says why)")
-    for flag in ("trust_remote_code", "enable_auto_tool_choice", "disable_log_requests", "async_scheduling",
+    for flag in ("trust_remote_code", "enable_auto_tool_choice", "disable_log_requests",
                  "disable_frontend_multiprocessing", "disable_custom_all_reduce"):
         g.add_argument("--" + flag.replace("_", "-"), action="store_true", default=None, help=NOOP_FLAGS[flag])
     g.add_argument("--enable-chunked-prefill", action=argparse.BooleanOptionalAction, default=None,
@@ -161,6 +162,8 @@ def _our_flags(p: argparse.ArgumentParser) -> None:
                    help="GIL switch interval in ms (default: Python's 5; $MINI_VLLM_SWITCH_INTERVAL_MS)")
     g.add_argument("--gc-freeze", action=argparse.BooleanOptionalAction, default=_D.gc_freeze,
                    help="gc.freeze() the start-up heap once loaded ($MINI_VLLM_GC_FREEZE)")
+    g.add_argument("--gemv-kernels", action=argparse.BooleanOptionalAction, default=_D.gemv_kernels,
+                   help="CUDA: tensor-core MoE GEMVs at 2..8 tokens and the fused MoE sum + norm")
     g.add_argument("--test-fault-prompt", default=None, help=argparse.SUPPRESS)   # tests only (engine/faults.py)
 
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-_SCORE_ELEMS = 32 * 1024 * 1024     # bound on one attention score tensor (elements)
+from mini_vllm.ops import reference
 
 
 @dataclass
@@ -76,30 +76,18 @@ def paged_attention(
     q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, sinks: torch.Tensor,
     meta: AttnMetadata, sliding: bool, scale: float,
 ) -> torch.Tensor:
-    """q [T, H, D] -> out [T, H*D]; keys/values read from the paged cache (already holding this step)."""
+    """q [T, H, D] -> out [T, H*D]; keys/values read from the paged cache (already holding this step).
+
+    Per group: whole blocks gathered (contiguous rows) as [B, K, KVH, D], then the one torch attention of
+    ops/reference.py with the group's precomputed mask."""
     t, h, d = q.shape
     kvh = k_cache.shape[-2]
-    g = h // kvh
-    out = q.new_empty(t, h * d)
-    sink = sinks.float().view(1, kvh, g, 1).unsqueeze(-1)            # [1, KVH, G, 1, 1]
+    out = q.new_empty(t, h, d)
     for grp in meta.groups:
         b, ql = grp.batch, grp.q_len
-        # whole blocks are gathered (contiguous rows), then viewed as [B, K, KVH, D]
-        kt = k_cache[grp.block_table].float().view(b, -1, kvh, d).permute(0, 2, 3, 1)   # [B, KVH, D, K]
-        vg = v_cache[grp.block_table].float().view(b, -1, kvh, d).transpose(1, 2)       # [B, KVH, K, D]
-        mask = grp.mask_sliding if sliding else grp.mask_full          # [B, 1, 1, Q, K]
-        qg = q[grp.start:grp.end].view(b, ql, kvh, g, d).float()
-        rows = out[grp.start:grp.end].view(b, ql, h * d)
-        # long prefills: bound the [B, H, Q, K] score tensor by splitting the queries
-        step = max(1, _SCORE_ELEMS // (b * h * kt.shape[-1]))
-        for q0 in range(0, ql, step):
-            q1 = min(q0 + step, ql)
-            n = q1 - q0
-            qs = qg[:, q0:q1].permute(0, 2, 3, 1, 4).reshape(b, kvh, g * n, d)
-            scores = torch.matmul(qs, kt).view(b, kvh, g, n, -1) * scale
-            scores = scores.masked_fill(~mask[..., q0:q1, :], float("-inf"))
-            combined = torch.cat([scores, sink.expand(b, kvh, g, n, 1)], dim=-1)
-            probs = torch.softmax(combined, dim=-1)[..., :-1]          # the sink column is dropped
-            og = torch.matmul(probs.reshape(b, kvh, g * n, -1), vg)    # [B, KVH, G*n, D]
-            rows[:, q0:q1] = og.view(b, kvh, g, n, d).permute(0, 3, 1, 2, 4).reshape(b, n, h * d).to(out.dtype)
-    return out
+        k = k_cache[grp.block_table].view(b, -1, kvh, d)
+        v = v_cache[grp.block_table].view(b, -1, kvh, d)
+        mask = (grp.mask_sliding if sliding else grp.mask_full).view(b, ql, -1)     # [B, Q, K]
+        reference.attention(q[grp.start:grp.end].view(b, ql, h, d), k, v, mask, sinks, scale,
+                            out[grp.start:grp.end].view(b, ql, h, d))
+    return out.view(t, h * d)

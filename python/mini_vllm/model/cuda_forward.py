@@ -5,10 +5,12 @@ reference that tests compare with transformers; this one is written for an H100 
 capture - every shape is fixed by the number of tokens, attention metadata are device tensors (no
 Python lists, no host sync), and each layer is a short chain of fused launches:
 
-    fused add+RMSNorm (ours) -> qkv GEMM (cuBLAS) -> RoPE + paged KV write, one launch (ours)
+    qkv GEMM (cuBLAS) -> RoPE + paged KV write, one launch (ours)
     -> FlashAttention-3 with sinks / sliding window (ours around the FA3 fork) or Triton paged attention
-    -> o_proj GEMM -> fused add+RMSNorm -> router GEMM + top-4 routing, one launch (ours)
-    -> MXFP4 grouped MoE with in-kernel dequantisation and fused SwiGLU (Triton)
+    -> o_proj GEMM -> fused add+RMSNorm -> router GEMM + top-4 routing
+    -> MXFP4 MoE, weights decoded in the kernel, SwiGLU fused: at 2..8 tokens our tensor-core GEMVs
+       (gate_up, down: two launches), else Triton (GEMV at 1 token, grouped GEMM) -> fp32 rows per slot
+    -> the per-token sum of those rows + residual add + the next layer's RMSNorm, one launch (ours)
 
 `select_backends` decides once at start-up what can run (module built? kernel compiled for this GPU?
 fused kernels agreeing with their unfused two-launch paths on this GPU - ops/selfcheck.py) and says so;
@@ -23,6 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from mini_vllm import ops
+from mini_vllm.ops import gemv
 from mini_vllm.model.gpt_oss import GptOssModel
 from mini_vllm.model.layers import moe as moe_torch
 from mini_vllm.ops.rope import YarnConfig, cos_sin_cache
@@ -51,12 +54,15 @@ class Backends:
     router: str = "unfused"        # "fused": router GEMM + top-k in one kernel; "unfused": GEMM, then top-k
     rope_kv: str = "unfused"       # "fused": RoPE + KV-cache write in one kernel; "unfused": two launches
     fa3_sched: str = "per-layer"   # FA3 scheduler metadata: "per-step" (shared by the layers) | "per-layer"
+    moe_gemv: str = "off"          # "ours": MXFP4 GEMV kernels at 2..8 tokens | "off": the Triton MoE
+    moe_sum_norm: str = "off"      # "fused": MoE sum + residual add + RMSNorm in one launch | "off"
 
     def describe(self) -> str:
         fa3 = f" (scheduler {self.fa3_sched})" if self.attention == "fa3" else ""
         return (f"attention={self.attention}{fa3}, moe={self.moe}, "
                 f"fused ops={'ours (CUDA)' if self.kernels else 'torch'}, "
-                f"router+top-k={self.router}, rope+kv-write={self.rope_kv}")
+                f"router+top-k={self.router}, rope+kv-write={self.rope_kv}, MoE GEMV={self.moe_gemv}, "
+                f"MoE sum+norm={self.moe_sum_norm}")
 
 
 def check_fused(model: GptOssModel, enabled: bool = True, router_wanted: bool = False) -> tuple[str, str]:
@@ -98,10 +104,22 @@ def check_fa3_sched(model: GptOssModel, enabled: bool = True) -> str:
     return "per-layer" if problem else "per-step"
 
 
+def check_gemv(model: GptOssModel) -> tuple[str, str]:
+    """(moe_gemv, moe_sum_norm): our MoE GEMVs / fused MoE sum + norm where they agree with torch here."""
+    from mini_vllm.ops import selfcheck
+
+    w = CudaForward._moe_weights(model.layers[0].experts)
+    problem = "no packed MXFP4 experts" if w is None else selfcheck.moe_gemv_problem(w, model.cfg.num_experts_per_tok)
+    if problem:
+        log.warning("MoE GEMV / sum+norm kernels disagree with the reference on this GPU (%s): not used", problem)
+    return ("off", "off") if problem else ("ours", "off" if model.tp_size > 1 else "fused")
+
+
 def select_backends(model: GptOssModel, prefer: str = "auto", fused_ops: bool = True,
-                    fused_router: bool = False) -> Backends:
+                    fused_router: bool = False, gemv_kernels: bool = True) -> Backends:
     """Pick the fastest backend available for this model on this GPU; `prefer` forces attention;
-    `fused_ops`/`fused_router` are EngineArgs' switches for the fused kernels (see check_fused)."""
+    `fused_ops`/`fused_router` are EngineArgs' switches for the fused kernels (see check_fused);
+    `gemv_kernels` False keeps the Triton MoE and the unfused MoE sum (EngineArgs.gemv_kernels, A/B runs)."""
     from mini_vllm.ops import attention_fa3
 
     probe = torch.empty(1, model.n_heads, model.cfg.head_dim, dtype=model.dtype, device=model.device)
@@ -113,9 +131,11 @@ def select_backends(model: GptOssModel, prefer: str = "auto", fused_ops: bool = 
     packed = all(lw.experts.packed is not None for lw in model.layers)
     kernels = ops.kernels_available()
     router, rope_kv = check_fused(model, fused_ops, fused_router) if kernels else ("unfused", "unfused")
+    moe_gemv, moe_sum = check_gemv(model) if kernels and gemv_kernels and packed else ("off", "off")
     return Backends(attention="fa3" if fa3_ok else "triton", moe="triton-mxfp4" if packed else "torch",
                     kernels=kernels, router=router, rope_kv=rope_kv,
-                    fa3_sched=check_fa3_sched(model, fused_ops) if fa3_ok else "per-layer")
+                    fa3_sched=check_fa3_sched(model, fused_ops) if fa3_ok else "per-layer", moe_gemv=moe_gemv,
+                    moe_sum_norm=moe_sum)
 
 
 class CudaForward:
@@ -165,6 +185,17 @@ class CudaForward:
                                       max_seqlen_q=a.max_seqlen_q, max_seqlen_k=a.max_seqlen_k,
                                       scale=self.m.scale, sinks=self.sinks[i], window=window or 0)
 
+    def _route(self, i: int, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        m, lw = self.m, self.m.layers[i]
+        ids, weights = ops.router_topk(x, lw.router_w, lw.router_b, self.cfg.num_experts_per_tok,
+                                       fused=self.backends.router == "fused")
+        if m.tp_size > 1:      # this rank's experts only: others contribute 0 (weight 0 on a local expert)
+            local = ids.long() - m.expert_offset
+            mine = (local >= 0) & (local < m.n_experts)
+            ids = torch.where(mine, local, 0).to(torch.int32)
+            weights = torch.where(mine, weights, 0.0)
+        return ids, weights
+
     def _moe(self, i: int, x: torch.Tensor) -> torch.Tensor:
         m, lw = self.m, self.m.layers[i]
         w = self.moe_weights[i]
@@ -173,14 +204,20 @@ class CudaForward:
                              self.cfg.swiglu_limit, self.cfg.swiglu_alpha, m.expert_offset)
         from mini_vllm.ops.triton import fused_moe_mxfp4
 
-        ids, weights = ops.router_topk(x, lw.router_w, lw.router_b, self.cfg.num_experts_per_tok,
-                                       fused=self.backends.router == "fused")
-        if m.tp_size > 1:      # this rank's experts only: others contribute 0 (weight 0 on a local expert)
-            local = ids.long() - m.expert_offset
-            mine = (local >= 0) & (local < m.n_experts)
-            ids = torch.where(mine, local, 0).to(torch.int32)
-            weights = torch.where(mine, weights, 0.0)
+        ids, weights = self._route(i, x)
         return fused_moe_mxfp4(x, ids, weights, w)
+
+    def _moe_rows(self, i: int, x: torch.Tensor) -> tuple[torch.Tensor, int]:
+        """The MoE before its per-token sum: fp32 rows [T * r, H] (our GEMVs at <= 8 tokens, else Triton)."""
+        from mini_vllm.ops.triton.fused_moe import fused_moe_mxfp4_rows
+
+        ids, weights = self._route(i, x)
+        w = self.moe_weights[i]
+        if self.backends.moe_gemv == "ours" and gemv.GEMV_MIN_TOKENS <= x.shape[0] <= gemv.GEMV_MAX_TOKENS:
+            rows = gemv.moe_gemv_slots(x, ids, weights, w)
+            if rows is not None:
+                return rows, ids.shape[1]
+        return fused_moe_mxfp4_rows(x, ids, weights, w)
 
     # ---- the forward ---------------------------------------------------------------------------
     def forward(self, input_ids: torch.Tensor, a: CudaAttnInputs,
@@ -196,6 +233,8 @@ class CudaForward:
             from mini_vllm.ops.attention_fa3 import StepPlan
 
             plan = StepPlan(len(m.layers), a.seqused_k.shape[0], residual.device)
+        fused_sum = (self.backends.moe_sum_norm == "fused" and self.backends.moe == "triton-mxfp4"
+                     and m.tp_size == 1)
         for i, lw in enumerate(m.layers):
             qkv = F.linear(x, lw.qkv_w, lw.qkv_b)
             q = qkv[:, :qd].view(-1, m.n_heads, d)
@@ -209,6 +248,10 @@ class CudaForward:
             attn = self._attention(i, q, k_cache, v_cache, a, plan)
             o = m.all_reduce(F.linear(attn.view(-1, qd), lw.o_w, lw.o_b))
             x, residual = ops.fused_add_rms_norm(o, residual, self.ln2[i], eps)
+            if fused_sum:
+                rows, per_token = self._moe_rows(i, x)
+                x, residual = gemv.moe_sum_add_rms_norm(rows, per_token, residual, self.ln1[i + 1], eps, out=x)
+                continue
             y = m.all_reduce(self._moe(i, x))
             x, residual = ops.fused_add_rms_norm(y, residual, self.ln1[i + 1], eps)
         return x

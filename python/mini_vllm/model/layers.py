@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from mini_vllm.model import mxfp4
+from mini_vllm.ops.reference import rms_norm  # noqa: F401 - the one RMSNorm (re-exported for the model)
 from mini_vllm.ops.rope import YarnConfig, yarn_inv_freq
 from mini_vllm.model.config import GptOssConfig
 
@@ -46,12 +47,6 @@ class _DequantBudget:
 
 
 DEQUANT_BUDGET = _DequantBudget()
-
-
-def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
-    xf = x.float()
-    xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
-    return (weight * xf).to(x.dtype)
 
 
 def rope_inv_freq(cfg: GptOssConfig) -> tuple[torch.Tensor, float]:

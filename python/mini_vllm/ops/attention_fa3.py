@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 
 from .ext import Module, try_load
-from .paged_attention import paged_attention as paged_attention_reference
+from .reference import paged_attention as paged_attention_reference
 
 MODULE = "mini_vllm_fa3"
 HEURISTIC_SPLITS_CAP = 16  # workspace sized for this many splits when FA3's heuristic chooses (it may pick fewer)
@@ -81,7 +81,7 @@ def fa3_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
                   softmax_scale: float | None = None, num_splits: int = 0, out: torch.Tensor | None = None,
                   workspace: torch.Tensor | None = None, module: Module | None = None,
                   plan: "StepPlan | None" = None, layer: int = 0) -> torch.Tensor:
-    """FA3 forward. Semantics identical to ops.paged_attention.paged_attention (see there).
+    """FA3 forward. Semantics identical to ops.reference.paged_attention (see there).
 
     sliding_window W: each query sees keys pos > qpos - W (GPT-OSS: 128 -> FA3 window_size_left 127).
     num_splits: 0 = FA3's heuristic, 1 = no split-KV, n = n splits (capped by the workspace and 256).

@@ -43,6 +43,15 @@ SIGNATURES: dict[str, dict[str, tuple[object, list[object]]]] = {
         # q_stride, k_stride, v_stride, q_out_stride, stream
         "mv_rope_write_kv": (_I32, [_P, _P, _P, _P, _P, _P, _P, _P, _P, _I64, _I32, _I32, _I32, _I64, _I64, _I64,
                                     _I64, _P]),
+        # act, act_stride, x, x_stride, blocks, scales, bias, ids, tokens, top_k, 2I, hidden, alpha, limit,
+        # k_split, big_scale, stream
+        "mv_moe_gemv_gate_up": (_I32, [_P, _I64, _P, _I64, _P, _P, _P, _P, _I32, _I32, _I32, _I32, _F32, _F32, _I32,
+                                       _I32, _P]),
+        # rows, rows_stride, act, act_stride, blocks, scales, bias, ids, topk_w, tokens, top_k, hidden, inter,
+        # k_split, big_scale, stream
+        "mv_moe_gemv_down": (_I32, [_P, _I64, _P, _I64, _P, _P, _P, _P, _P, _I32, _I32, _I32, _I32, _I32, _I32, _P]),
+        # out, residual, rows, weight, num_tokens, rows_per_token, hidden, eps, stream
+        "mv_moe_sum_add_rms_norm": (_I32, [_P, _P, _P, _P, _I64, _I64, _I64, _F32, _P]),
     },
     "mini_vllm_fa3": {
         "mv_fa3_probe": (_I32, []),

@@ -181,3 +181,52 @@ def fa3_plan_problem(num_heads: int, num_kv_heads: int, device: torch.device, pa
     except Exception as exc:  # noqa: BLE001 - any failure means: keep FA3's per-call scheduler
         return f"{type(exc).__name__}: {exc}"
     return None
+
+
+def _random_routing(t: int, k: int, num_experts: int, gen: torch.Generator, device: torch.device):
+    """Distinct experts per token (some shared across tokens), softmax weights."""
+    ids = torch.stack([torch.randperm(num_experts, generator=gen, device=device)[:k] for _ in range(t)])
+    weights = torch.softmax(torch.randn(t, k, generator=gen, device=device), -1)
+    return ids.to(torch.int32).contiguous(), weights
+
+
+def moe_gemv_problem(w, top_k: int, seed: int = 0) -> str | None:
+    """`gemv.moe_gemv_slots` on a layer's real MXFP4 weights vs the torch MoE reference (dequantise, two
+    fp32 matmuls per expert), T = 1..8, experts shared across tokens; then the fused sum + add + RMSNorm
+    vs its torch path."""
+    from mini_vllm.ops import gemv
+    from mini_vllm.ops.triton.reference import fused_moe_reference
+
+    device = w.gate_up_blocks.device
+    gen = torch.Generator(device=device).manual_seed(seed)
+    h = w.hidden_size
+    for t in (1, 2, 5, 8):
+        x = torch.randn(t, h, generator=gen, device=device).to(torch.bfloat16)
+        ids, weights = _random_routing(t, top_k, w.num_experts, gen, device)
+        if t > 1:
+            ids[1] = ids[0]                    # two tokens on the same experts
+        if not gemv.moe_gemv_ok(x, ids, w):
+            return f"the MoE GEMV kernels do not take T={t} (H={h}, E={w.num_experts}, k={top_k})"
+        try:
+            rows = gemv.moe_gemv_slots(x, ids, weights, w)
+            ref = fused_moe_reference(x.float(), ids, weights, w, compute_dtype=torch.float32)
+            _sync(device)
+        except Exception as exc:  # noqa: BLE001
+            return f"T={t}: {type(exc).__name__}: {exc}"
+        if rows is None:
+            return "the MoE GEMV kernels are not available here"
+        err = rel_l2(rows.view(t, top_k, h).sum(1), ref)
+        if err > TOL:
+            return f"T={t}: rel err {err:.2e} against the torch MoE reference"
+        res, norm_w = torch.randn(t, h, generator=gen, device=device).to(torch.bfloat16), \
+            (1 + 0.1 * torch.randn(h, generator=gen, device=device)).to(torch.bfloat16)
+        r1, r2 = res.clone(), res.clone()
+        y, _ = gemv.moe_sum_add_rms_norm(rows, top_k, r1, norm_w)
+        y_ref = rows.view(t, top_k, h).sum(1).to(torch.bfloat16)
+        ops.reference.fused_add_rms_norm(y_ref, r2, norm_w)
+        _sync(device)
+        errs = (rel_l2(y, y_ref), rel_l2(r1, r2))
+        if max(errs) > TOL:
+            return f"T={t}: sum + add + RMSNorm rel err {errs[0]:.2e} (x) {errs[1]:.2e} (residual)"
+    return None
+

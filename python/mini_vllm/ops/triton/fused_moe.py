@@ -222,6 +222,34 @@ def moe_sum(per_slot: torch.Tensor, out: torch.Tensor, top_k: int) -> torch.Tens
     return out
 
 
+def fused_moe_mxfp4_rows(x: torch.Tensor, topk_ids: torch.Tensor, topk_weights: torch.Tensor,
+                         w: MoeWeights, config: MoeConfig | None = None) -> tuple[torch.Tensor, int]:
+    """The MoE before its per-token sum: (rows fp32 [T * r, H], r). Token t's output is the sum of rows
+    t*r .. t*r + r - 1 in order (r = k, or k * split_k on the GEMV path), each already multiplied by its
+    routing weight with the bias added. `moe_sum` (or the fused sum + add + RMSNorm kernel) adds them."""
+    _check_inputs(x, topk_ids, topk_weights, w)
+    t, k = topk_ids.shape
+    cfg = config or pick_config(t, k, w.num_experts)
+    x = x.contiguous()
+    if t == 0:
+        return torch.empty((0, w.hidden_size), dtype=torch.float32, device=x.device), k
+    act = torch.empty((t * k, w.intermediate_size), dtype=x.dtype, device=x.device)
+    if cfg.kernel == "gemv":
+        sorted_ids, expert_ids = gemv_routing(topk_ids, w.num_experts, cfg.block_m)
+        moe_gate_up_gemv(x, sorted_ids, expert_ids, w, k, cfg.block_m, cfg.gate_up_tiles(), act)
+        splits = cfg.down_tiles().split_k
+        per_slot = torch.empty((t * k * splits, w.hidden_size), dtype=torch.float32, device=x.device)
+        moe_down_gemv(act, sorted_ids, expert_ids, topk_weights.contiguous(), w, cfg.block_m,
+                      cfg.down_tiles(), per_slot)
+        return per_slot, k * splits
+    sorted_ids, expert_ids, _ = moe_align_block_size(topk_ids, w.num_experts, cfg.block_m)
+    moe_gate_up(x, sorted_ids, expert_ids, w, k, cfg.block_m, cfg.gate_up_tiles(), act)
+    per_slot = torch.empty((t * k, w.hidden_size), dtype=torch.float32, device=x.device)
+    moe_down(act, sorted_ids, expert_ids, topk_weights.contiguous(), w, cfg.block_m, cfg.down_tiles(),
+             per_slot)
+    return per_slot, k
+
+
 def fused_moe_mxfp4(x: torch.Tensor, topk_ids: torch.Tensor, topk_weights: torch.Tensor,
                     w: MoeWeights, config: MoeConfig | None = None,
                     out: torch.Tensor | None = None) -> torch.Tensor:
@@ -232,30 +260,14 @@ def fused_moe_mxfp4(x: torch.Tensor, topk_ids: torch.Tensor, topk_weights: torch
     contiguous) is written in full when given. `config` defaults to the table's bucket for T.
     """
     _check_inputs(x, topk_ids, topk_weights, w)
-    t, k = topk_ids.shape
     if out is None:
         out = torch.empty_like(x)
     elif out.shape != x.shape or out.dtype != x.dtype or not out.is_contiguous():
         raise ValueError(f"out must be a contiguous {x.dtype} tensor of shape {tuple(x.shape)}")
-    if t == 0:
+    if topk_ids.shape[0] == 0:
         return out
-    cfg = config or pick_config(t, k, w.num_experts)
-    x = x.contiguous()
-    act = torch.empty((t * k, w.intermediate_size), dtype=x.dtype, device=x.device)
-    if cfg.kernel == "gemv":
-        sorted_ids, expert_ids = gemv_routing(topk_ids, w.num_experts, cfg.block_m)
-        moe_gate_up_gemv(x, sorted_ids, expert_ids, w, k, cfg.block_m, cfg.gate_up_tiles(), act)
-        splits = cfg.down_tiles().split_k
-        per_slot = torch.empty((t * k * splits, w.hidden_size), dtype=torch.float32, device=x.device)
-        moe_down_gemv(act, sorted_ids, expert_ids, topk_weights.contiguous(), w, cfg.block_m,
-                      cfg.down_tiles(), per_slot)
-        return moe_sum(per_slot, out, k * splits)
-    sorted_ids, expert_ids, _ = moe_align_block_size(topk_ids, w.num_experts, cfg.block_m)
-    moe_gate_up(x, sorted_ids, expert_ids, w, k, cfg.block_m, cfg.gate_up_tiles(), act)
-    per_slot = torch.empty((t * k, w.hidden_size), dtype=torch.float32, device=x.device)
-    moe_down(act, sorted_ids, expert_ids, topk_weights.contiguous(), w, cfg.block_m, cfg.down_tiles(),
-             per_slot)
-    return moe_sum(per_slot, out, k)
+    rows, per_token = fused_moe_mxfp4_rows(x, topk_ids, topk_weights, w, config)
+    return moe_sum(rows, out, per_token)
 
 
 __all__ = [
@@ -263,6 +275,7 @@ __all__ = [
     "GemmTiles",
     "MoeConfig",
     "fused_moe_mxfp4",
+    "fused_moe_mxfp4_rows",
     "gemv_routing",
     "load_config_table",
     "moe_down",
