@@ -81,3 +81,32 @@ def test_resolve_placeholders():
     ids = torch.tensor([5, -1, -3, 0, -2])
     assert resolve_placeholders(ids, prev).tolist() == [5, 7, 9, 0, 8]
     assert resolve_placeholders(ids[:1], None).tolist() == [5]
+
+
+def test_constrained_request_turns_the_engine_synchronous_and_back(make_engine, texts):
+    """A grammar's mask needs the previous token on the host: while such a request runs, the async engine
+    hands out its launched step (drain) and steps synchronously; outputs equal the sync engine's."""
+    pytest.importorskip("llguidance")
+    eng0 = make_engine()
+    prompts = [eng0.tokenizer.encode(t) for t in texts[:2]]
+    plain = SamplingParams(temperature=0.0, max_tokens=12, ignore_eos=True)
+    grammar = SamplingParams(temperature=0.0, max_tokens=12, grammar='start: body\nbody: /[ab]+/\n')
+
+    def run(async_on: bool):
+        eng = make_engine(async_scheduling=async_on)
+        eng.add_request("plain", prompts[0], plain)
+        for _ in range(3):
+            eng.step()                        # async: a step is in flight now
+        eng.add_request("constrained", prompts[1], grammar)
+        done = {}
+        while eng.has_unfinished():
+            for o in eng.step():
+                if o.finished:
+                    done[o.request_id] = (o.outputs[0].token_ids, o.outputs[0].text)
+        return eng, done
+
+    async_eng, got = run(True)
+    _, want = run(False)
+    assert got == want and set(got) == {"plain", "constrained"}
+    assert set(got["constrained"][1]) <= {"a", "b"}
+    assert async_eng._pending is None

@@ -63,9 +63,10 @@ class Sampler:
         params = [s.params for s in seqs]
         if any(p.logit_bias for p in params):
             logits = apply_logit_bias(logits, params)
-        if any(s.matcher is not None for s in seqs):       # constrained rows: only what the grammar allows
+        matchers = [getattr(s, "matcher", None) for s in seqs]   # (stand-in rows in tests have none)
+        if any(m is not None for m in matchers):           # constrained rows: only what the grammar allows
             from mini_vllm.structured.matcher import apply_masks
-            logits = apply_masks(logits, [s.matcher for s in seqs])
+            logits = apply_masks(logits, matchers)
         if all(p.greedy for p in params):
             tokens, scaled = logits.argmax(dim=-1), logits
         else:
