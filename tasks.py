@@ -119,8 +119,9 @@ def serve(c, model="", port=0, tp=1):
 # --- images ------------------------------------------------------------------------------------------
 
 @task(help={"stage": "a stage of images/stages.yaml, or all: the top stage and those below it (default: all)",
-            "push": "REGISTRY/REPO:TAG to push the stage to (default: no push)",
-            "explain": "say why a stage rebuilt (default: off)", "dry_run": "print what would be built (default: off)",
+            "push": "REGISTRY[/NAMESPACE][:TAG] or default[:TAG] (registry.default): push each stage of the chain to "
+                    "NAMESPACE/{registry.prefix}{stage}:TAG, TAG defaulting to the commit (default: no push)",
+            "explain": "say why a layer or stage rebuilt (default: off)", "dry_run": "print what would be built (default: off)",
             "lock": "re-resolve the profile's base and wheel locks (images/*.lock*), build nothing (default: off)",
             "profile": "image profile from build_config.yaml images.profiles (default: images.profile)"})
 def image(c, stage="all", push="", explain=False, dry_run=False, lock=False, profile=""):

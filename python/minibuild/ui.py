@@ -118,3 +118,50 @@ def progress(label: str, total: int) -> Iterator[Any]:
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                   TimeElapsedColumn(), console=con, transient=False) as p:
         yield _RichProgress(p, p.add_task(label, total=total))
+
+
+class _LogTransfer:
+    """Byte progress for logs (no terminal): a line with bytes/s and ETA at most every `every` s."""
+
+    def __init__(self, label: str, total: int, every: float = 10.0) -> None:
+        import time
+
+        self._clock = time.monotonic
+        self.label, self.total, self.every = label, total, every
+        self.done = 0
+        self._t0 = self._last = self._clock()
+
+    def advance(self, n: int = 1) -> None:
+        self.done += n
+        now = self._clock()
+        if now - self._last >= self.every:
+            self._last = now
+            info(self.line(now))
+
+    def describe(self, text: str) -> None:
+        self.label = text
+
+    def line(self, now: float) -> str:
+        rate = self.done / max(now - self._t0, 1e-9)
+        eta = (self.total - self.done) / rate if rate > 0 else float("inf")
+        return (f"{self.label}: {self.done / 1e6:,.1f} / {self.total / 1e6:,.1f} MB, {rate / 1e6:,.1f} MB/s, "
+                f"ETA {eta:,.0f} s")
+
+
+@contextmanager
+def transfer(label: str, total_bytes: int) -> Iterator[Any]:
+    """Progress of a byte transfer: a rich bar with size, bytes/s and ETA on a terminal; periodic
+    log lines with the same numbers otherwise. `advance(n)` takes bytes; safe from several threads."""
+    con = console()
+    if total_bytes <= 0:
+        yield _NullProgress()
+        return
+    if not con.is_terminal:
+        yield _LogTransfer(label, total_bytes)
+        return
+    from rich.progress import (BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn,
+                               TransferSpeedColumn)
+
+    with Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
+                  TimeRemainingColumn(), console=con, transient=False) as p:
+        yield _RichProgress(p, p.add_task(label, total=total_bytes))

@@ -42,14 +42,14 @@ def auth_registry(tmp_path: Path) -> Iterator[Registry]:
 
 @pytest.fixture(scope="session")
 def small_lock(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A real wheel lock (pip download + hashes) of one small package, resolved once per session."""
+    """A real pylock (resolved against PyPI: URLs, sizes, hashes) of three small wheels, once per session."""
     from minibuild.image.wheels import lock_wheels
 
     d = tmp_path_factory.mktemp("small-lock")
     (d / "small.in").write_text(SMALL_REQS)
-    cfg = load_config(REPO / "build_config.yaml")
-    lock_wheels(d / "small.in", d / "small.lock", list(cfg.images.profiles["local"].pip_args))
-    return d / "small.lock"
+    local = load_config(REPO / "build_config.yaml").images.profiles["local"]
+    lock_wheels(d / "small.in", d / "pylock.small.toml", local.target, "https://pypi.org/simple", [])
+    return d / "pylock.small.toml"
 
 
 @pytest.fixture(scope="session")

@@ -73,35 +73,47 @@ def write_docker_config(dirpath: Path, host: str, user: str, password: str) -> P
     return dirpath
 
 
-SMALL_REQS = "pyyaml>=6\n"   # the `small` profile's requirements: one real wheel
+# The `small` profile's requirements: the shape of the h100 lock in three small real wheels - one for
+# the cuda-libs layer (nvidia-*), one cuda-* helper, one for the `wheels` layer (torch has no small twin).
+SMALL_REQS = "pyyaml>=6\nnvidia-nvtx==13.0.85\ncuda-pathfinder==1.9.1\n"
+GIT_ENV = {"GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@example.invalid", "GIT_COMMITTER_NAME": "t",
+           "GIT_COMMITTER_EMAIL": "t@example.invalid", "GIT_CONFIG_GLOBAL": "/dev/null", "GIT_CONFIG_NOSYSTEM": "1",
+           # fixed dates: two scratch checkouts of the same files are the same commit (as two clones are)
+           "GIT_AUTHOR_DATE": "2026-01-01T00:00:00Z", "GIT_COMMITTER_DATE": "2026-01-01T00:00:00Z"}
+
+
+def git(checkout: Path, *args: str) -> str:
+    import os
+
+    return subprocess.run(["git", "-C", str(checkout), *args], check=True, capture_output=True, text=True,
+                          env={**os.environ, **GIT_ENV}).stdout
 
 
 def make_checkout(dest: Path) -> Path:
-    """A scratch copy of what image builds read: config, stage data/locks, pyproject, python/mini_vllm."""
+    """A scratch git checkout of what image builds read: config, stage data/locks, pyproject, python/mini_vllm
+    (committed: images take the server's files from git's index)."""
     dest.mkdir(parents=True)
     for rel in ("build_config.yaml", "pyproject.toml"):
         shutil.copy2(REPO / rel, dest / rel)
     shutil.copytree(REPO / "images", dest / "images")
     shutil.copytree(REPO / "python" / "mini_vllm", dest / "python" / "mini_vllm",
                     ignore=shutil.ignore_patterns("__pycache__", "*.pyc", "*.egg-info"))
+    git(dest, "init", "-q", "-b", "main")
+    git(dest, "add", "-A")
+    git(dest, "commit", "-q", "-m", "scratch checkout")
     return dest
 
 
-
-
-
 def small_config(checkout: Path, small_lock: Path, **extra_profiles: dict) -> Config:
-    """Config of checkout with profile `small`: the local profile's base + the one-package wheel lock
-    (plus `extra_profiles`, each given as the changes to `small`)."""
-    shutil.copy2(small_lock, checkout / "images" / "wheels-small.lock")
+    """Config of checkout with profile `small`: the local profile's base + the small wheel lock (plus
+    `extra_profiles`, each given as the changes to `small`)."""
+    shutil.copy2(small_lock, checkout / "images" / "pylock.small.toml")
     (checkout / "images" / "wheels-small.in").write_text(SMALL_REQS)
     doc = read_document(checkout / "build_config.yaml")
     profiles = doc["images"]["profiles"]
-    profiles["small"] = {**profiles["local"],
-                         "wheels": {"requirements": "images/wheels-small.in", "lock": "images/wheels-small.lock"}}
+    profiles["small"] = {**profiles["local"], "wheels": {"requirements": "images/wheels-small.in",
+                                                         "lock": "images/pylock.small.toml"}}
     for name, changes in extra_profiles.items():
         profiles[name] = {**profiles["small"], **changes}
     doc["images"]["profile"] = "small"
     return parse_config(doc, checkout)
-
-

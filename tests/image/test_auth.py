@@ -58,7 +58,8 @@ def test_ecr_token_from_moto_is_used_against_a_real_registry(moto_ecr, small_bui
         layout = Layout(cfg.path(cfg.images.out_dir) / "oci")
         target = Reference.parse(f"{reg.host}/engineering/inference:ecr")
         stats = push_stage(session_store, layout, "essentials", target, RegistryClient(reg.host, credentials=creds))
-        assert stats.blobs_uploaded == 3 and stats.bytes_uploaded > 1_000_000
+        doc = json.loads(layout.blob(layout.resolve("essentials")["digest"]).read_bytes())
+        assert stats.blobs_uploaded == len(doc["layers"]) + 1 and stats.bytes_uploaded > 1_000_000
     finally:
         reg.stop()
 
@@ -116,3 +117,23 @@ def test_bearer_token_flow_against_token_auth_registry(small_build, session_stor
     finally:
         reg.stop()
         tokens.stop()
+
+
+def test_missing_ecr_repositories_are_named_before_any_upload(moto_ecr):
+    """ECR does not create repositories on push: the push checks the stage repositories first (moto's ECR)."""
+    import boto3
+
+    from minibuild.image.ecr import require_repositories
+
+    repos = [f"engineering/inference/mini-vllm-{s}" for s in ("essentials", "cuda", "server")]
+    with pytest.raises(AuthError, match=r"ECR repository engineering/inference/mini-vllm-essentials, .*mini-vllm-server "
+                                        r"does not exist .* `aws ecr create-repository --region eu-west-2"):
+        require_repositories(ECR_HOST, repos)
+    ecr = boto3.client("ecr", region_name="eu-west-2")
+    for r in repos[:2]:
+        ecr.create_repository(repositoryName=r)
+    with pytest.raises(AuthError, match=r"ECR repository engineering/inference/mini-vllm-server does not exist"):
+        require_repositories(ECR_HOST, repos)
+    ecr.create_repository(repositoryName=repos[2])
+    require_repositories(ECR_HOST, repos)                      # all there: no error
+    require_repositories("127.0.0.1:5000", repos)              # not ECR: nothing to check

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-from typing import Any
 
 import pytest
 
@@ -15,7 +14,7 @@ from minibuild.store import Store
 from image_helpers import small_config, write_docker_config
 
 
-def _layout(cfg: Any) -> Layout:
+def _layout(cfg: dict) -> Layout:
     return Layout(cfg.path(cfg.images.out_dir) / "oci")
 
 
@@ -65,17 +64,27 @@ def test_push_skopeo_umoci_and_second_push_uploads_nothing(small_build, registry
     assert info_b["Digest"] == results["server"]["digest"]
 
 
-def test_push_through_build_images_writes_reference(small_build, registry, session_store):
+def test_push_through_build_images_puts_each_stage_in_its_own_repository(small_build, registry, session_store):
+    """--push REGISTRY/NAMESPACE:TAG: every stage of the chain goes to NAMESPACE/{prefix}{stage}:TAG, bottom-up;
+    the upper stage mounts the lower layers from the lower repository and uploads only its own layer + config."""
     from minibuild.image import build_images
 
     cfg, _ = small_build
-    res = build_images(cfg, stage="cuda", push=f"{registry.host}/mini-vllm/cuda:t1", store=session_store)
-    ref = res["cuda"]["reference"]
-    assert ref == f"{registry.host}/mini-vllm/cuda@{res['cuda']['digest']}"
-    written = json.loads((cfg.path(cfg.images.out_dir) / "cuda.json").read_text())
-    assert written["reference"] == ref and written["digest"] == res["cuda"]["digest"]
-    # pulling by digest works
-    subprocess.run(["skopeo", "inspect", "--tls-verify=false", f"docker://{ref}"], capture_output=True, check=True)
+    prefix = cfg.registry.prefix
+    res = build_images(cfg, stage="cuda", push=f"{registry.host}/team:t1", store=session_store)
+    for stage in ("essentials", "cuda"):
+        ref = res[stage]["reference"]
+        assert ref == f"{registry.host}/team/{prefix}{stage}@{res[stage]['digest']}"
+        written = json.loads((cfg.path(cfg.images.out_dir) / f"{stage}.json").read_text())
+        assert written["reference"] == ref and written["digest"] == res[stage]["digest"]
+        info = json.loads(subprocess.run(["skopeo", "inspect", "--tls-verify=false",
+                                          f"docker://{registry.host}/team/{prefix}{stage}:t1"],
+                                         capture_output=True, text=True, check=True).stdout)
+        assert info["Digest"] == res[stage]["digest"]            # the tag names the same image
+    ess, cuda = res["_push"]["essentials"], res["_push"]["cuda"]
+    n_ess = len(json.loads(_layout(cfg).blob(res["essentials"]["digest"]).read_bytes())["layers"])
+    assert ess["blobs_uploaded"] == n_ess + 1
+    assert cuda["blobs_mounted"] == n_ess and cuda["blobs_uploaded"] == 2    # its ext layer + its config
 
 
 def test_htpasswd_registry_needs_credentials(small_build, auth_registry, session_store, tmp_path, monkeypatch):
@@ -125,6 +134,6 @@ def test_registry_base_is_locked_by_digest_and_pulled(small_build, small_lock, r
     base_doc = json.loads(layout.blob(results["essentials"]["digest"]).read_bytes())
     new_doc = json.loads(layout.blob(res["essentials"]["digest"]).read_bytes())
     assert [d["digest"] for d in new_doc["layers"]] == [d["digest"] for d in base_doc["layers"]] + \
-        [base_doc["layers"][1]["digest"]]            # base's base+wheels, then our (same) wheels layer
+        [d["digest"] for d in base_doc["layers"][1:]]   # the base's own layers, then our (same) wheel layers
     cfg_doc = json.loads(layout.blob(new_doc["config"]["digest"]).read_bytes())
     assert any(e.startswith("PATH=") for e in cfg_doc["config"]["Env"])

@@ -8,8 +8,9 @@ import tarfile
 
 import pytest
 
-from image_helpers import make_checkout, small_config
+from image_helpers import git, make_checkout, small_config
 from minibuild.image import build_images
+from minibuild.image.layers import RecipeError
 from minibuild.image.tarlayer import Entry, LayerError, write_layer
 from minibuild.store import Store
 
@@ -39,6 +40,11 @@ def test_two_clean_builds_identical_then_python_change_rebuilds_server_only(
     target = cfg_b.root / "python" / "mini_vllm" / "engine_args.py"
     target.write_text(target.read_text() + "\n# a Python-only change\n")
     capsys.readouterr()
+    unstaged = build_images(cfg_b, stage="all", store=store_b)      # not in git's index: not packed
+    assert unstaged["server"]["digest"] == res_b["server"]["digest"]
+    err = capsys.readouterr().err
+    assert "differ from git's index" in err and "python/mini_vllm/engine_args.py" in err
+    git(cfg_b.root, "add", "python/mini_vllm/engine_args.py")
     changed = build_images(cfg_b, stage="all", store=store_b, explain=True)
     err = capsys.readouterr().err
     assert "python/mini_vllm/engine_args.py content changed" in err
@@ -87,20 +93,33 @@ def test_layer_refuses_paths_leaving_the_root(tmp_path, bad):
 
 
 def test_kernel_artefacts_rebuild_cuda_and_server_only(tmp_path, small_lock, small_build, session_store):
+    """build/ext enters the cuda stage as manifest.json + the modules it names (sha256-checked); planted
+    files beside them stay out; a module changed after the build is refused."""
+    import hashlib
+
     _, res_a = small_build
     checkout = make_checkout(tmp_path / "repo")
     cfg = small_config(checkout, small_lock)
     ext = checkout / "build" / "ext"
     ext.mkdir(parents=True)
-    (ext / "mini_vllm_kernels.so").write_bytes(b"\x7fELF stand-in for an sm_90a module")
-    (ext / "manifest.json").write_text('{"modules": ["mini_vllm_kernels"]}')
+    so = b"\x7fELF stand-in for an sm_90a module"
+    (ext / "mini_vllm_kernels.so").write_bytes(so)
+    (ext / "manifest.json").write_text(json.dumps({"mini_vllm_kernels": {
+        "file": "mini_vllm_kernels.so", "sha256": hashlib.sha256(so).hexdigest()}}))
+    (ext / ".env").write_text("HF_TOKEN=hf_planted\n")
+    (ext / "credentials").write_text("[default]\naws_secret_access_key=planted\n")
     res = build_images(cfg, stage="all", store=session_store)
     assert res["essentials"]["digest"] == res_a["essentials"]["digest"]
     assert res["cuda"]["digest"] != res_a["cuda"]["digest"]
     layer = _manifest(cfg, res, "cuda")["layers"][-1]["digest"].split(":")[1]
     with tarfile.open(fileobj=io.BytesIO(session_store.read_blob(layer)), mode="r:gz") as t:
         names = t.getnames()
-    assert "opt/mini-vllm/ext/mini_vllm_kernels.so" in names and "opt/mini-vllm/ext/manifest.json" in names
+    assert sorted(n for n in names if n.startswith("opt/mini-vllm/ext/")) == [
+        "opt/mini-vllm/ext/manifest.json", "opt/mini-vllm/ext/mini_vllm_kernels.so"]
+
+    (ext / "mini_vllm_kernels.so").write_bytes(so + b"patched")
+    with pytest.raises(RecipeError, match="mini_vllm_kernels.so: sha256 .* differs from manifest.json"):
+        build_images(cfg, stage="cuda", store=session_store)
 
 
 def test_failed_layer_write_leaves_nothing(tmp_path):

@@ -138,7 +138,7 @@ def image_reference(cfg: Config, image: str | None, stage: str = "server") -> tu
         record = cfg.path(cfg.images.out_dir) / f"{stage}.json"
         if not record.exists():
             raise RolloutError(f"no image: {record} does not exist. Build and push one "
-                               f"(`invoke image --stage {stage} --push REGISTRY/REPO:TAG`) or pass --image REPO@sha256:...")
+                               f"(`invoke image --stage {stage} --push REGISTRY/NAMESPACE`) or pass --image REPO@sha256:...")
         try:
             data = json.loads(record.read_text())
         except json.JSONDecodeError as exc:
@@ -147,7 +147,7 @@ def image_reference(cfg: Config, image: str | None, stage: str = "server") -> tu
         if not ref:
             raise RolloutError(f"{record}: the {stage} image (digest {data.get('digest')}) was built but not "
                                "pushed, so a cluster cannot pull it. Push it (`invoke image --stage "
-                               f"{stage} --push REGISTRY/REPO:TAG`) or pass --image REPO@sha256:...")
+                               f"{stage} --push REGISTRY/NAMESPACE`) or pass --image REPO@sha256:...")
     if not _DIGEST_REF.match(ref):
         raise RolloutError(f"image {ref!r} is not pinned by digest (REPO@sha256:<64 hex>): a tag can change "
                            "under a running Deployment. Pass the digest reference that `invoke image` printed.")

@@ -19,10 +19,11 @@ Environment overrides (each replaces one setting):
 """
 from .load import load_config, parse_config, read_document
 from .settings import (AutoscaleConfig, BaseImage, ClusterConfig, Config, ConfigError, GatewayConfig, ImageProfile,
-                       ImagesConfig, KernelSet, ModelConfig, MonitoringConfig, RegistryConfig, RouterConfig, SecretRef,
-                       SourcePin, StackConfig, StoreConfig, ToolchainConfig, VerifyConfig, WheelSet)
+                       ImagesConfig, KernelSet, ModelConfig, MonitoringConfig, PushConfig, RegistryConfig, RouterConfig,
+                       SecretRef, SourcePin, StackConfig, StoreConfig, ToolchainConfig, UploadLimits, VerifyConfig,
+                       WheelSet, WheelTarget)
 
 __all__ = ["AutoscaleConfig", "BaseImage", "ClusterConfig", "Config", "ConfigError", "GatewayConfig", "ImageProfile",
-           "ImagesConfig", "KernelSet", "ModelConfig", "MonitoringConfig", "RegistryConfig", "RouterConfig", "SecretRef",
-           "SourcePin", "StackConfig", "StoreConfig", "ToolchainConfig", "VerifyConfig", "WheelSet", "load_config",
-           "parse_config", "read_document"]
+           "ImagesConfig", "KernelSet", "ModelConfig", "MonitoringConfig", "PushConfig", "RegistryConfig",
+           "RouterConfig", "SecretRef", "SourcePin", "StackConfig", "StoreConfig", "ToolchainConfig", "UploadLimits",
+           "VerifyConfig", "WheelSet", "WheelTarget", "load_config", "parse_config", "read_document"]

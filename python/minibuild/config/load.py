@@ -16,8 +16,9 @@ import yaml
 
 from ..archive import Limits
 from .settings import (AutoscaleConfig, BaseImage, ClusterConfig, Config, ConfigError, GatewayConfig, ImageProfile,
-                       ImagesConfig, KernelSet, ModelConfig, MonitoringConfig, RegistryConfig, RouterConfig, SecretRef,
-                       SourcePin, StackConfig, StoreConfig, ToolchainConfig, VerifyConfig, WheelSet)
+                       ImagesConfig, KernelSet, ModelConfig, MonitoringConfig, PushConfig, RegistryConfig, RouterConfig,
+                       SecretRef, SourcePin, StackConfig, StoreConfig, ToolchainConfig, UploadLimits, VerifyConfig,
+                       WheelSet, WheelTarget)
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
 T = TypeVar("T")
@@ -149,12 +150,28 @@ def kernel_sets(d: _Doc) -> dict[str, KernelSet]:
 
 
 def image_profile(name: str, p: _Doc) -> ImageProfile:
-    b, w = p.section("base"), p.section("wheels")
+    b, w, t = p.section("base"), p.section("wheels"), p.section("target")
     base = BaseImage(kind=b.get("kind", str), lock=b.get("lock", str), spec=b.get("spec", str, ""),
                      ref=b.get("ref", str, ""))
+    wheels = WheelSet(requirements=w.get("requirements", str), lock=w.get("lock", str),
+                      index=w.get("index", str, "https://pypi.org/simple"), find_links=w.strings("find_links"))
+    target = WheelTarget(python=t.get("python", str), glibc=t.get("glibc", str), arch=t.get("arch", str, "x86_64"))
     return ImageProfile(name=name, base=base, python=p.get("python", str), site_packages=p.get("site_packages", str),
-                        wheels=WheelSet(requirements=w.get("requirements", str), lock=w.get("lock", str)),
-                        pip_args=p.strings("pip_args"))
+                        wheels=wheels, target=target)
+
+
+def upload_limits(d: _Doc, default: UploadLimits) -> UploadLimits:
+    return UploadLimits(chunk_mib=d.get("chunk_mib", float, default.chunk_mib),
+                        min_chunk_mib=d.get("min_chunk_mib", float, default.min_chunk_mib),
+                        max_parts=d.get("max_parts", int, default.max_parts))
+
+
+def push_config(d: _Doc) -> PushConfig:
+    dflt = PushConfig()
+    return PushConfig(parallel=max(1, d.get("parallel", int, dflt.parallel)), retries=d.get("retries", int, dflt.retries),
+                      backoff_s=d.get("backoff_s", float, dflt.backoff_s),
+                      backoff_max_s=d.get("backoff_max_s", float, dflt.backoff_max_s),
+                      limits=upload_limits(d, dflt.limits), ecr=upload_limits(d.section("ecr"), dflt.ecr))
 
 
 def images_config(d: _Doc, env: Mapping[str, str]) -> ImagesConfig:
@@ -166,7 +183,8 @@ def images_config(d: _Doc, env: Mapping[str, str]) -> ImagesConfig:
                        out_dir=d.get("out_dir", str, "build/images"),
                        epoch=_env(env, "SOURCE_DATE_EPOCH", int, "images.source_date_epoch")
                        if env.get("SOURCE_DATE_EPOCH") else d.get("source_date_epoch", int, 0),
-                       gzip_level=d.get("gzip_level", int, 6), cuda_arch=d.get("cuda_arch", str, "sm_90a"))
+                       gzip_level=d.get("gzip_level", int, 6), cuda_arch=d.get("cuda_arch", str, "sm_90a"),
+                       refuse=d.strings("refuse"), push=push_config(d.section("push")))
     if cfg.profile not in profiles:
         where = "$MINI_VLLM_IMAGE_PROFILE" if env.get("MINI_VLLM_IMAGE_PROFILE") else "images.profile"
         raise ConfigError(f"{where}: unknown image profile {cfg.profile!r} (have: {', '.join(profiles)})")

@@ -90,7 +90,18 @@ class BaseImage:
 @dataclass(frozen=True)
 class WheelSet:
     requirements: str
-    lock: str
+    lock: str                                 # a PEP 751 pylock file (URL + size + sha256 per wheel)
+    index: str = "https://pypi.org/simple"    # the only index `invoke image --lock` reads
+    find_links: tuple[str, ...] = ()          # local wheel directories it reads too
+
+
+@dataclass(frozen=True)
+class WheelTarget:
+    """The image's interpreter, for which wheels are resolved and installed."""
+
+    python: str                # "3.13"
+    glibc: str                 # the base's glibc: manylinux platforms from it down to 2.17
+    arch: str = "x86_64"
 
 
 @dataclass(frozen=True)
@@ -100,7 +111,24 @@ class ImageProfile:
     python: str
     site_packages: str
     wheels: WheelSet
-    pip_args: tuple[str, ...]
+    target: WheelTarget
+
+
+@dataclass(frozen=True)
+class UploadLimits:
+    chunk_mib: float                          # PATCH chunk size; 0 = one monolithic PUT per blob
+    min_chunk_mib: float = 0                  # every chunk but the last at least this (ECR: 5)
+    max_parts: int = 0                        # chunks per blob at most (ECR: 4,200); 0 = no limit
+
+
+@dataclass(frozen=True)
+class PushConfig:
+    parallel: int = 4                         # blobs uploaded at once
+    retries: int = 6                          # per request, on dropped connections and 408/429/5xx
+    backoff_s: float = 1.0                    # first wait, doubling (with jitter) up to backoff_max_s
+    backoff_max_s: float = 30.0
+    limits: UploadLimits = UploadLimits(64)
+    ecr: UploadLimits = UploadLimits(10, 5, 4200)
 
 
 @dataclass(frozen=True)
@@ -112,6 +140,8 @@ class ImagesConfig:
     epoch: int                                # SOURCE_DATE_EPOCH applied
     gzip_level: int
     cuda_arch: str
+    refuse: tuple[str, ...] = ()              # file-name patterns never packed from our own files
+    push: PushConfig = PushConfig()
 
     def select(self, name: str | None = None) -> ImageProfile:
         """The named profile (default: `profile`), or a ConfigError listing the known ones."""

@@ -34,19 +34,27 @@ def make_context(cfg: Config, store: Store | None = None, profile: str | None = 
         raise ImageBuildError(str(exc)) from None
     store = store or Store.from_config(cfg.store)
     return Context(cfg=cfg, root=cfg.root, store=store, profile_name=prof.name, profile=prof,
-                   stat=store.stat_cache)
+                   stat=store.stat_cache, stages=load_stages(cfg.path(cfg.images.stages)),
+                   refuse=list(cfg.images.refuse))
 
 
 def git_revision(root: Path) -> str:
-    """HEAD of the checkout, '+dirty' when python/ has uncommitted changes; 'unknown' outside git."""
+    """HEAD of the checkout, '+dirty' when git's index (what the server layer packs) differs from HEAD
+    under python/; 'unknown' outside git."""
     try:
         rev = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True,
                              check=True).stdout.strip()
-        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--", "python"],
+        dirty = subprocess.run(["git", "-C", str(root), "diff", "--cached", "--name-only", "--", "python"],
                                capture_output=True, text=True, check=True).stdout.strip()
         return rev + ("+dirty" if dirty else "")
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
+
+
+def default_tag(root: Path) -> str:
+    """The tag pushes get unless --push names one: the first 12 hex of HEAD ('-dirty' as above)."""
+    rev = git_revision(root)
+    return "latest" if rev == "unknown" else rev[:12] + ("-dirty" if rev.endswith("+dirty") else "")
 
 
 def source_annotations(sources: Mapping[str, SourcePin]) -> dict[str, str]:
@@ -59,9 +67,10 @@ class StageBuilder:
 
     def __init__(self, ctx: Context, explain: bool = False, dry_run: bool = False):
         self.ctx, self.icfg, self.explain, self.dry_run = ctx, ctx.cfg.images, explain, dry_run
-        self.stages = load_stages(ctx.path(self.icfg.stages))
+        self.stages = ctx.stages
         self.built: dict[str, tuple[oci.ImageSpec, oci.BuiltImage, str]] = {}
         self.ran: list[str] = []       # what did real work (layers and stages)
+        self.pending: set[str] = set()  # dry run: stages that would be built
 
     def _layer_task(self, r: Recipe) -> Task:
         common = [Input("config", "source_date_epoch", self.icfg.epoch),
@@ -107,10 +116,12 @@ class StageBuilder:
         sdef = self.stages[name]
         parent = sdef.get("parent")
         pspec: oci.ImageSpec | None = None
+        waiting = False                # dry run: the parent would be built; still report our own layers
         if parent:
-            if self.stage(parent) is None:
-                return None
-            pspec = self.built[parent][0]
+            if parent in self.pending or self.stage(parent) is None:
+                waiting = True
+            else:
+                pspec = self.built[parent][0]
         base = self.ctx.profile.base
         pulled: tuple[list[Layer], list[str], dict[str, str], str] = ([], [], {}, "")
         recipes = []
@@ -118,9 +129,12 @@ class StageBuilder:
             if lspec["kind"] == "base" and base.kind == "registry":
                 pulled = pull_base(self.ctx.store, self.ctx.path(base.lock))
             else:
-                recipes.append(recipe_for(self.ctx, lspec))
+                r = recipe_for(self.ctx, lspec)
+                if r is not None:      # a wheels layer that selects nothing in this profile's lock
+                    recipes.append(r)
         layers = [self.layer(r) for r in recipes]
-        if any(lay is None for lay in layers):
+        if waiting or any(lay is None for lay in layers):
+            self.pending.add(name)
             return None
         spec = oci.ImageSpec(
             layers=(pspec.layers if pspec else []) + pulled[0] + [lay for lay in layers if lay],

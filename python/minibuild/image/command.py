@@ -2,7 +2,7 @@
 
 Why a separate module: it is the only place that combines building, writing results and pushing,
 and the only one that prints the user-facing summary; the pieces below it stay usable on their own
-(tests drive StageBuilder and push_image directly).
+(tests drive StageBuilder and push.push_stage directly).
 """
 from __future__ import annotations
 
@@ -10,26 +10,31 @@ import time
 from typing import Any
 
 from .. import ui
-from ..config import Config
+from ..config import Config, PushConfig
 from ..store import Store
 from . import debbase, wheels
-from .build import StageBuilder, make_context
-from .stages import ImageBuildError, stage_chain
-from .pull import lock_registry_base
+from .build import StageBuilder, default_tag, make_context
+from .ecr import require_repositories
 from .oci import Layout
-from .registry import PushStats, Reference, RegistryClient, push_image
+from .pull import lock_registry_base
+from .push import PushTarget, parse_target, push_stage
+from .registry import RegistryClient, Retry
+from .stages import ImageBuildError, stage_chain
+from .upload import UploadRules
 
 
 def build_images(cfg: Config, stage: str = "all", push: str | None = None, explain: bool = False,
                  dry_run: bool = False, store: Store | None = None, profile: str | None = None) -> dict[str, Any]:
-    """Build `stage` and the stages below it (of `profile`, default images.profile); push the top one
-    to `push` if given.
+    """Build `stage` and the stages below it (of `profile`, default images.profile); with `push`, push
+    each to `{push}/{registry.prefix}{stage}:{tag}`.
 
-    Returns {stage: result dict (as written to <out_dir>/<stage>.json)}, plus "_push" stats if pushed.
+    Returns {stage: result dict (as written to <out_dir>/<stage>.json)}, plus "_push" stats if pushed
+    and "_ran" (the layers and stages that did work).
     """
     t0 = time.monotonic()
     ctx = make_context(cfg, store, profile)
-    target = Reference.parse(push) if push else None   # a bad reference fails before any work
+    target = (parse_target(push, cfg.registry.default, cfg.registry.prefix, default_tag(ctx.root))
+              if push else None)                 # a bad target fails before any work
     builder = StageBuilder(ctx, explain=explain, dry_run=dry_run)
     chain = stage_chain(builder.stages, stage)
     out_dir = ctx.path(cfg.images.out_dir)
@@ -46,11 +51,13 @@ def build_images(cfg: Config, stage: str = "all", push: str | None = None, expla
     ctx.store.stat_cache.save()
     if dry_run:
         return results
-    top = chain[-1]
     if target is not None:
-        stats = push_stage(ctx.store, Layout(out_dir / "oci"), top, target)
-        results[top] = builder.write_outputs(out_dir, top, reference=target.by_digest(results[top]["digest"][7:]))
-        results["_push"] = stats.as_dict()
+        results["_push"] = push_stages(ctx.store, Layout(out_dir / "oci"), chain, target, cfg.images.push)
+        for name in chain:
+            ref = target.reference(name)
+            results[name] = builder.write_outputs(out_dir, name, reference=ref.by_digest(results[name]["digest"][7:]))
+            ui.info(f"{name}: tagged {ref.host}/{ref.repo}:{ref.tag}")
+    results["_ran"] = list(builder.ran)
     did = ", ".join(builder.ran) if builder.ran else "nothing to do: every stage up to date"
     ui.info(f"image ({ctx.profile_name}): {did} [{time.monotonic() - t0:.2f}s]")
     for name in chain:
@@ -58,23 +65,20 @@ def build_images(cfg: Config, stage: str = "all", push: str | None = None, expla
     return results
 
 
-def push_stage(store: Store, layout: Layout, name: str, target: Reference,
-               client: RegistryClient | None = None) -> PushStats:
-    """Push one stage of the layout; remember which repository holds each blob (for mounts)."""
-    client = client or RegistryClient.for_host(target.host)
-    known: dict[str, str] = store.get_meta("registry-blobs", target.host) or {}
-    try:
-        digest = push_image(layout, name, target, client, mount_from=known)
-    finally:
-        client.close()
-    doc = layout.read_json(digest)
-    for d in doc["layers"] + [doc["config"]]:
-        known[d["digest"].split(":", 1)[1]] = target.repo
-    store.put_meta("registry-blobs", target.host, known)
-    s = client.stats
-    ui.info(f"pushed {name} to {target.host}/{target.repo}: {s.blobs_uploaded} blobs uploaded "
-            f"({s.bytes_uploaded / 1e6:.1f} MB), {s.blobs_mounted} mounted, {s.blobs_present} already there")
-    return s
+def push_stages(store: Store, layout: Layout, chain: list[str], target: PushTarget,
+                push_cfg: PushConfig) -> dict[str, Any]:
+    """Push the stages bottom-up, each to its own repository (upper ones mount the lower layers)."""
+    require_repositories(target.host, [target.reference(n).repo for n in chain])
+    rules = UploadRules.for_host(target.host, push_cfg)
+    retry = Retry(push_cfg.retries, push_cfg.backoff_s, push_cfg.backoff_max_s)
+    out = {}
+    for name in chain:
+        client = RegistryClient.for_host(target.host, retry=retry)
+        try:
+            out[name] = push_stage(store, layout, name, target.reference(name), client, rules).as_dict()
+        finally:
+            client.close()
+    return out
 
 
 def lock_images(cfg: Config, profile: str | None = None) -> None:
@@ -89,11 +93,17 @@ def lock_images(cfg: Config, profile: str | None = None) -> None:
         ui.info(f"{base.lock}: {base.ref} -> sha256:{digest}")
     else:
         raise ImageBuildError(f"profile {ctx.profile_name}: unknown base kind {base.kind!r}")
-    lines = wheels.lock_wheels(ctx.path(whl.requirements), ctx.path(whl.lock), list(ctx.profile.pip_args))
-    ui.info(f"{whl.lock}: {len(lines)} wheels")
-    for req, lock in wheels.stage_locks(ctx.path(cfg.images.stages), ctx.profile_name):   # router, gateway
-        lines = wheels.lock_wheels(ctx.path(req), ctx.path(lock), wheels.pypi_only(ctx.profile.pip_args))
-        ui.info(f"{lock}: {len(lines)} wheels")
-
-
-
+    # The profile's lock (its index + find_links), then every layer with its own lock (router, gateway:
+    # tools that pin their own dependencies), from the index alone; `pip_export:` also writes that lock
+    # as a pip requirements file with hashes (./dev installs the tools' venvs from it).
+    jobs = [(whl.requirements, ctx.lock_of({}), list(whl.find_links), None)]
+    for _, spec in wheels.wheel_layers(ctx.stages):
+        if spec.get("lock") and spec.get("requirements"):
+            export = str(spec["pip_export"]).replace("{profile}", ctx.profile_name) if spec.get("pip_export") else None
+            jobs.append((spec["requirements"], ctx.lock_of(spec), [], export))
+    for reqs, lock_rel, find_links, export in jobs:
+        got = wheels.lock_wheels(ctx.path(reqs), ctx.path(lock_rel), ctx.profile.target, whl.index, find_links)
+        ui.info(f"{lock_rel}: {len(got)} wheels ({sum(w.size for w in got) / 1e6:,.0f} MB)")
+        if export:
+            wheels.export_requirements(got, ctx.path(export), lock_rel)
+            ui.info(f"{export}: the same wheels as pip requirements with hashes")

@@ -1,6 +1,6 @@
 """Registry bases (`base: {kind: registry}`): resolve a tag to a digest once, then pull by digest.
 
-Why: the h100 profile starts from a published image (python:3.12-slim-bookworm). Like every other
+Why: the h100-registry profile starts from a published image (python:3.13-trixie). Like every other
 input it must not float: `lock_registry_base` resolves the tag to a manifest digest into the lock
 file (committed), and a build pulls exactly that digest - manifest, config and layers each verified
 against their sha256 and kept in the store, so a base is downloaded once. The base's layers are

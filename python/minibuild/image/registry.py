@@ -1,31 +1,35 @@
-"""A small OCI distribution client: push an image from a layout, uploading only what is missing.
+"""A small OCI distribution client: requests with auth and retries, blobs, manifests.
 
 Why our own (nix2container's idea): pushing a rebuilt server image should cost the bytes of the one
-layer that changed. For each blob the client asks the registry first (HEAD), then tries a
-cross-repository mount from a repository of the same registry it pushed the blob to before (no bytes
-move), and only then uploads (POST + monolithic PUT with the digest). The manifest goes last, so a
-reader never sees a manifest whose blobs are missing, and the registry's Docker-Content-Digest must
-match ours. `stats` counts requests and bytes so tests and the bench can prove a second push
-uploads nothing. Auth (Basic, bearer token) comes from auth.py; secrets never appear in messages.
+layer that changed, and pushing gigabytes over a real link must survive a dropped connection or a
+registry's 503. This module is the request layer: every request goes through `request`, which answers
+the registry's 401 challenge (Basic or bearer, auth.py) and retries transient failures - connection
+errors, 408/429/5xx - with exponential backoff and jitter (`Retry`). Uploads (resumable chunks,
+upload.py) and the push plan (push.py) sit on top. Secrets never appear in messages.
 """
 from __future__ import annotations
 
-import json
+import random
 import re
+import threading
+import time
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable
 
 import httpx
 
 from .auth import AuthError, Credentials, credentials_for, parse_challenge
-from .oci import MT_MANIFEST, Layout
+from .oci import MT_MANIFEST
 
-CHUNK = 1 << 20
+TRANSIENT_STATUS = (408, 429, 500, 502, 503, 504)
 
 
 class RegistryError(RuntimeError):
     """The registry answered something we cannot accept; the message has method, URL and status."""
+
+
+class TransientError(RegistryError):
+    """A failure worth retrying (dropped connection, 5xx); raised when retries are used up."""
 
 
 @dataclass(frozen=True)
@@ -47,16 +51,36 @@ class Reference:
         return f"{self.host}/{self.repo}@sha256:{digest}"
 
 
+@dataclass(frozen=True)
+class Retry:
+    """How often and how patiently to retry a transient failure."""
+
+    attempts: int = 6            # retries after the first try
+    backoff: float = 1.0         # first wait (s); doubles per retry, with +-25 % jitter
+    backoff_max: float = 30.0
+
+    def wait(self, attempt: int) -> float:
+        return min(self.backoff * 2 ** attempt, self.backoff_max) * random.uniform(0.75, 1.25)
+
+
 @dataclass
 class PushStats:
     requests: int = 0
+    retries: int = 0
     blobs_present: int = 0
     blobs_mounted: int = 0
     blobs_uploaded: int = 0
-    bytes_uploaded: int = 0
+    bytes_uploaded: int = 0      # bytes that reached the registry in accepted requests (resends counted once)
+    bytes_sent: int = 0          # every byte put on the wire, failed attempts included
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
+
+    def add(self, **kw: int) -> None:
+        with self._lock:
+            for k, v in kw.items():
+                setattr(self, k, getattr(self, k) + v)
 
     def as_dict(self) -> dict[str, int]:
-        return dict(self.__dict__)
+        return {k: v for k, v in self.__dict__.items() if not k.startswith("_")}
 
 
 @dataclass
@@ -66,13 +90,17 @@ class RegistryClient:
     insecure: bool | None = None          # None: plain HTTP for 127.0.0.1/localhost only
     stats: PushStats = field(default_factory=PushStats)
     timeout: float = 300.0
+    retry: Retry = field(default_factory=Retry)
+    sleep: Callable[[float], None] = time.sleep
 
     def __post_init__(self) -> None:
         local = self.host.split(":")[0] in ("127.0.0.1", "localhost", "::1")
         scheme = "http" if (self.insecure if self.insecure is not None else local) else "https"
         self.base = f"{scheme}://{self.host}"
-        self._http = httpx.Client(timeout=self.timeout, follow_redirects=True)
+        self._http = httpx.Client(timeout=httpx.Timeout(self.timeout, connect=30.0), follow_redirects=True,
+                                  limits=httpx.Limits(max_connections=32, max_keepalive_connections=16))
         self._auth: dict[str, str] = {}     # scope -> Authorization header value
+        self._auth_lock = threading.Lock()
 
     @classmethod
     def for_host(cls, host: str, **kw: Any) -> "RegistryClient":
@@ -81,29 +109,47 @@ class RegistryClient:
     def close(self) -> None:
         self._http.close()
 
-    # ---- requests with auth ------------------------------------------------------------------
-    def _request(self, method: str, url: str, scope: str, **kw: Any) -> httpx.Response:
-        if url.startswith("/"):
-            url = self.base + url
+    def url(self, path_or_url: str) -> str:
+        return path_or_url if "://" in path_or_url else self.base + path_or_url
+
+    # ---- requests with auth and retries ---------------------------------------------------------
+    def send(self, method: str, url: str, scope: str, **kw: Any) -> httpx.Response:
+        """One request (answering a 401 challenge once); transport errors propagate as httpx errors."""
+        url = self.url(url)
+        headers = dict(kw.pop("headers", {}) or {})
         for attempt in range(2):
-            headers = dict(kw.pop("headers", {}) or {})
+            h = dict(headers)
             if scope in self._auth:
-                headers["Authorization"] = self._auth[scope]
-            self.stats.requests += 1
-            try:
-                resp = self._http.request(method, url, headers=headers, **kw)
-            except httpx.HTTPError as exc:
-                raise RegistryError(f"{self.host}: {method} {httpx.URL(url).path} failed: {exc}") from exc
-            kw["headers"] = {k: v for k, v in headers.items() if k != "Authorization"}
+                h["Authorization"] = self._auth[scope]
+            self.stats.add(requests=1)
+            resp = self._http.request(method, url, headers=h, **kw)
             if resp.status_code != 401 or attempt == 1:
                 break
-            self._authenticate(resp.headers.get("www-authenticate", ""), scope)
+            with self._auth_lock:
+                self._authenticate(resp.headers.get("www-authenticate", ""), scope)
         if resp.status_code == 401:
             who = f"credentials from {self.credentials.source}" if self.credentials else "no credentials"
             raise AuthError(f"{self.host} refused {method} {httpx.URL(url).path} with {who} (401 unauthorized)")
         if resp.status_code == 403:
             raise AuthError(f"{self.host} denied {method} {httpx.URL(url).path} (403 forbidden)")
         return resp
+
+    def request(self, method: str, url: str, scope: str, **kw: Any) -> httpx.Response:
+        """send() with retries on dropped connections and 408/429/5xx (the body must be re-sendable)."""
+        for attempt in range(self.retry.attempts + 1):
+            try:
+                resp = self.send(method, url, scope, **kw)
+                if resp.status_code not in TRANSIENT_STATUS:
+                    return resp
+                why = f"{resp.status_code} {resp.text[:120]}"
+            except httpx.TransportError as exc:
+                why = f"{type(exc).__name__}: {exc}"
+            if attempt == self.retry.attempts:
+                raise TransientError(f"{self.host}: {method} {httpx.URL(self.url(url)).path} failed after "
+                                     f"{attempt + 1} attempts (last: {why})")
+            self.stats.add(retries=1)
+            self.sleep(self.retry.wait(attempt))
+        raise AssertionError("unreachable")
 
     def _authenticate(self, challenge: str, scope: str) -> None:
         scheme, params = parse_challenge(challenge)
@@ -115,7 +161,7 @@ class RegistryClient:
         elif scheme == "bearer":
             q = [("service", params.get("service", ""))] + [("scope", sc) for sc in scope.split(" ")]
             hdr = {"Authorization": self.credentials.basic_header()} if self.credentials else {}
-            self.stats.requests += 1
+            self.stats.add(requests=1)
             try:
                 r = self._http.get(params["realm"], params=q, headers=hdr)
             except httpx.HTTPError as exc:
@@ -131,91 +177,37 @@ class RegistryClient:
             raise AuthError(f"{self.host}: unsupported auth challenge {challenge!r}")
 
     @staticmethod
-    def _scope(repo: str, extra: str | None = None) -> str:
+    def scope(repo: str, extra: str | None = None) -> str:
         return f"repository:{repo}:pull,push" + (f" repository:{extra}:pull" if extra else "")
 
-    def _check(self, resp: httpx.Response, ok: tuple[int, ...], what: str) -> httpx.Response:
+    @staticmethod
+    def check(resp: httpx.Response, ok: tuple[int, ...], what: str) -> httpx.Response:
         if resp.status_code not in ok:
             raise RegistryError(f"{what}: {resp.request.method} {resp.request.url.path} -> "
                                 f"{resp.status_code} {resp.text[:300]}")
         return resp
 
-    # ---- blobs ---------------------------------------------------------------------------------
+    # ---- blobs and manifests -----------------------------------------------------------------------
     def has_blob(self, repo: str, digest: str) -> bool:
-        r = self._request("HEAD", f"/v2/{repo}/blobs/sha256:{digest}", self._scope(repo))
+        r = self.request("HEAD", f"/v2/{repo}/blobs/sha256:{digest}", self.scope(repo))
         return r.status_code == 200
 
-    def mount_blob(self, repo: str, digest: str, from_repo: str) -> bool:
-        """Cross-repository mount; True if the registry linked it (201), False if it declined."""
-        r = self._request("POST", f"/v2/{repo}/blobs/uploads/", self._scope(repo, from_repo),
-                          params={"mount": f"sha256:{digest}", "from": from_repo})
-        if r.status_code == 201:
-            return True
-        self._check(r, (202,), f"mount of {digest[:12]} from {from_repo}")
-        loc = r.headers.get("location")
-        if loc:  # the registry opened an upload instead; cancel it, we upload ourselves
-            self._request("DELETE", loc if "://" in loc else self.base + loc, self._scope(repo))
-        return False
-
-    def upload_blob(self, repo: str, digest: str, path: Path) -> None:
-        r = self._check(self._request("POST", f"/v2/{repo}/blobs/uploads/", self._scope(repo)),
-                        (202,), f"upload start for {digest[:12]}")
-        loc = r.headers["location"]
-        url = loc if "://" in loc else self.base + loc
-        size = path.stat().st_size
-
-        def chunks() -> Iterator[bytes]:
-            with open(path, "rb") as f:
-                while data := f.read(CHUNK):
-                    yield data
-
-        url += ("&" if "?" in url else "?") + f"digest=sha256:{digest}"   # keep the upload's own query
-        self._check(self._request("PUT", url, self._scope(repo), content=chunks(), headers={"Content-Type": "application/octet-stream",
-                                                             "Content-Length": str(size)}),
-                    (201,), f"upload of {digest[:12]}")
-        self.stats.blobs_uploaded += 1
-        self.stats.bytes_uploaded += size
-
     def get_blob(self, repo: str, digest: str) -> bytes:
-        return self._check(self._request("GET", f"/v2/{repo}/blobs/sha256:{digest}", self._scope(repo)),
-                           (200,), f"blob {digest[:12]}").content
+        return self.check(self.request("GET", f"/v2/{repo}/blobs/sha256:{digest}", self.scope(repo)),
+                          (200,), f"blob {digest[:12]}").content
 
-    # ---- manifests -----------------------------------------------------------------------------
     def put_manifest(self, repo: str, tag_or_digest: str, manifest: bytes, digest: str) -> None:
-        r = self._check(self._request("PUT", f"/v2/{repo}/manifests/{tag_or_digest}", self._scope(repo),
-                                      content=manifest, headers={"Content-Type": MT_MANIFEST}),
-                        (201,), "manifest upload")
+        r = self.request("PUT", f"/v2/{repo}/manifests/{tag_or_digest}", self.scope(repo),
+                         content=manifest, headers={"Content-Type": MT_MANIFEST})
+        if r.status_code == 400 and "ImageTagAlreadyExists" in r.text:
+            raise RegistryError(f"{self.host}/{repo}:{tag_or_digest} already names another image and the repository's "
+                                "tags are immutable; push under a new tag (--push REGISTRY/NAMESPACE:TAG)")
+        self.check(r, (201,), "manifest upload")
         got = r.headers.get("docker-content-digest")
         if got and got != f"sha256:{digest}":
             raise RegistryError(f"registry stored the manifest as {got}, expected sha256:{digest}")
 
     def get_manifest(self, repo: str, ref: str, accept: str = MT_MANIFEST) -> tuple[bytes, str]:
-        r = self._check(self._request("GET", f"/v2/{repo}/manifests/{ref}", self._scope(repo),
-                                      headers={"Accept": accept}), (200,), f"manifest {ref}")
+        r = self.check(self.request("GET", f"/v2/{repo}/manifests/{ref}", self.scope(repo),
+                                    headers={"Accept": accept}), (200,), f"manifest {ref}")
         return r.content, r.headers.get("docker-content-digest", "")
-
-
-def push_image(layout: Layout, ref_name: str, target: Reference, client: RegistryClient,
-               mount_from: dict[str, str] | None = None) -> str:
-    """Push the layout's image `ref_name` to target; returns the manifest digest (hex).
-
-    mount_from maps blob digest -> a repository of the same registry known to hold it.
-    """
-    desc = layout.resolve(ref_name)
-    if desc is None:
-        raise RegistryError(f"{layout.root} has no image named {ref_name!r}")
-    digest = desc["digest"].split(":", 1)[1]
-    manifest = layout.blob(digest).read_bytes()
-    doc = json.loads(manifest)
-    blobs = [d["digest"].split(":", 1)[1] for d in doc["layers"]] + [doc["config"]["digest"].split(":", 1)[1]]
-    for b in blobs:
-        if client.has_blob(target.repo, b):
-            client.stats.blobs_present += 1
-            continue
-        src = (mount_from or {}).get(b)
-        if src and src != target.repo and client.mount_blob(target.repo, b, src):
-            client.stats.blobs_mounted += 1
-            continue
-        client.upload_blob(target.repo, b, layout.blob(b))
-    client.put_manifest(target.repo, target.tag or f"sha256:{digest}", manifest, digest)
-    return digest

@@ -150,20 +150,18 @@ def _size(e: Entry) -> int:
 
 def write_layer(store: Store, entries: Iterable[Entry], mtime: int = 0, level: int = 6,
                 label: str = "layer") -> Layer:
-    """Write entries as a deterministic tar.gz blob into the store (progress in MB on a terminal)."""
+    """Write entries as a deterministic tar.gz blob into the store (progress: bytes, rate, ETA)."""
     items = normalise(entries)
     sizes = [_size(e) for e in items]
-    with store.blob_writer() as blob, ui.progress(f"{label} (MB)", max(1, sum(sizes) >> 20)) as bar:
+    with store.blob_writer() as blob, ui.transfer(label, sum(sizes)) as bar:
         compressed = _HashingWriter(blob.write)
         gz = gzip.GzipFile(filename="", mode="wb", fileobj=compressed, mtime=0, compresslevel=level)
         plain = _HashingWriter(gz.write)
         tar = tarfile.open(fileobj=plain, mode="w|", format=tarfile.GNU_FORMAT)  # type: ignore[call-overload]
-        done = 0
         for e, n in zip(items, sizes):
             _add(tar, e, mtime)
-            if (done + n) >> 20 != done >> 20:
-                bar.advance(((done + n) >> 20) - (done >> 20))
-            done += n
+            if n:
+                bar.advance(n)
         tar.close()
         gz.close()
     assert blob.digest == compressed.sha.hexdigest()
