@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from fault_proxy import FaultProxy, Rule
-from minibuild.config import PushConfig, UploadLimits
+from minibuild.config import Config, PushConfig, UploadLimits
 from minibuild.image.oci import Layout
 from minibuild.image.push import parse_target, push_stage
 from minibuild.image.registry import Reference, RegistryClient, Retry, TransientError
@@ -18,7 +18,7 @@ from minibuild.image.upload import MIB, UploadRules
 from minibuild.store import Store
 
 
-def _layout(cfg: dict) -> Layout:
+def _layout(cfg: Config) -> Layout:
     return Layout(cfg.path(cfg.images.out_dir) / "oci")
 
 

@@ -6,6 +6,7 @@ import subprocess
 
 import pytest
 
+from minibuild.config import Config
 from minibuild.image import AuthError, push_stage
 from minibuild.image.oci import Layout
 from minibuild.image.registry import Reference, RegistryClient
@@ -14,7 +15,7 @@ from minibuild.store import Store
 from image_helpers import small_config, write_docker_config
 
 
-def _layout(cfg: dict) -> Layout:
+def _layout(cfg: Config) -> Layout:
     return Layout(cfg.path(cfg.images.out_dir) / "oci")
 
 

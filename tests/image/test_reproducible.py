@@ -9,13 +9,14 @@ import tarfile
 import pytest
 
 from image_helpers import git, make_checkout, small_config
+from minibuild.config import Config
 from minibuild.image import build_images
 from minibuild.image.layers import RecipeError
 from minibuild.image.tarlayer import Entry, LayerError, write_layer
 from minibuild.store import Store
 
 
-def _manifest(cfg: dict, results: dict, stage: str) -> dict:
+def _manifest(cfg: Config, results: dict, stage: str) -> dict:
     root = cfg.path(cfg.images.out_dir) / "oci" / "blobs" / "sha256"
     return json.loads((root / results[stage]["digest"].split(":")[1]).read_bytes())
 

@@ -8,10 +8,11 @@ import tarfile
 import pytest
 
 from image_helpers import git, make_checkout, small_config
+from minibuild.config import Config
 from minibuild.image import SourceFileError, build_images
 
 
-def _server_layer_names(cfg: dict, res: dict, store) -> list[str]:
+def _server_layer_names(cfg: Config, res: dict, store) -> list[str]:
     oci = cfg.path(cfg.images.out_dir) / "oci" / "blobs" / "sha256"
     layer = json.loads((oci / res["server"]["digest"].split(":")[1]).read_bytes())["layers"][-1]["digest"]
     with tarfile.open(fileobj=io.BytesIO(store.read_blob(layer.split(":")[1])), mode="r:gz") as t:

@@ -32,7 +32,7 @@ def python_recipe(ctx: Context, spec: dict[str, Any]) -> Recipe:
     src = spec["from"].strip("/")
     exclude = excluder(list(spec.get("exclude") or []))
     dest = spec["to"].replace("{site}", ctx.site()).strip("/")
-    interp = str(ctx.profile["python"])
+    interp = ctx.profile.python
     packages = list(spec["packages"])
     user = spec.get("user") or {}
     files: list[tuple[str, gitfiles.TrackedFile]] = []       # (path inside the package dir, file)
