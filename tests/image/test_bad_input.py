@@ -77,12 +77,20 @@ def test_committed_locks_are_pinned(profile):
                                                          "ca-certificates", "libc-bin"}
 
 
-def test_requirements_cover_the_server_dependencies():
-    """Every dependency pyproject.toml gives the server is in both image requirement files."""
+def _pep503(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+@pytest.mark.parametrize("profile", ["local", "h100"])
+def test_requirements_and_locks_cover_the_server_dependencies(profile):
+    """Every dependency pyproject.toml gives the server is in the profile's requirements, and every
+    requirement is in its committed lock (a lock left behind by an edit of the .in file fails here)."""
     doc = tomllib.loads((REPO / "pyproject.toml").read_text())
-    need = {re.split(r"[<>=!~ \[]", d)[0].lower() for d in doc["project"]["dependencies"]
+    need = {_pep503(re.split(r"[<>=!~ \[]", d)[0]) for d in doc["project"]["dependencies"]
             + doc["project"]["optional-dependencies"]["server"]}
-    for name in ("wheels-cpu.in", "wheels-h100.in"):
-        have = {re.split(r"[<>=!~ ]", ln)[0].lower() for ln in (REPO / "images" / name).read_text().splitlines()
-                if ln.strip() and not ln.startswith("#")}
-        assert need <= have, f"images/{name} lacks {sorted(need - have)}"
+    wheels = load_config(REPO / "build_config.yaml").images.profiles[profile].wheels
+    have = {_pep503(re.split(r"[<>=!~ ]", ln)[0]) for ln in (REPO / wheels.requirements).read_text().splitlines()
+            if ln.strip() and not ln.startswith("#")}
+    assert need <= have, f"{wheels.requirements} lacks {sorted(need - have)}"
+    locked = {_pep503(w.name) for w in pylock.read(REPO / wheels.lock)}
+    assert have <= locked, f"{wheels.lock} lacks {sorted(have - locked)}: run `invoke image --lock --profile {profile}`"
