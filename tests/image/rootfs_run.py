@@ -7,12 +7,13 @@ import json
 import shlex
 import shutil
 import subprocess
-import time
+import sys
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
-import httpx
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))     # tests/: server_process.py
+from server_process import ServerProcess  # noqa: E402
 
 
 def can_unshare() -> bool:
@@ -48,24 +49,9 @@ def serving(rootfs: Path, process: dict, model: Path, port: int, log: Path, extr
     with open(log, "wb") as logf:
         proc = subprocess.Popen(["unshare", "-Urmpf", "--kill-child", "sh", "-c", script], stdout=logf,
                                 stderr=subprocess.STDOUT)
-        base = f"http://127.0.0.1:{port}"
-        try:
-            deadline = time.monotonic() + timeout
-            while True:
-                if proc.poll() is not None:
-                    raise RuntimeError("server from the image exited: " + log.read_text()[-3000:])
-                try:
-                    if httpx.get(f"{base}/health", timeout=2).status_code == 200:
-                        break
-                except httpx.HTTPError:
-                    pass
-                if time.monotonic() > deadline:
-                    raise RuntimeError("server from the image did not become healthy: " + log.read_text()[-3000:])
-                time.sleep(0.5)
-            yield base
-        finally:
-            proc.terminate()
-            try:
-                proc.wait(15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+    server = ServerProcess(proc, f"http://127.0.0.1:{port}", log)
+    try:
+        server.wait_ready(timeout)
+        yield server.url
+    finally:
+        server.stop()
