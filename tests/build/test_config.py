@@ -20,7 +20,7 @@ def test_defaults_are_typed_and_frozen(tmp_path: Path) -> None:
     cfg = load_config(YAML, environ={"XDG_CACHE_HOME": str(tmp_path)})
     assert cfg.store.root == tmp_path / "mini-vllm" and cfg.store.remote is None
     assert cfg.cluster.port == 8000 and cfg.cluster.state_dir == ROOT / "build/rollout"
-    assert cfg.kernels["ours"].module == "mini_vllm_kernels" and cfg.kernels["fa3"].sources_used == ("cutlass_fa3", "fa3")
+    assert cfg.kernels["ours"].module == "mini_vllm_kernels" and cfg.kernels["fa3"].sources_used == ("cutlass", "fa3")
     assert cfg.sources["fa3"].commit.startswith("188be165") and cfg.images.select().name == "local"
     assert cfg.model.tiny_dir == ROOT / "build/models/tiny-gpt-oss" and cfg.cluster.api_key is None
     with pytest.raises(dataclasses.FrozenInstanceError):
@@ -50,7 +50,7 @@ def test_every_environment_override_lands_in_one_place(tmp_path: Path) -> None:
     (lambda d: d["toolchain"].update(mem_reserve_gb=[1]), {}, "'toolchain.mem_reserve_gb'"),
     (lambda d: None, {"MINI_VLLM_PORT": "x"}, "$MINI_VLLM_PORT='x' is not valid (it overrides cluster.port)"),
     (lambda d: None, {"SOURCE_DATE_EPOCH": "soon"}, "$SOURCE_DATE_EPOCH"),
-    (lambda d: None, {"MINI_VLLM_IMAGE_PROFILE": "gpu"}, "$MINI_VLLM_IMAGE_PROFILE: unknown image profile 'gpu' (have: local, h100)"),
+    (lambda d: None, {"MINI_VLLM_IMAGE_PROFILE": "gpu"}, "$MINI_VLLM_IMAGE_PROFILE: unknown image profile 'gpu' (have: local, h100, h100-registry)"),
 ])
 def test_bad_values_name_the_key(edit, env, named) -> None:  # type: ignore[no-untyped-def]
     doc = read_document(YAML)

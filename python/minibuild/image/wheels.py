@@ -83,33 +83,6 @@ def pip_version() -> str:
     return pip.__version__
 
 
-def stage_locks(stages_path: Path, profile: str) -> list[tuple[str, str]]:
-    """(requirements, lock) of every stage's own wheels layer (`kind: wheels` with `requirements` and a
-    `lock` whose {profile} names the profile): tools like vllm-router and LiteLLM that pin their own
-    dependencies get their own lock instead of joining the server's."""
-    import yaml
-
-    out = []
-    for sdef in (yaml.safe_load(stages_path.read_text()) or {}).values():
-        for layer in sdef.get("layers") or []:
-            if layer.get("kind") == "wheels" and layer.get("requirements"):
-                out.append((layer["requirements"], layer["lock"].replace("{profile}", profile)))
-    return out
-
-
-def pypi_only(pip_args: list) -> list[str]:
-    """The profile's pip args without extra indexes (stage locks resolve from PyPI alone)."""
-    args, skip = [], False
-    for a in map(str, pip_args):
-        if skip:
-            skip = False
-        elif a == "--extra-index-url":
-            skip = True
-        else:
-            args.append(a)
-    return args
-
-
 def export_requirements(locked: list[LockedWheel], dest: Path, source: str) -> None:
     """The lock as a pip requirements file with hashes (for plain `pip install --require-hashes`)."""
     lines = [f"# Exported by `invoke image --lock` from {source} (the lock the image stage uses); do not edit.",
