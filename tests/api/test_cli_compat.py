@@ -158,3 +158,25 @@ def test_eks_manifest_line_runs_as_vllm_serve(long_tiny, logs):
             assert f"{flag} accepted: changes nothing here" in srv.log()
     finally:
         srv.stop()
+
+
+def test_tokenizer_from_another_directory(tiny_model, tmp_path):
+    """--tokenizer DIR: the model directory needs no tokenizer of its own."""
+    from mini_vllm.engine.llm_engine import LLMEngine
+    from mini_vllm.entrypoints.serve import fetched_engine_args
+    from mini_vllm.sampling_params import SamplingParams
+
+    weights, tok = tmp_path / "weights", tmp_path / "tok"
+    shutil.copytree(tiny_model, weights)
+    tok.mkdir()
+    for f in weights.glob("tokenizer*"):
+        shutil.move(str(f), tok / f.name)
+    shutil.copy(weights / "generation_config.json", tok)
+    ns = parse_args(["serve", str(weights), "--tokenizer", str(tok), "--device", "cpu", "--kv-cache-memory-gb", "0.02"])
+    args = fetched_engine_args(ns, "test")
+    assert (args.model, args.tokenizer) == (str(weights), str(tok))
+    eng = LLMEngine(args)
+    [out] = eng.generate([eng.tokenizer.encode("Hello", add_special_tokens=False)],
+                         SamplingParams(max_tokens=3, temperature=0, ignore_eos=True))
+    assert len(out.outputs[0].token_ids) == 3
+    assert parse_args(["serve", str(weights), "--hf-token"]).hf_token is True       # the hub's stored login
