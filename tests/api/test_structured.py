@@ -152,19 +152,26 @@ def forced(tiny_model) -> int:
     return tok.encode(" sea", add_special_tokens=False)[0]
 
 
-def test_chat_logprobs_cover_every_content_token(client, forced):
-    kw = dict(logprobs=True, top_logprobs=2, max_tokens=12, temperature=0, logit_bias={str(forced): 100})
+@pytest.mark.parametrize("max_tokens", [12, 60])     # under and over the parser's 48-token header limit
+def test_chat_logprobs_cover_every_content_token(client, forced, max_tokens):
+    """An answer without a harmony header: every token is content, has its logprob entry, and streams as it
+    comes (each chunk's text is exactly its entries' tokens), not held back until the header limit or the end."""
+    kw = dict(logprobs=True, top_logprobs=2, max_tokens=max_tokens, temperature=0, logit_bias={str(forced): 100})
     c = client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "Hi"}], **kw)
     entries = c.choices[0].logprobs.content
-    assert c.usage.completion_tokens == 12 and len(entries) == 12      # no header: every token is content
+    assert c.usage.completion_tokens == max_tokens and len(entries) == max_tokens
     assert "".join(e.token for e in entries) == c.choices[0].message.content
-    assert all(len(e.top_logprobs) == 2 for e in entries)
+    assert all(len(e.top_logprobs) == 2 and e.logprob <= 0 for e in entries)
     chunks = list(client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "Hi"}],
                                                  stream=True, **kw))
-    with_text = [ch for ch in chunks if ch.choices and ch.choices[0].delta.content]
-    assert len(with_text) > 1 and "".join(ch.choices[0].delta.content for ch in with_text) == c.choices[0].message.content
+    with_text = [ch.choices[0] for ch in chunks if ch.choices and ch.choices[0].delta.content]
+    assert len(with_text) > 1 and "".join(ch.delta.content for ch in with_text) == c.choices[0].message.content
+    for ch in with_text:
+        assert "".join(e.token for e in ch.logprobs.content) == ch.delta.content
+    assert len(with_text[0].logprobs.content) < max_tokens            # the first text came before the last token
     streamed = [e for ch in chunks if ch.choices and ch.choices[0].logprobs for e in ch.choices[0].logprobs.content]
     assert [e.token for e in streamed] == [e.token for e in entries]
+    assert [e.logprob for e in streamed] == pytest.approx([e.logprob for e in entries], abs=1e-4)
 
 
 def test_chat_logprobs_of_a_structured_answer_are_its_content_tokens(client):

@@ -108,7 +108,7 @@ def test_random_garbage_never_raises_and_keeps_text(tokenizer):
 def test_text_without_header_streams_from_the_first_token(tokenizer):
     """No header: content is known at the first token that cannot begin one, and streams from there."""
     ids = tokenizer.encode("Just text, no harmony at all.")
-    p = HarmonyParser(tokenizer)
+    p = HarmonyParser(tokenizer, track_routes=True)
     first = p.feed(ids[0]) + p.feed(ids[1])
     assert "".join(e.text for e in first) and all(e.kind == "content" for e in first)
     for tid in ids[2:]:
@@ -118,13 +118,13 @@ def test_text_without_header_streams_from_the_first_token(tokenizer):
 
 @pytest.mark.parametrize("text", ["assistant to=functions.get_weather", " to=functions.a_b", "assis", "  "])
 def test_role_and_recipient_text_is_still_a_header(tokenizer, text):
-    p = HarmonyParser(tokenizer)
+    p = HarmonyParser(tokenizer, track_routes=True)
     assert p.feed_many(tokenizer.encode(text)) == [] and p.take_routed() == []
 
 
 def test_routed_indices_follow_each_tokens_destination(tokenizer):
     ids = tokenizer.encode(ANALYSIS_FINAL)
-    p = HarmonyParser(tokenizer)
+    p = HarmonyParser(tokenizer, track_routes=True)
     p.feed_many(ids)
     routed = dict(p.take_routed())
     t = HarmonyTokens.from_tokenizer(tokenizer)
@@ -132,3 +132,6 @@ def test_routed_indices_follow_each_tokens_destination(tokenizer):
     ends = [i for i, tid in enumerate(ids) if tid in (t.end, t.return_)]
     assert [i for i, k in routed.items() if k == "reasoning"] == list(range(msgs[0] + 1, ends[0]))
     assert [i for i, k in routed.items() if k == "content"] == list(range(msgs[1] + 1, ends[1]))
+    untracked = HarmonyParser(tokenizer)                 # plain streaming: same events, no route list kept
+    assert untracked.feed_many(ids) == HarmonyParser(tokenizer, track_routes=True).feed_many(ids)
+    assert untracked.take_routed() == []

@@ -33,7 +33,7 @@ class _Sample:
     """Parser + bookkeeping for one of the n samples."""
 
     def __init__(self, state: ServerState, want_lp: bool, top: bool) -> None:
-        self.parser = HarmonyParser(state.require_engine().tokenizer, state.harmony)
+        self.parser = HarmonyParser(state.require_engine().tokenizer, state.harmony, track_routes=want_lp)
         self.want_lp, self.top = want_lp, top
         self.done = False
         self._lps: dict[int, TokenLogprob] = {}   # by token index, until the parser says where the token went
@@ -52,7 +52,9 @@ class _Sample:
         if o.finished:
             events += self.parser.finish()
             self.done = True
-        content_lps = []
+        content_lps: list[dict[str, Any]] = []
+        if not keep and not self._lps:
+            return events, content_lps
         for i, kind in self.parser.take_routed():
             lp = self._lps.pop(i, None)
             if lp is not None and kind == "content":

@@ -97,7 +97,7 @@ class HarmonyParser:
     """Feed generated token ids; collect events (streaming) and `.result` (whole message)."""
 
     def __init__(self, tokenizer: TokenizerLike, tokens: HarmonyTokens | None = None,
-                 new_tool_id: Callable[[], str] | None = None) -> None:
+                 new_tool_id: Callable[[], str] | None = None, track_routes: bool = False) -> None:
         self._tok = self.tokenizer = tokenizer
         self.t = tokens or HarmonyTokens.from_tokenizer(tokenizer)
         self._new_id = new_tool_id or (lambda: f"call_{uuid.uuid4().hex[:24]}")
@@ -108,8 +108,10 @@ class HarmonyParser:
         self._body: _TextStream | None = None
         self.last_kind: Kind | None = None  # where the last fed token's text went (None: control/header)
         # (index of a fed token, where its text went), in order, as soon as that is known - a header's
-        # tokens are decided only when the header turns out to be text. take_routed() drains it.
+        # tokens are decided only when the header turns out to be text. take_routed() drains it. Kept only
+        # with track_routes (chat logprobs need it; plain streaming does not pay for it).
         self.routed: list[tuple[int, Kind]] = []
+        self._track = track_routes
         self._fed = 0                       # index of the token being fed
         self._header_idx: list[int] = []
 
@@ -249,7 +251,8 @@ class HarmonyParser:
     def _body_text(self, token_id: int, index: int | None = None) -> list[ParserEvent]:
         assert self._body is not None
         self.last_kind = self._kind
-        self.routed.append((self._cur if index is None else index, self._kind))
+        if self._track:
+            self.routed.append((self._cur if index is None else index, self._kind))
         return self._emit(self._body.push(token_id))
 
     def _close_body(self) -> list[ParserEvent]:
