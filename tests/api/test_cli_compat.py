@@ -26,6 +26,7 @@ from mini_vllm.cli import parse_args
 from mini_vllm.entrypoints.flags import check_supported
 from mini_vllm.entrypoints.openai import api_server
 from mini_vllm.entrypoints.serve import engine_args
+from mini_vllm.model.tokenizer import Tokenizer
 
 from server_process import ServerProcess, free_port
 
@@ -180,3 +181,86 @@ def test_tokenizer_from_another_directory(tiny_model, tmp_path):
                          SamplingParams(max_tokens=3, temperature=0, ignore_eos=True))
     assert len(out.outputs[0].token_ids) == 3
     assert parse_args(["serve", str(weights), "--hf-token"]).hf_token is True       # the hub's stored login
+
+
+# The issue's list of `vllm serve` flags (issue 13), each with a value as a deployment would pass it.
+ISSUE_FLAGS = ("--host 127.0.0.1 --port 8123 --served-model-name gpt-oss-20b oss -tp 2 --dtype half --max-model-len 32k "
+               "--max-num-seqs 7 --max-num-batched-tokens 2048 --gpu-memory-utilization 0.8 --enable-prefix-caching "
+               "--enable-chunked-prefill --trust-remote-code --enable-auto-tool-choice --tool-call-parser openai "
+               "--reasoning-parser openai_gptoss --disable-log-requests --enable-log-requests --disable-log-stats "
+               "--kv-cache-dtype auto --quantization mxfp4 --download-dir /cache --revision v2 --tokenizer /tok "
+               "--hf-token hf_x --seed 3 --api-key sk-1 --max-logprobs 5 --async-scheduling --uvicorn-log-level warning "
+               "--generation-config vllm --swap-space 4")
+NOOP = ("--trust-remote-code", "--enable-auto-tool-choice", "--tool-call-parser", "--reasoning-parser",
+        "--enable-chunked-prefill", "--async-scheduling", "--swap-space", "--disable-log-requests")
+
+
+@pytest.mark.parametrize("entry", ["serve MODEL", "serve --model MODEL", "api_server --model MODEL"])
+def test_every_flag_of_the_common_set_is_accepted(entry):
+    words = entry.replace("MODEL", "openai/gpt-oss-20b").split() + shlex.split(ISSUE_FLAGS)
+    ns = api_server.parse_args(words[1:]) if words[0] == "api_server" else parse_args(words)
+    notes = check_supported(ns)
+    assert sorted(n.split()[0] for n in notes) == sorted(NOOP)             # one line per no-op flag
+    a = engine_args(ns)
+    assert (a.model, a.served_model_name, a.tensor_parallel_size, a.dtype, a.max_model_len, a.max_num_seqs,
+            a.max_num_batched_tokens, a.gpu_memory_utilization, a.enable_prefix_caching, a.seed, a.max_logprobs) == \
+        ("openai/gpt-oss-20b", "gpt-oss-20b", 2, "float16", 32000, 7, 2048, 0.8, True, 3, 5)
+    assert (ns.host, ns.port, ns.served_model_name, ns.download_dir, ns.revision, ns.tokenizer, ns.hf_token,
+            ns.api_key, ns.enable_log_requests, ns.disable_log_stats, ns.uvicorn_log_level, ns.generation_config) == \
+        ("127.0.0.1", 8123, ["gpt-oss-20b", "oss"], "/cache", "v2", "/tok", "hf_x", "sk-1", True, True, "warning", "vllm")
+
+
+def test_docs_name_every_flag():
+    """docs/server.md says what each accepted flag does here: every option `--help` lists is named there."""
+    from mini_vllm.entrypoints.flags import Parser, add_server_flags
+
+    p = Parser()
+    add_server_flags(p)
+    doc = (ROOT / "docs" / "server.md").read_text()
+    options = [o for a in p._actions for o in a.option_strings if o.startswith("--") and not o.startswith("--no-")]
+    missing = [o for o in options if o != "--help" and f"`{o}" not in doc and f"`--[no-]{o[2:]}" not in doc
+               and f" {o}" not in doc and f"/{o}" not in doc]
+    assert not missing, missing
+
+
+def test_generation_config_max_logprobs_and_log_flags_over_http(tiny_model, tmp_path, logs):
+    """--generation-config DIR: its sampling settings fill what a request leaves unset (the request's own win);
+    --max-logprobs N: more is a 400 naming the field; --disable-log-stats: no periodic stats line;
+    --uvicorn-log-level warning: no access-log lines."""
+    gen = tmp_path / "gen"
+    gen.mkdir()
+    (gen / "generation_config.json").write_text(json.dumps({"temperature": 0.0, "max_new_tokens": 5}))
+    argv = ["serve", str(tiny_model), "--host", "127.0.0.1", "--port", str(free_port()), "--device", "cpu",
+            "--kv-cache-memory-gb", "0.05", "--generation-config", str(gen), "--max-logprobs", "3",
+            "--disable-log-stats", "--uvicorn-log-level", "warning"]
+    srv = _run([sys.executable, "-m", "mini_vllm.cli", *argv], logs, env={"VLLM_LOG_STATS_INTERVAL": "0.2"})
+    model = tiny_model.name
+
+    def post(path: str, **body) -> httpx.Response:
+        return httpx.post(srv.url + path, json={"model": model, **body}, timeout=120)
+
+    try:
+        texts = {post("/v1/completions", prompt="Hello", max_tokens=8).json()["choices"][0]["text"] for _ in range(2)}
+        assert len(texts) == 1                                           # no temperature given: 0 from the file
+        sea = Tokenizer.from_pretrained(tiny_model).encode(" sea", add_special_tokens=False)[0]
+        chat = post("/v1/chat/completions", messages=[{"role": "user", "content": "Hi"}], logit_bias={sea: 100}).json()
+        assert chat["usage"]["completion_tokens"] == 5                   # no max_tokens: max_new_tokens from the file
+        assert post("/v1/completions", prompt="Hello", max_tokens=2, ignore_eos=True).json()["usage"][
+            "completion_tokens"] == 2
+        assert len(post("/v1/completions", prompt="Hi", max_tokens=2, logprobs=3).json()["choices"][0][
+            "logprobs"]["top_logprobs"][0]) >= 1
+        for path, body, param in (("/v1/completions", {"prompt": "Hi", "logprobs": 4}, "logprobs"),
+                                  ("/v1/chat/completions", {"messages": [{"role": "user", "content": "Hi"}],
+                                                            "logprobs": True, "top_logprobs": 4}, "top_logprobs")):
+            r = post(path, max_tokens=2, **body)
+            assert r.status_code == 400 and r.json()["error"]["param"] == param, r.text
+            assert "--max-logprobs 3" in r.json()["error"]["message"]
+        time.sleep(0.5)
+        post("/v1/completions", prompt="Hello", max_tokens=2)
+        log = srv.log()
+        assert "default sampling settings from" in log and "'temperature': 0.0" in log
+        assert "Avg generation throughput" not in log and "POST /v1/completions" not in log
+    finally:
+        srv.stop()
+    assert "no generation_config.json there" in _refused("serve", str(tiny_model), "--generation-config",
+                                                         str(tmp_path / "nowhere"), "--device", "cpu")

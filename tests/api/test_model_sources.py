@@ -167,3 +167,16 @@ def test_s3_prefix_downloads_and_restarts_from_its_copy(moto_s3, repo_dir, tmp_p
         assert "using the completed copy" in srv.log()
     finally:
         srv.stop()
+
+
+def test_revision_and_hf_token_reach_the_hub(hub, tmp_path):
+    """--revision is what the hub is asked for; HF_TOKEN wins over HUGGING_FACE_HUB_TOKEN (huggingface_hub's order)."""
+    code = ("import sys; from mini_vllm.cli import parse_args; from mini_vllm.entrypoints.serve import fetch_model; "
+            "print(fetch_model(parse_args(sys.argv[1:]))[0])")
+    env = {**os.environ, **_hf_env(tmp_path, hub.url, HF_TOKEN="hf_first", HUGGING_FACE_HUB_TOKEN="hf_second")}
+    proc = subprocess.run([sys.executable, "-c", code, "serve", REPO, "--revision", "v2", "--download-dir",
+                           str(tmp_path / "cache")], env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert (Path(proc.stdout.strip().splitlines()[-1]) / "config.json").is_file()
+    assert [s.path for s in hub.seen if "/revision/" in s.path] == [f"/api/models/{REPO}/revision/v2"]
+    assert {s.authorization for s in hub.seen} == {"Bearer hf_first"}

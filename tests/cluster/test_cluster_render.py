@@ -248,3 +248,17 @@ def test_batch_job_script_mounts_its_files(cfg, tmp_path):
     assert f"mini-vllm batch /opt/models/gpt-oss-20b --input {src} --output {dst}" in text
     r = subprocess.run(["bash", "-n"], input=text, text=True, capture_output=True)
     assert r.returncode == 0, r.stderr
+
+
+@pytest.mark.parametrize("model", ["openai/gpt-oss-20b", "s3://models/inference/gpt-oss-20b"])
+def test_eks_fetches_a_remote_model_into_its_cache_volume(cfg, model):
+    """EKS (a writable cache claim): a hub id or s3:// model downloads into the claim, so a restarted pod
+    starts from the cache; HyperPod's read-only S3 claim and a local path get no --download-dir."""
+    objs = render_kubernetes(cfg, make_plan(cfg, "eks", 1, image=IMAGE, model=model))
+    c = _deployment(objs)["spec"]["template"]["spec"]["containers"][0]
+    cmd = c["command"]
+    assert cmd[cmd.index("serve") + 1] == model and cmd[cmd.index("--download-dir") + 1] == "/models"
+    assert {"name": "model", "mountPath": "/models", "readOnly": False} in c["volumeMounts"]
+    assert cmd[cmd.index("--served-model-name") + 1] == "gpt-oss-20b"
+    for plan in (make_plan(cfg, "hyperpod", 1, image=IMAGE, model=model), make_plan(cfg, "eks", 1, image=IMAGE)):
+        assert "--download-dir" not in server_args(plan)

@@ -6,6 +6,7 @@ overlay, so reviewing a deployment means reading YAML, not code. Output is deter
 """
 from __future__ import annotations
 
+import re
 import shlex
 import string
 from pathlib import Path
@@ -18,10 +19,19 @@ from minibuild.cluster.settings import Plan
 from minibuild.cluster.templates import fill, merge, template_dir
 from minibuild.config import Config
 
+# A model the server fetches itself (mini_vllm/model_sources): s3://bucket/prefix or a Hugging Face id org/name.
+_FETCHED = re.compile(r"s3://.+|[A-Za-z0-9][\w.-]*/[\w.-]+")
+
+
 def server_args(plan: Plan, host: str = "0.0.0.0") -> list[str]:
-    """The `mini-vllm serve` arguments every target runs."""
+    """The `mini-vllm serve` arguments every target runs. A Hugging Face id or s3:// model on a target with a
+    writable model volume (EKS's cache claim) is downloaded into that volume, so a restarted pod starts
+    from what the first one fetched."""
+    vol = plan.settings.get("model_volume") or {}
+    fetch = (["--download-dir", str(vol["mount"])]
+             if _FETCHED.fullmatch(plan.model_path) and vol.get("mount") and not vol.get("read_only", True) else [])
     return ["serve", plan.model_path, "--host", host, "--port", str(plan.port),
-            "--tensor-parallel-size", str(plan.tp), "--served-model-name", plan.served_name,
+            "--tensor-parallel-size", str(plan.tp), "--served-model-name", plan.served_name, *fetch,
             *[str(a) for a in plan.settings.get("server_args") or []]]   # cluster.targets.<target>.server_args
 
 
