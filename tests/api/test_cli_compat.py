@@ -192,7 +192,7 @@ ISSUE_FLAGS = ("--host 127.0.0.1 --port 8123 --served-model-name gpt-oss-20b oss
                "--hf-token hf_x --seed 3 --api-key sk-1 --max-logprobs 5 --async-scheduling --uvicorn-log-level warning "
                "--generation-config vllm --swap-space 4")
 NOOP = ("--trust-remote-code", "--enable-auto-tool-choice", "--tool-call-parser", "--reasoning-parser",
-        "--enable-chunked-prefill", "--async-scheduling", "--swap-space", "--disable-log-requests")
+        "--enable-chunked-prefill", "--swap-space", "--disable-log-requests")
 
 
 @pytest.mark.parametrize("entry", ["serve MODEL", "serve --model MODEL", "api_server --model MODEL"])
@@ -203,8 +203,8 @@ def test_every_flag_of_the_common_set_is_accepted(entry):
     assert sorted(n.split()[0] for n in notes) == sorted(NOOP)             # one line per no-op flag
     a = engine_args(ns)
     assert (a.model, a.served_model_name, a.tensor_parallel_size, a.dtype, a.max_model_len, a.max_num_seqs,
-            a.max_num_batched_tokens, a.gpu_memory_utilization, a.enable_prefix_caching, a.seed, a.max_logprobs) == \
-        ("openai/gpt-oss-20b", "gpt-oss-20b", 2, "float16", 32000, 7, 2048, 0.8, True, 3, 5)
+            a.max_num_batched_tokens, a.gpu_memory_utilization, a.enable_prefix_caching, a.seed, a.max_logprobs,
+            a.async_scheduling) == ("openai/gpt-oss-20b", "gpt-oss-20b", 2, "float16", 32000, 7, 2048, 0.8, True, 3, 5, True)
     assert (ns.host, ns.port, ns.served_model_name, ns.download_dir, ns.revision, ns.tokenizer, ns.hf_token,
             ns.api_key, ns.enable_log_requests, ns.disable_log_stats, ns.uvicorn_log_level, ns.generation_config) == \
         ("127.0.0.1", 8123, ["gpt-oss-20b", "oss"], "/cache", "v2", "/tok", "hf_x", "sk-1", True, True, "warning", "vllm")
