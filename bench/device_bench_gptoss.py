@@ -167,6 +167,7 @@ def part_decode(prompt_len: int = 1024, gen: int = 256) -> None:
 AB_CONFIGS = (("baseline", dict(gemv_kernels=False, async_scheduling=False)),
               ("gemv", dict(gemv_kernels=True, async_scheduling=False)),
               ("gemv+async", dict(gemv_kernels=True, async_scheduling=True)),
+              ("gemv+async, MoE GEMV at T=1 too", dict(gemv_kernels=True, async_scheduling=True, gemv_min_tokens=1)),
               ("gemv+async, Triton attention", dict(gemv_kernels=True, async_scheduling=True,
                                                     attention_backend="triton")))
 
@@ -181,7 +182,12 @@ def part_decode_ab(prompt_len: int = 1024, gen: int = 128) -> None:
     ckpt = ensure_ckpt(CKPT, 24)
     g = torch.Generator().manual_seed(3)
     prompt = torch.randint(0, 800, (prompt_len,), generator=g).tolist()
+    from mini_vllm.ops import gemv
+
+    shipped_min = gemv.GEMV_MIN_TOKENS
     for name, kw in AB_CONFIGS:
+        kw = dict(kw)
+        gemv.GEMV_MIN_TOKENS = kw.pop("gemv_min_tokens", shipped_min)   # read when the graphs are captured
         eng = engine(ckpt, max_model_len=4096, max_num_seqs=256, **kw)
         print(f"[decodeab] {name}:", eng.runner.startup_report, flush=True)
         eng.generate([prompt[:64]], SamplingParams(temperature=0.0, max_tokens=8, ignore_eos=True))
@@ -195,7 +201,7 @@ def part_decode_ab(prompt_len: int = 1024, gen: int = 128) -> None:
         r = {"step_ms": step_ms, "tok_s": 1e3 / step_ms,
              "graph_b1_ms": graph_gpu_ms(eng.runner.cuda_step, 1, prompt_len + gen // 2),
              "graph_b8_ms": graph_gpu_ms(eng.runner.cuda_step, 8, prompt_len + gen // 2)}
-        if name not in ("baseline", "gemv+async, Triton attention"):
+        if name in ("gemv", "gemv+async"):
             b = offline(eng, 256, prompt_len, 128, seed=256)
             b["graph_gpu_ms"] = graph_gpu_ms(eng.runner.cuda_step, 256, prompt_len + 64)
             r["b256"] = b
@@ -209,6 +215,7 @@ def part_decode_ab(prompt_len: int = 1024, gen: int = 128) -> None:
         del eng
         gc.collect()
         torch.cuda.empty_cache()
+    gemv.GEMV_MIN_TOKENS = shipped_min
 
 
 def part_big(levels: str = "1x1024,256x1024") -> None:
