@@ -3,7 +3,8 @@ and whether its own `mini-vllm serve` answers the official openai client on the 
 
 ldd: the image's own loader lists each library's dependencies (`ld.so --list`, chroot), so the
 answer is about the image, not this machine. Our kernel modules must resolve everything; only the
-driver's libcuda.so.1 may be missing (the NVIDIA container toolkit mounts it on a GPU node).
+driver's libcuda.so.1 may be missing (the NVIDIA container toolkit mounts it on a GPU node). The
+server's own loader (mini_vllm.ops.ext.load) then opens every module build/ext/manifest.json names.
 """
 from __future__ import annotations
 
@@ -39,6 +40,11 @@ args = ["probe", src, d, [], [], []] + [[]] * (len(inspect.signature(_build).par
 spec = importlib.util.spec_from_file_location("probe", _build(*args))
 spec.loader.exec_module(importlib.util.module_from_spec(spec))
 info["triton_build_c_extension"] = "ok"
+# the server's own loader takes every module the manifest names (ctypes, symbols, runtime entry; no GPU)
+from mini_vllm.ops import ext
+ext_dir = os.environ.get("MINI_VLLM_EXT_DIR", "/opt/mini-vllm/ext")
+manifest = json.load(open(os.path.join(ext_dir, "manifest.json")))
+info["ext_loaded"] = {n: sorted(ext.load(n, path=os.path.join(ext_dir, e["file"])).archs) for n, e in manifest.items()}
 print(json.dumps(info))
 """
 
