@@ -144,6 +144,7 @@ def main() -> None:
         reg = Registry(work / "registry")
         out["push_all_s"], s1, _ = push_all(cfg_a, store_a, f"{reg.host}/bench:v1")
         out["push_all_bytes"] = {k: v["bytes_uploaded"] for k, v in s1.items()}
+        out["push_all_detail"] = s1   # per stage repository: blobs uploaded / mounted / already there
 
         f = a / "python" / "mini_vllm" / "engine_args.py"
         f.write_text(f.read_text() + "\n# bench: a Python-only change\n")
@@ -177,6 +178,7 @@ def main() -> None:
         out["bump_ran"] = res_bump["_ran"]
         out["bump_push_s"], s3, _ = push_all(cfg_a, store_a, f"{reg.host}/bench:v3")
         out["bump_push_bytes"] = pushed_bytes(s3)
+        out["bump_push_detail"] = s3
         out["image_bytes"] = sum(r["compressed_mb"] for r in out["layers"]) * 1e6
     finally:
         if reg is not None:
