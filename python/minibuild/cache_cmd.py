@@ -5,7 +5,8 @@ policy. GC keeps every action record, blob and tree named by a root (`Store.set_
 build), the blobs those actions name, anything used within `max_age_days`, and removes the rest plus
 stale `.tmp-*` leftovers of killed builds - anywhere in the store (not inside installed source trees,
 whose files are upstream's) and in the install directories (build/, build/ext or $MINI_VLLM_EXT_DIR).
-It takes the store-wide "gc" lock; builds do not, so run it when no build is running (docs/build.md).
+It waits until no build holds the store's "in use" lock (every `invoke kernels` / `invoke image` run holds
+it shared), so it never deletes a temp file a running build is still writing.
 """
 from __future__ import annotations
 
@@ -115,7 +116,10 @@ def sweep_leftovers(store: Store, install_dirs: list[Path] = ()) -> tuple[int, i
 
 def collect_garbage(store: Store, max_age_days: int = 0, install_dirs: list[Path] = ()) -> dict[str, int]:
     removed = {"actions": 0, "blobs": 0, "trees": 0, "tmp": 0, "bytes": 0}
-    with store.lock("gc"):
+    def waiting() -> None:
+        ui.info("gc: a build is using the store; waiting for it to finish")
+
+    with store.lock("gc"), store.sole_use(on_wait=waiting):
         actions, blobs, trees = _live_set(store, max_age_days)
         for ap in store.ac_dir.glob("*/*.json"):
             if ap.stem not in actions:

@@ -14,6 +14,7 @@ import os
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -199,23 +200,25 @@ def build_kernels(cfg: Config, explain: bool = False, dry_run: bool = False, off
 
     `mirror`: a directory of source tarballs tried first (--mirror-dir; default $MINI_VLLM_MIRROR)."""
     t0 = time.monotonic()
-    try:
-        b = Build(cfg, kernel_sets(cfg.kernels, only), offline=offline, dry_run=dry_run, mirror=mirror)
-        b.prepare_sources()
-        plans = b.plan()
-    except (ToolchainError, SourceError, ValueError, FileNotFoundError, CorruptTree, KeyError) as exc:
-        ui.error(str(exc))
-        return False
-    except OSError as exc:              # a store it cannot write (read-only, full): one line, no traceback
-        ui.error(ui.describe_os_error(exc))
-        return False
-    try:
-        return _run(b, plans, explain, dry_run, jobs, t0)
-    except OSError as exc:
-        ui.error(ui.describe_os_error(exc))
-        return False
-    finally:
-        b.store.stat_cache.save()
+    with ExitStack() as held:        # the store's "in use" lock, for the whole run: gc waits for us
+        try:
+            b = Build(cfg, kernel_sets(cfg.kernels, only), offline=offline, dry_run=dry_run, mirror=mirror)
+            held.enter_context(b.store.in_use())
+            b.prepare_sources()
+            plans = b.plan()
+        except (ToolchainError, SourceError, ValueError, FileNotFoundError, CorruptTree, KeyError) as exc:
+            ui.error(str(exc))
+            return False
+        except OSError as exc:          # a store it cannot write (read-only, full): one line, no traceback
+            ui.error(ui.describe_os_error(exc))
+            return False
+        try:
+            return _run(b, plans, explain, dry_run, jobs, t0)
+        except OSError as exc:
+            ui.error(ui.describe_os_error(exc))
+            return False
+        finally:
+            b.store.stat_cache.save()
 
 
 def _run(b: Build, plans: list[ObjectPlan], explain: bool, dry_run: bool, jobs: int | None, t0: float) -> bool:

@@ -68,3 +68,51 @@ def test_gc_keeps_roots_and_drops_the_rest(tmp_path: Path) -> None:
     removed = collect_garbage(s)
     assert removed["actions"] == 1 and removed["blobs"] == 1
     assert s.has_blob(keep) and not s.has_blob(drop) and store_stats(s)["actions"] == 1
+
+
+_HOLD_IN_USE = """
+import sys, time
+sys.path.insert(0, sys.argv[2])
+from minibuild.store import Store
+with Store(sys.argv[1]).in_use():
+    print("holding", flush=True)
+    sys.stdin.readline()                       # until the test says "done"
+"""
+
+
+def test_gc_waits_for_a_running_build_instead_of_deleting_its_temp_files(tmp_path: Path) -> None:
+    """A build holds the store's "in use" lock (shared) for its run; gc must not sweep its `.tmp-*`
+    files meanwhile, and sweeps them once the build has gone."""
+    import subprocess
+    import sys
+    import threading
+
+    s = Store(tmp_path)
+    tmp = s.blob_dir / ".tmp-being-written"
+    tmp.write_bytes(b"half a layer")
+    build = subprocess.Popen([sys.executable, "-c", _HOLD_IN_USE, str(tmp_path), str(ROOT / "python")],
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert build.stdout is not None and build.stdout.readline().strip() == "holding"
+        waited: list[bool] = []
+        done: dict[str, int] = {}
+        gc = threading.Thread(target=lambda: done.update(collect_garbage(s)))
+        from minibuild import cache_cmd
+        orig = cache_cmd.ui.info
+        cache_cmd.ui.info = lambda msg: waited.append("waiting" in msg)  # type: ignore[assignment]
+        try:
+            gc.start()
+            gc.join(1.5)
+            assert gc.is_alive() and waited == [True] and tmp.exists()   # blocked, said so, kept the file
+            with Store(tmp_path).in_use():     # a second build may still start while gc waits (shared)
+                pass
+        finally:
+            assert build.stdin is not None
+            build.stdin.write("done\n")
+            build.stdin.flush()
+            build.wait(10)
+            gc.join(10)
+            cache_cmd.ui.info = orig  # type: ignore[assignment]
+        assert not gc.is_alive() and done["tmp"] == 1 and not tmp.exists()
+    finally:
+        build.kill()

@@ -15,6 +15,7 @@ from ..store import Store
 from . import debbase, wheels
 from .build import StageBuilder, default_tag, make_context
 from .ecr import require_repositories
+from .layers import Context
 from .oci import Layout
 from .pull import lock_registry_base
 from .push import PushTarget, parse_target, push_stage
@@ -35,6 +36,13 @@ def build_images(cfg: Config, stage: str = "all", push: str | None = None, expla
     ctx = make_context(cfg, store, profile)
     target = (parse_target(push, cfg.registry.default, cfg.registry.prefix, default_tag(ctx.root))
               if push else None)                 # a bad target fails before any work
+    with ctx.store.in_use():         # gc waits for the build instead of deleting its temp files
+        return _build_and_push(ctx, stage, target, explain, dry_run, t0)
+
+
+def _build_and_push(ctx: Context, stage: str, target: PushTarget | None, explain: bool, dry_run: bool,
+                    t0: float) -> dict[str, Any]:
+    cfg = ctx.cfg
     builder = StageBuilder(ctx, explain=explain, dry_run=dry_run)
     chain = stage_chain(builder.stages, stage)
     out_dir = ctx.path(cfg.images.out_dir)

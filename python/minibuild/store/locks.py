@@ -2,6 +2,8 @@
 
 Why fcntl: concurrent builds on one store wait for each other per key instead of compiling the same
 object twice, and the kernel drops a lock when its holder dies - no stale lock files to clean.
+Every build also holds the store-wide "in use" lock shared for its whole run, and `invoke cache --gc`
+takes it exclusively: gc waits for running builds instead of deleting the temp files they are writing.
 """
 from __future__ import annotations
 
@@ -9,9 +11,12 @@ import fcntl
 import os
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 from ..hashing import canonical_key
+
+
+IN_USE = "store in use by a build"
 
 
 class Locks:
@@ -19,13 +24,50 @@ class Locks:
 
     locks_dir: Path
 
+    def _lock_fd(self, name: str) -> int:
+        return os.open(self.locks_dir / f"{canonical_key(name)[:32]}.lock", os.O_RDWR | os.O_CREAT, 0o644)
+
     @contextmanager
     def lock(self, name: str) -> Iterator[None]:
         """Exclusive lock across processes on this store (fcntl; released if the holder dies)."""
-        p = self.locks_dir / f"{canonical_key(name)[:32]}.lock"
-        fd = os.open(p, os.O_RDWR | os.O_CREAT, 0o644)
+        fd = self._lock_fd(name)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            os.close(fd)
+
+    @contextmanager
+    def in_use(self) -> Iterator[None]:
+        """Held (shared) for a whole build. A read-only store cannot be garbage-collected, so a build
+        that cannot open the lock file there runs without it."""
+        try:
+            fd = self._lock_fd(IN_USE)
+        except OSError:
+            try:
+                fd = os.open(self.locks_dir / f"{canonical_key(IN_USE)[:32]}.lock", os.O_RDONLY)
+            except OSError:
+                yield
+                return
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH)
+            yield
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            os.close(fd)
+
+    @contextmanager
+    def sole_use(self, on_wait: Callable[[], None] = lambda: None) -> Iterator[None]:
+        """Exclusive use of the store (gc): waits until no build holds `in_use`, calling on_wait once
+        first if one does."""
+        fd = self._lock_fd(IN_USE)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                on_wait()
+                fcntl.flock(fd, fcntl.LOCK_EX)
             yield
         finally:
             fcntl.flock(fd, fcntl.LOCK_UN)
