@@ -39,6 +39,8 @@ async def _one(client, url: str, prompt: list[int], max_tokens: int) -> dict:
                     continue
                 now = time.perf_counter()
                 chunk = json.loads(line[6:])
+                if chunk.get("error"):          # the server failed the request mid-stream: say why
+                    raise RuntimeError(f"stream error: {json.dumps(chunk['error'])[:500]}")
                 if chunk.get("usage"):
                     tokens = chunk["usage"]["completion_tokens"]
                 if not chunk.get("choices"):
@@ -63,9 +65,14 @@ async def _load(url: str, conc: int, prompt_len: int, max_tokens: int) -> dict:
     prompts = [torch.randint(0, 800, (prompt_len,), generator=g).tolist() for _ in range(conc)]
     async with httpx.AsyncClient(timeout=None, limits=httpx.Limits(max_connections=conc + 8)) as client:
         s = time.perf_counter()
-        res = await asyncio.gather(*[_one(client, url, p, max_tokens) for p in prompts])
+        got = await asyncio.gather(*[_one(client, url, p, max_tokens) for p in prompts], return_exceptions=True)
         wall = time.perf_counter() - s
-    ttft = sorted(r["ttft"] for r in res)
+    failed = [r for r in got if isinstance(r, BaseException)]
+    if failed:
+        kinds = sorted({str(e)[:300] for e in failed})
+        raise RuntimeError(f"{len(failed)} of {conc} requests failed; first distinct errors: {kinds[:3]}")
+    res = [r for r in got if isinstance(r, dict)]
+    ttft = sorted(r["ttft"] for r in res if r["ttft"] is not None)
     gaps = sorted(x for r in res for x in r["gaps"])
     tpot = sorted(r["tpot"] for r in res if r["tpot"] is not None)
     short = sum(r["tokens"] != max_tokens for r in res)
@@ -127,6 +134,11 @@ def part_http(levels: str, ckpt: Path, out: Path, results: dict, extra_args: tup
                   f"ITL p50/p99 {r['itl_ms_p50']:.1f}/{r['itl_ms_p99']:.1f} ms (per event, "
                   f"{r['tokens_per_event']:.2f} tok/event), per-token p50/p99 {r['tpot_ms_p50']:.1f}/"
                   f"{r['tpot_ms_p99']:.1f} ms  ({r['wall_s']:.0f} s)", flush=True)
+    except Exception:
+        log.flush()                            # the server's side of a failure, in the call's output
+        tail = (out / f"server-{tag}.log").read_text(errors="replace").splitlines()[-25:]
+        print(f"[{tag}] last lines of server-{tag}.log:\n" + "\n".join(tail), flush=True)
+        raise
     finally:
         proc.terminate()
         proc.wait(30)
