@@ -88,3 +88,14 @@ def test_bf16_output_dtype_and_too_few_keys_rejected():
     assert out.dtype == torch.bfloat16
     with pytest.raises(ValueError, match="only 2 keys"):
         paged_reference(q, kc, vc, table, cu, torch.tensor([2], dtype=torch.int32))
+
+
+def test_fa3_workspace_reserves_splits_only_for_small_steps():
+    """FA3 splits the KV only for steps too small to fill the GPU: decode batches up to 1,024 (64 heads)
+    keep 16 splits' room, a long prefill chunk gets 1 (16 would be 2 GiB at 8,192 tokens, found by an
+    OOM on an H100 at 1,024 concurrent streams)."""
+    from mini_vllm.ops.attention_fa3 import HEURISTIC_SPLITS_CAP, heuristic_splits_cap
+
+    assert heuristic_splits_cap(1, 64) == heuristic_splits_cap(1024, 64) == HEURISTIC_SPLITS_CAP == 16
+    assert heuristic_splits_cap(8192, 64) == heuristic_splits_cap(2048, 64) == 1
+    assert heuristic_splits_cap(2048, 32) == 16      # a TP-2 shard has half the heads: half the rows

@@ -18,6 +18,15 @@ from .reference import paged_attention as paged_attention_reference
 
 MODULE = "mini_vllm_fa3"
 HEURISTIC_SPLITS_CAP = 16  # workspace sized for this many splits when FA3's heuristic chooses (it may pick fewer)
+NO_SPLIT_ROWS = 128 * 4 * 132  # query rows x heads = 4 waves of 128-row tiles on 132 SMs: FA3 never splits
+
+
+def heuristic_splits_cap(total_q: int, num_heads_q: int) -> int:
+    """Splits to size the workspace for when FA3's heuristic chooses. It splits the KV only when a step
+    has too few tiles to fill the GPU; a step of many query rows never splits, so its workspace need not
+    hold 16 splits' fp32 accumulators (at 8,192 tokens x 64 heads that was 2 GiB, which OOMed a server
+    whose KV cache had taken the rest; the C side caps the splits to the workspace it is given)."""
+    return 1 if total_q * num_heads_q >= NO_SPLIT_ROWS else HEURISTIC_SPLITS_CAP
 
 
 @dataclass(frozen=True)
@@ -100,7 +109,7 @@ def fa3_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
         raise ValueError("fa3: out must be a contiguous tensor like q")
     if not 0 <= num_splits <= lim.max_num_splits:
         raise ValueError(f"fa3: num_splits must be in [0, {lim.max_num_splits}]")
-    need = workspace_bytes(mod, batch, total_q, hq, num_splits or HEURISTIC_SPLITS_CAP)
+    need = workspace_bytes(mod, batch, total_q, hq, num_splits or heuristic_splits_cap(total_q, hq))
     if workspace is None:
         workspace = torch.empty(need, dtype=torch.uint8, device=q.device)
     scale = softmax_scale if softmax_scale is not None else lim.head_dim ** -0.5
