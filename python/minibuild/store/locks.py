@@ -11,7 +11,7 @@ import fcntl
 import os
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable, ContextManager, Iterator
 
 from ..hashing import canonical_key
 
@@ -24,51 +24,47 @@ class Locks:
 
     locks_dir: Path
 
-    def _lock_fd(self, name: str) -> int:
-        return os.open(self.locks_dir / f"{canonical_key(name)[:32]}.lock", os.O_RDWR | os.O_CREAT, 0o644)
+    def _lock_path(self, name: str) -> Path:
+        return self.locks_dir / f"{canonical_key(name)[:32]}.lock"
 
     @contextmanager
-    def lock(self, name: str) -> Iterator[None]:
-        """Exclusive lock across processes on this store (fcntl; released if the holder dies)."""
-        fd = self._lock_fd(name)
+    def _flock(self, fd: int, mode: int, on_wait: Callable[[], None] | None = None) -> Iterator[None]:
+        """Hold flock `mode` on fd (closing it after); with on_wait, call it once if the lock is taken."""
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
+            if on_wait is None:
+                fcntl.flock(fd, mode)
+            else:
+                try:
+                    fcntl.flock(fd, mode | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    on_wait()
+                    fcntl.flock(fd, mode)
             yield
         finally:
             fcntl.flock(fd, fcntl.LOCK_UN)
             os.close(fd)
+
+    def lock(self, name: str) -> ContextManager[None]:
+        """Exclusive lock across processes on this store (fcntl; released if the holder dies)."""
+        return self._flock(os.open(self._lock_path(name), os.O_RDWR | os.O_CREAT, 0o644), fcntl.LOCK_EX)
 
     @contextmanager
     def in_use(self) -> Iterator[None]:
         """Held (shared) for a whole build. A read-only store cannot be garbage-collected, so a build
         that cannot open the lock file there runs without it."""
         try:
-            fd = self._lock_fd(IN_USE)
+            fd = os.open(self._lock_path(IN_USE), os.O_RDWR | os.O_CREAT, 0o644)
         except OSError:
             try:
-                fd = os.open(self.locks_dir / f"{canonical_key(IN_USE)[:32]}.lock", os.O_RDONLY)
+                fd = os.open(self._lock_path(IN_USE), os.O_RDONLY)
             except OSError:
                 yield
                 return
-        try:
-            fcntl.flock(fd, fcntl.LOCK_SH)
+        with self._flock(fd, fcntl.LOCK_SH):
             yield
-        finally:
-            fcntl.flock(fd, fcntl.LOCK_UN)
-            os.close(fd)
 
-    @contextmanager
-    def sole_use(self, on_wait: Callable[[], None] = lambda: None) -> Iterator[None]:
+    def sole_use(self, on_wait: Callable[[], None] = lambda: None) -> ContextManager[None]:
         """Exclusive use of the store (gc): waits until no build holds `in_use`, calling on_wait once
         first if one does."""
-        fd = self._lock_fd(IN_USE)
-        try:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                on_wait()
-                fcntl.flock(fd, fcntl.LOCK_EX)
-            yield
-        finally:
-            fcntl.flock(fd, fcntl.LOCK_UN)
-            os.close(fd)
+        fd = os.open(self._lock_path(IN_USE), os.O_RDWR | os.O_CREAT, 0o644)
+        return self._flock(fd, fcntl.LOCK_EX, on_wait)
